@@ -1,0 +1,63 @@
+//! The one error type of segpool.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout segpool.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in segpool, with the numbers a caller needs to act.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Mapping `requested` more bytes would take the pool past its budget.
+    ///
+    /// `in_use` is what the pool has mapped at the time of the failure (regions plus dedicated
+    /// mappings), `budget` the configured limit; both in bytes.
+    #[error("budget exceeded: requested {requested} bytes, {in_use} of {budget} bytes mapped")]
+    BudgetExceeded {
+        /// Bytes the failed request needed to map.
+        requested: usize,
+        /// Bytes mapped by the pool when the request failed.
+        in_use: usize,
+        /// The pool's budget in bytes.
+        budget: usize,
+    },
+    /// A request for zero bytes.
+    #[error("cannot allocate a zero-sized segment")]
+    ZeroSize,
+    /// A request so large that it cannot be represented (it overflows when rounded to pages).
+    #[error("request of {requested} bytes is too large to map")]
+    TooLarge {
+        /// The requested size in bytes.
+        requested: usize,
+    },
+    /// A builder or configuration value that cannot work; the message names the bad value.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The operating system refused to map, reserve or prefault memory.
+    #[error("mapping memory failed: {0}")]
+    Map(#[source] std::io::Error),
+    /// A file-backed mapping lost its pages (the file was truncated, an I/O error happened at
+    /// page-in, or the disk was full at a write fault). The file is poisoned: every later
+    /// operation on it fails with this error until it is closed and reopened.
+    #[error("file mapping faulted at {addr:#x}{}", path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    Faulted {
+        /// The file, when known.
+        path: Option<PathBuf>,
+        /// The faulting address (the first fault seen on this file).
+        addr: usize,
+    },
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Map(io) => io,
+            Error::ZeroSize | Error::InvalidConfig(_) | Error::TooLarge { .. } => {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+            }
+            Error::BudgetExceeded { .. } => std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
+            Error::Faulted { .. } => std::io::Error::other(e),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The one place that talks to the operating system.
+//!
+//! Memory mappings (`mmap`, `munmap`, `madvise`, `mprotect`, `msync`, `mlock`) live here; file
+//! operations the mapping code needs (`posix_fallocate`, `O_TMPFILE`) in [`file`]. The rest of the
+//! crate calls these wrappers and never issues a syscall itself, so the portable logic has no
+//! `cfg` noise and every raw pointer handed to the kernel is checked in one place.
+//!
+//! Linux only: the crate uses `MADV_HUGEPAGE`, `MADV_POPULATE_WRITE`, `O_TMPFILE` and
+//! `posix_fallocate` semantics as Linux defines them.
+
+pub(crate) mod file;
+
+use std::io;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+
+use rustix::mm::{self, MapFlags, ProtFlags};
+
+/// The size of a base page, read once from the kernel.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Rounds `n` up to a multiple of `align` (a power of two); `None` on overflow.
+pub(crate) fn round_up(n: usize, align: usize) -> Option<usize> {
+    debug_assert!(align.is_power_of_two());
+    Some(n.checked_add(align - 1)? & !(align - 1))
+}
+
+/// Access a mapping allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protection {
+    /// `PROT_NONE`: any access faults (guard pages).
+    None,
+    /// `PROT_READ`.
+    Read,
+    /// `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+}
+
+impl Protection {
+    fn flags(self) -> ProtFlags {
+        match self {
+            Protection::None => ProtFlags::empty(),
+            Protection::Read => ProtFlags::READ,
+            Protection::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
+        }
+    }
+}
+
+/// How a file is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// `MAP_SHARED`: writes reach the file and every other mapping of it.
+    Shared,
+    /// `MAP_PRIVATE`: copy-on-write, writes stay in this mapping.
+    Private,
+}
+
+/// An owned memory mapping, unmapped when dropped.
+///
+/// # Invariants
+///
+/// `ptr..ptr + len` is a live mapping created by this module and owned by this value alone: no
+/// other `Mapping` covers any byte of it, and nothing else unmaps it. `len` is a non-zero multiple
+/// of the page size.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `Mapping` is plain process memory with no thread affinity; whoever reads or writes
+// through its pointer synchronises those accesses (the pool hands each slice to one owner).
+unsafe impl Send for Mapping {}
+// SAFETY: shared references only expose the address and length; see `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of zeroed anonymous private memory whose start is aligned to `align`
+    /// (a power of two, at least the page size). A larger alignment is obtained by mapping
+    /// `len + align` and unmapping the unaligned head and tail.
+    pub(crate) fn anonymous(len: usize, align: usize) -> io::Result<Mapping> {
+        let page = page_size();
+        let align = align.max(page);
+        let len = round_up(len, page).filter(|&l| l > 0).ok_or_else(too_large)?;
+        let extra = if align > page { align } else { 0 };
+        let total = len.checked_add(extra).ok_or_else(too_large)?;
+        // SAFETY: a new anonymous mapping at an address the kernel chooses aliases nothing.
+        let raw = unsafe {
+            mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }?;
+        let start = raw as usize;
+        let aligned = round_up(start, align).ok_or_else(too_large)?;
+        let head = aligned - start;
+        let tail = total - head - len;
+        // SAFETY: head and tail lie inside the mapping just created, which nothing else uses yet.
+        unsafe {
+            if head > 0 {
+                mm::munmap(raw, head)?;
+            }
+            if tail > 0 {
+                mm::munmap((aligned + len) as *mut _, tail)?;
+            }
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(aligned as *mut u8).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// Maps `len` bytes of `fd` starting at `offset` (a multiple of the page size).
+    pub(crate) fn file(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        protection: Protection,
+        sharing: Sharing,
+        populate: bool,
+    ) -> io::Result<Mapping> {
+        let len = round_up(len, page_size()).filter(|&l| l > 0).ok_or_else(too_large)?;
+        let mut flags = match sharing {
+            Sharing::Shared => MapFlags::SHARED,
+            Sharing::Private => MapFlags::PRIVATE,
+        };
+        if populate {
+            flags |= MapFlags::POPULATE;
+        }
+        // SAFETY: a new mapping at an address the kernel chooses aliases no Rust object; the file
+        // contents may change under it, which is why callers only copy through raw pointers.
+        let raw = unsafe {
+            mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                protection.flags(),
+                flags,
+                fd,
+                offset,
+            )
+        }?;
+        Ok(Mapping {
+            ptr: NonNull::new(raw.cast()).expect("mmap returned null"),
+            len,
+        })
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length in bytes (a multiple of the page size).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Asks for transparent huge pages (`MADV_HUGEPAGE`). Failure is not an error: the kernel
+    /// may not offer them, and the memory works the same without.
+    pub(crate) fn advise_huge_pages(&self) {
+        // SAFETY: the range is this mapping; MADV_HUGEPAGE changes no contents.
+        let _ = unsafe { mm::madvise(self.ptr.as_ptr().cast(), self.len, mm::Advice::LinuxHugepage) };
+    }
+
+    /// Prefaults the whole mapping for writing (`MADV_POPULATE_WRITE`, Linux 5.14+).
+    /// `ENOMEM` and every other refusal come back as errors.
+    pub(crate) fn populate_write(&self) -> io::Result<()> {
+        self.advise_range(0, self.len, mm::Advice::LinuxPopulateWrite)
+    }
+
+    /// Applies `advice` to `offset..offset + len` of this mapping (page-aligned by the caller).
+    ///
+    /// Only advice that cannot change the bytes a live reference sees is accepted here; the
+    /// destructive kinds (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`) are refused.
+    pub(crate) fn advise_range(&self, offset: usize, len: usize, advice: mm::Advice) -> io::Result<()> {
+        assert!(
+            !matches!(
+                advice,
+                mm::Advice::LinuxDontNeed | mm::Advice::LinuxFree | mm::Advice::LinuxRemove
+            ),
+            "destructive advice through the safe path"
+        );
+        let end = offset.checked_add(len).filter(|&e| e <= self.len);
+        if end.is_none() || len == 0 {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: the range lies inside this mapping, and the advice kinds allowed here do not
+        // change its contents.
+        unsafe { mm::madvise(self.ptr.as_ptr().add(offset).cast(), len, advice) }?;
+        Ok(())
+    }
+
+    /// Changes the protection of `offset..offset + len` (page-aligned).
+    ///
+    /// # Safety
+    ///
+    /// * No reference into the range may be used in a way the new protection forbids; the caller
+    ///   guarantees no live `&`/`&mut` covers a page made inaccessible or read-only.
+    pub(crate) unsafe fn protect(&self, offset: usize, len: usize, protection: Protection) -> io::Result<()> {
+        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
+        // SAFETY: the range is inside this mapping; the caller upholds the reference rule above.
+        let flags = mm::MprotectFlags::from_bits_retain(protection.flags().bits());
+        unsafe { mm::mprotect(self.ptr.as_ptr().add(offset).cast(), len, flags) }?;
+        Ok(())
+    }
+
+    /// Writes dirty pages of `offset..offset + len` back to the file (`msync`); `wait` selects
+    /// `MS_SYNC` (durable when it returns) over `MS_ASYNC`. Writeback errors (ENOSPC, EIO) come
+    /// back here.
+    pub(crate) fn sync_range(&self, offset: usize, len: usize, wait: bool) -> io::Result<()> {
+        let page = page_size();
+        let start = offset & !(page - 1);
+        let end = offset
+            .checked_add(len)
+            .and_then(|e| round_up(e, page))
+            .map(|e| e.min(self.len))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if end <= start {
+            return Ok(());
+        }
+        let flags = if wait { mm::MsyncFlags::SYNC } else { mm::MsyncFlags::ASYNC };
+        // SAFETY: the range lies inside this mapping; msync does not change memory contents.
+        unsafe { mm::msync(self.ptr.as_ptr().add(start).cast(), end - start, flags) }?;
+        Ok(())
+    }
+
+    /// Locks the mapping in memory (`mlock`); `RLIMIT_MEMLOCK` refusals come back as errors.
+    pub(crate) fn lock(&self) -> io::Result<()> {
+        // SAFETY: the range is this mapping; mlock does not change contents.
+        unsafe { mm::mlock(self.ptr.as_ptr().cast(), self.len) }?;
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant this value owns the whole range and nobody else unmaps
+        // it; whoever drops it guarantees no pointer into it is used afterwards (the pool's
+        // retire protocol, the file layer's handle lifetime).
+        let r = unsafe { mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        debug_assert!(r.is_ok(), "munmap failed: {r:?}");
+    }
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "mapping size overflows")
+}
