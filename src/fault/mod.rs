@@ -104,7 +104,14 @@ pub struct RangeRegistration {
 ///
 /// Fails (with `Error::Map`) when the registry is full: a mapping is refused rather than left
 /// unprotected.
-pub fn register(start: *const u8, len: usize, state: &Arc<FileFaultState>) -> Result<RangeRegistration> {
+///
+/// # Safety
+///
+/// * `start..start + len` is a live file mapping owned by the caller (the handler maps an
+///   anonymous zero page over a faulting page of it, which is only harmless in a file mapping
+///   whose accesses all go through [`FileFaultState::guarded`]).
+/// * The returned registration is dropped before the range is unmapped.
+pub unsafe fn register(start: *const u8, len: usize, state: &Arc<FileFaultState>) -> Result<RangeRegistration> {
     let _ = (start, len);
     Ok(RangeRegistration {
         _state: Arc::clone(state),
