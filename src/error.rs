@@ -11,13 +11,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Mapping `requested` more bytes would take the pool past its budget.
     ///
-    /// `in_use` is what the pool has mapped at the time of the failure (regions plus dedicated
-    /// mappings), `budget` the configured limit; both in bytes.
-    #[error("budget exceeded: requested {requested} bytes, {in_use} of {budget} bytes mapped")]
+    /// `requested` is the size the caller asked for, `needed` what the pool had to map to serve it
+    /// (a new region of that class, or a dedicated mapping), `in_use` what the pool had mapped at
+    /// the time of the failure (regions plus dedicated mappings), `budget` the limit; all bytes.
+    #[error("budget exceeded: requested {requested} bytes (needs a new mapping of {needed} bytes), {in_use} of {budget} bytes mapped")]
     BudgetExceeded {
-        /// Bytes the failed request needed to map.
+        /// The size the caller asked for.
         requested: usize,
-        /// Bytes mapped by the pool when the request failed.
+        /// Bytes the pool had to map to serve it.
+        needed: usize,
+        /// Bytes mapped by the pool when the request failed (regions and dedicated mappings).
         in_use: usize,
         /// The pool's budget in bytes.
         budget: usize,

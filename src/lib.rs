@@ -2,9 +2,22 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod budget;
+mod class_pool;
 mod error;
 pub mod fault;
+mod free_stack;
 mod os;
+mod pool;
+mod region;
+mod segment;
+mod size_class;
+mod stats;
 mod sync;
+mod thread_cache;
 
 pub use error::{Error, Result};
+pub use pool::{Backing, SegmentPool, SegmentPoolBuilder};
+pub use segment::Segment;
+pub use size_class::DEFAULT_SIZE_CLASSES;
+pub use stats::{ClassStats, PoolStats};

@@ -54,7 +54,7 @@ pub(crate) use imp::*;
 /// Epoch-based reclamation: region metadata that another thread may have loaded from a shared
 /// list is freed only after every thread pinned at the time has unpinned.
 pub(crate) mod epoch {
-    pub(crate) use crossbeam_epoch::{pin, Atomic, Guard, Owned, Shared};
+    pub(crate) use crossbeam_epoch::{pin, unprotected, Atomic, Guard, Owned, Shared};
 }
 
 /// A mutex with `parking_lot`'s API on every backend.

@@ -1,0 +1,279 @@
+//! One size class: its regions, in a list readers traverse without a lock.
+//!
+//! The list is copy-on-write: readers pin an epoch and load it; writers (growing by a region,
+//! retiring regions) hold the class lock, publish a new list, and defer the free of the old one.
+//! A region leaves the list only after it was retired (its state word refuses new takers), and its
+//! metadata is freed only after a grace period, so a reader that loaded it just before the unlink
+//! can still CAS its state word safely.
+
+use std::io;
+
+use crate::os::Mapping;
+use crate::pool::PoolShared;
+use crate::region::{drop_ref, RegionMemory, RegionRef, Released};
+use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use crate::sync::epoch::{self, Atomic, Guard, Owned};
+use crate::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+struct RegionList {
+    regions: Vec<RegionRef>,
+}
+
+/// Why a class could not hand out a slice.
+#[derive(Debug)]
+pub(crate) enum Shortage {
+    /// A new region would exceed the budget; `mapped` is what was mapped at that moment.
+    Budget { needed: usize },
+    /// The OS refused the mapping (or the file reservation).
+    Map(io::Error),
+}
+
+/// The regions of one size class.
+#[derive(Debug)]
+pub(crate) struct ClassPool {
+    pub(crate) index: u8,
+    pub(crate) size: usize,
+    pub(crate) region_size: usize,
+    pub(crate) cache_capacity: usize,
+    regions: Atomic<RegionList>,
+    /// Serialises changes to `regions` (growth and retirement); never taken on the fast path.
+    lock: Mutex<()>,
+    /// Regions whose state word is exactly 0 (live, nothing out). Updated after the transition
+    /// it counts, so it can be off by the transitions in flight (even negative for a moment); it
+    /// only steers when to retire, and retiring re-checks the state word itself.
+    empty_regions: AtomicIsize,
+    pub(crate) regions_mapped: AtomicU64,
+    pub(crate) regions_unmapped: AtomicU64,
+}
+
+/// What [`ClassPool::snapshot`] reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ClassSnapshot {
+    pub(crate) regions: usize,
+    pub(crate) slices: usize,
+    pub(crate) out: usize,
+    pub(crate) mapped_bytes: usize,
+}
+
+impl ClassPool {
+    pub(crate) fn new(index: u8, size: usize, region_size: usize, cache_capacity: usize) -> Self {
+        Self {
+            index,
+            size,
+            region_size,
+            cache_capacity,
+            regions: Atomic::new(RegionList::default()),
+            lock: Mutex::new(()),
+            empty_regions: AtomicIsize::new(0),
+            regions_mapped: AtomicU64::new(0),
+            regions_unmapped: AtomicU64::new(0),
+        }
+    }
+
+    fn list<'g>(&self, guard: &'g Guard) -> &'g [RegionRef] {
+        let list = self.regions.load(Ordering::Acquire, guard);
+        // SAFETY: the list is replaced only under the class lock, and the old one is freed through
+        // `defer_destroy`, so it stays valid while `guard` is pinned. It is never null.
+        unsafe { list.as_ref() }.map_or(&[], |l| l.regions.as_slice())
+    }
+
+    fn publish(&self, regions: Vec<RegionRef>, guard: &Guard) {
+        let old = self
+            .regions
+            .swap(Owned::new(RegionList { regions }), Ordering::AcqRel, guard);
+        // SAFETY: the old list is unreachable now; readers that loaded it are pinned.
+        unsafe { guard.defer_destroy(old) };
+    }
+
+    /// Takes up to `out.len()` slices from one region, mapping a new region if none has room.
+    pub(crate) fn take(
+        &self,
+        pool: &Arc<PoolShared>,
+        out: &mut [usize],
+        guard: &Guard,
+    ) -> Result<(RegionRef, usize), Shortage> {
+        if let Some(got) = self.take_existing(out, guard) {
+            return Ok(got);
+        }
+        self.grow(pool, out, guard)
+    }
+
+    fn take_existing(&self, out: &mut [usize], guard: &Guard) -> Option<(RegionRef, usize)> {
+        for &r in self.list(guard) {
+            // SAFETY: `r` was in the list loaded under `guard`.
+            let region = unsafe { r.get() };
+            if region.in_use() >= region.slices() {
+                continue;
+            }
+            let (n, was_empty) = region.take(out);
+            if n > 0 {
+                if was_empty {
+                    self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Some((r, n));
+            }
+        }
+        None
+    }
+
+    fn grow(
+        &self,
+        pool: &Arc<PoolShared>,
+        out: &mut [usize],
+        guard: &Guard,
+    ) -> Result<(RegionRef, usize), Shortage> {
+        let _g = self.lock.lock();
+        // Another thread may have grown the class while we waited.
+        if let Some(got) = self.take_existing(out, guard) {
+            return Ok(got);
+        }
+        let region = pool.new_region(self.index, self.size, self.region_size)?;
+        // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
+        let (n, _) = unsafe { region.get() }.take(out);
+        debug_assert!(n > 0);
+        let mut list = self.list(guard).to_vec();
+        list.push(region);
+        self.publish(list, guard);
+        self.regions_mapped.fetch_add(1, Ordering::Relaxed);
+        Ok((region, n))
+    }
+
+    /// Called by whoever moved `region`'s count to zero. Retires it if the class now keeps more
+    /// empty regions than `retain`.
+    pub(crate) fn on_emptied(&self, region: RegionRef, retain: usize, guard: &Guard) {
+        let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
+        if empty > retain as isize {
+            self.retire_empty(Some(region), guard);
+        }
+    }
+
+    /// Retires and unmaps empty regions (only `only`, if given); returns the bytes unmapped.
+    pub(crate) fn retire_empty(&self, only: Option<RegionRef>, guard: &Guard) -> usize {
+        let mut retired = Vec::new();
+        {
+            let _g = self.lock.lock();
+            let list = self.list(guard);
+            let mut keep = Vec::with_capacity(list.len());
+            for &r in list {
+                // SAFETY: `r` is in the list, which cannot change while we hold the lock.
+                let region = unsafe { r.get() };
+                if only.is_none_or(|o| o == r) && region.try_retire_empty() {
+                    self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                    retired.push(r);
+                } else {
+                    keep.push(r);
+                }
+            }
+            if retired.is_empty() {
+                return 0;
+            }
+            self.publish(keep, guard);
+        }
+        let mut bytes = 0;
+        for r in retired {
+            // SAFETY: metadata is alive (we hold the retirer's reference).
+            let len = unsafe { r.get() }.len();
+            // SAFETY: we own the retirer's reference, taken by `try_retire_empty`, and are pinned.
+            let outcome = unsafe { drop_ref(r, 1, guard) };
+            debug_assert_eq!(outcome, Released::Destroyed, "an empty retired region has no slices out");
+            bytes += len;
+        }
+        bytes
+    }
+
+    /// Retires every region (the pool is closing). Regions with slices out are destroyed by the
+    /// last give-back.
+    pub(crate) fn close(&self, guard: &Guard) {
+        let all = {
+            let _g = self.lock.lock();
+            let all = self.list(guard).to_vec();
+            for &r in &all {
+                // SAFETY: `r` is in the list, which cannot change while we hold the lock.
+                if unsafe { r.get() }.retire() {
+                    self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            self.publish(Vec::new(), guard);
+            all
+        };
+        for r in all {
+            // SAFETY: `retire` gave us one reference; we are pinned.
+            unsafe { drop_ref(r, 1, guard) };
+        }
+    }
+
+    /// Counts over the live regions (a snapshot).
+    pub(crate) fn snapshot(&self) -> ClassSnapshot {
+        let guard = epoch::pin();
+        let mut s = ClassSnapshot::default();
+        for &r in self.list(&guard) {
+            // SAFETY: `r` was in the list loaded under `guard`.
+            let region = unsafe { r.get() };
+            s.regions += 1;
+            s.slices += region.slices();
+            s.out += region.in_use();
+            s.mapped_bytes += region.len();
+        }
+        s
+    }
+}
+
+impl Drop for ClassPool {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no other thread can reach the list any more.
+        let list = unsafe { self.regions.load(Ordering::Relaxed, epoch::unprotected()) };
+        if !list.is_null() {
+            // SAFETY: as above; every region was destroyed before the pool's shared state could
+            // be dropped (each region holds an `Arc` to it), so only the list itself remains.
+            drop(unsafe { list.into_owned() });
+        }
+    }
+}
+
+/// Makes the memory of a region or dedicated mapping for the given backing.
+pub(crate) fn map_memory(
+    backing: &crate::pool::Backing,
+    len: usize,
+    huge_pages: bool,
+    prefault: bool,
+) -> io::Result<RegionMemory> {
+    use crate::fault::{self, FileFaultState};
+    use crate::os::{file, Protection, Sharing};
+    const HUGE: usize = 2 << 20;
+    match backing {
+        crate::pool::Backing::Anonymous => {
+            let huge = huge_pages && len >= HUGE;
+            let mapping = Mapping::anonymous(len, if huge { HUGE } else { 4096 })?;
+            if huge {
+                mapping.advise_huge_pages();
+            }
+            if prefault {
+                mapping.populate_write()?;
+            }
+            Ok(RegionMemory {
+                fault: None,
+                mapping,
+            })
+        }
+        crate::pool::Backing::File(dir) => {
+            let f = file::anonymous_file(dir)?;
+            file::reserve(&f, 0, len as u64)?;
+            let mapping = Mapping::file(&f, 0, len, Protection::ReadWrite, Sharing::Shared, false)?;
+            if prefault {
+                mapping.populate_write()?;
+            }
+            let state = FileFaultState::new(Some(dir.clone()));
+            // SAFETY: `mapping` is a file mapping we own; the registration is stored before it in
+            // `RegionMemory`, so it is dropped (deregistered) before the mapping is unmapped.
+            let reg = unsafe { fault::register(mapping.as_ptr(), mapping.len(), &state) }
+                .map_err(io::Error::from)?;
+            // The mapping keeps the nameless file alive; the descriptor can go.
+            drop(f);
+            Ok(RegionMemory {
+                fault: Some((reg, state)),
+                mapping,
+            })
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! A lock-free stack of free slice indices: where allocators find a region's free slices.
+//!
+//! A Treiber stack over an index array. The links live beside the slices, never inside them:
+//! writing a link into a free slice would touch (and fault in) memory nobody asked for, and would
+//! overwrite the poison pattern the diagnostics rely on.
+//!
+//! The head packs a 32-bit tag with `index + 1` (0 means empty). Every successful CAS bumps the
+//! tag, so a pop that read `next[top]` before another thread popped `top` and pushed it back with a
+//! different link fails its CAS instead of installing a stale link (the ABA problem). A tag wraps
+//! after 2^32 operations on one region between a thread's load and its CAS, which cannot happen in
+//! the microseconds that window lasts.
+
+use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+const EMPTY: u32 = 0;
+
+/// The free slices of one region.
+///
+/// # Invariants
+///
+/// * Each index `0..len` is either on the stack exactly once or owned by exactly one party (a
+///   reservation in progress, a thread cache, or a live segment).
+/// * `next[i]` is written only by the party that owns `i`, before it pushes `i`; while `i` is on
+///   the stack its link does not change.
+#[derive(Debug)]
+pub(crate) struct FreeStack {
+    head: AtomicU64,
+    next: Box<[AtomicU32]>,
+}
+
+fn pack(tag: u32, top: u32) -> u64 {
+    (u64::from(tag) << 32) | u64::from(top)
+}
+
+fn unpack(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+impl FreeStack {
+    /// A stack holding every index `0..len`, lowest on top (so a fresh region is handed out in
+    /// address order).
+    pub(crate) fn full(len: u32) -> Self {
+        let next = (0..len)
+            .map(|i| AtomicU32::new(if i + 1 < len { i + 2 } else { EMPTY }))
+            .collect();
+        let top = if len > 0 { 1 } else { EMPTY };
+        Self {
+            head: AtomicU64::new(pack(0, top)),
+            next,
+        }
+    }
+
+    /// Pops up to `out.len()` indices into `out`; returns how many. One CAS for the whole batch:
+    /// the links walked are stable while the tag is unchanged (see the invariants).
+    pub(crate) fn pop_into(&self, out: &mut [u32]) -> usize {
+        if out.is_empty() {
+            return 0;
+        }
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            let (tag, top) = unpack(head);
+            if top == EMPTY {
+                return 0;
+            }
+            let mut n = 0;
+            let mut cur = top;
+            while cur != EMPTY && n < out.len() {
+                out[n] = cur - 1;
+                n += 1;
+                cur = self.next[(cur - 1) as usize].load(Ordering::Relaxed);
+            }
+            match self.head.compare_exchange_weak(
+                head,
+                pack(tag.wrapping_add(1), cur),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return n,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// Links `indices` into a chain and pushes it with one CAS. The caller owns every index.
+    pub(crate) fn push_all(&self, indices: &[u32]) {
+        let Some((&first, rest)) = indices.split_first() else {
+            return;
+        };
+        let mut last = first;
+        for &i in rest {
+            self.next[last as usize].store(i + 1, Ordering::Relaxed);
+            last = i;
+        }
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            let (tag, top) = unpack(head);
+            self.next[last as usize].store(top, Ordering::Relaxed);
+            match self.head.compare_exchange_weak(
+                head,
+                pack(tag.wrapping_add(1), first + 1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pops_in_address_order_and_round_trips() {
+        let s = FreeStack::full(5);
+        let mut out = [0u32; 3];
+        assert_eq!(s.pop_into(&mut out), 3);
+        assert_eq!(out, [0, 1, 2]);
+        s.push_all(&[1, 0]);
+        let mut all = [9u32; 8];
+        assert_eq!(s.pop_into(&mut all), 4);
+        assert_eq!(&all[..4], &[1, 0, 3, 4]);
+        assert_eq!(s.pop_into(&mut all), 0);
+    }
+}

@@ -1,0 +1,633 @@
+//! `SegmentPool`: the public handle, its builder, and the state its regions share.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+
+use crate::class_pool::{map_memory, ClassPool, Shortage};
+use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
+use crate::segment::Segment;
+use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
+use crate::stats::{ClassStats, PoolStats};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{epoch, Arc, Mutex};
+use crate::thread_cache::{self, ThreadCounters};
+use crate::budget::Budget;
+use crate::{Error, Result};
+
+/// Where a pool's memory comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Backing {
+    /// Anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`).
+    #[default]
+    Anonymous,
+    /// Files created in this directory, one per region, that no other process can open
+    /// (`O_TMPFILE`), given their full size with `posix_fallocate` before they are mapped
+    /// `MAP_SHARED`, so a full disk is an `Err` from `allocate`, never a SIGBUS later.
+    File(PathBuf),
+}
+
+/// Largest region a pool accepts (its free-slice metadata stays small).
+const MAX_REGION: usize = 1 << 30;
+
+type PressureFn = dyn Fn(usize) + Send + Sync + 'static;
+
+/// Configures and builds a [`SegmentPool`]. Every value is checked by [`build`](Self::build).
+pub struct SegmentPoolBuilder {
+    size_classes: Vec<usize>,
+    region_size: Option<usize>,
+    budget: Option<usize>,
+    backing: Backing,
+    on_pressure: Option<Box<PressureFn>>,
+    huge_pages: bool,
+    prefault: bool,
+    retain_empty_regions: usize,
+    thread_cache: bool,
+}
+
+impl fmt::Debug for SegmentPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentPoolBuilder")
+            .field("size_classes", &self.size_classes)
+            .field("region_size", &self.region_size)
+            .field("budget", &self.budget)
+            .field("backing", &self.backing)
+            .field("on_pressure", &self.on_pressure.is_some())
+            .field("huge_pages", &self.huge_pages)
+            .field("prefault", &self.prefault)
+            .field("retain_empty_regions", &self.retain_empty_regions)
+            .field("thread_cache", &self.thread_cache)
+            .finish()
+    }
+}
+
+impl Default for SegmentPoolBuilder {
+    fn default() -> Self {
+        Self {
+            size_classes: DEFAULT_SIZE_CLASSES.to_vec(),
+            region_size: None,
+            budget: None,
+            backing: Backing::Anonymous,
+            on_pressure: None,
+            huge_pages: true,
+            prefault: false,
+            retain_empty_regions: 1,
+            thread_cache: true,
+        }
+    }
+}
+
+impl SegmentPoolBuilder {
+    /// The slice sizes: powers of two, at least 4096, strictly increasing. Default: 4 KiB, 16 KiB,
+    /// 64 KiB, 256 KiB, 1 MiB.
+    pub fn size_classes(mut self, sizes: &[usize]) -> Self {
+        self.size_classes = sizes.to_vec();
+        self
+    }
+
+    /// The size of every region (a multiple of 4096, at least the largest class, at most 1 GiB).
+    /// Default: 32 slices per region, at least 2 MiB and at most 32 MiB, and at most a quarter
+    /// of the budget.
+    pub fn region_size(mut self, bytes: usize) -> Self {
+        self.region_size = Some(bytes);
+        self
+    }
+
+    /// A hard limit on the bytes the pool maps (regions plus dedicated mappings).
+    pub fn budget(mut self, bytes: usize) -> Self {
+        self.budget = Some(bytes);
+        self
+    }
+
+    /// Where the memory comes from. Default: [`Backing::Anonymous`].
+    pub fn backing(mut self, backing: Backing) -> Self {
+        self.backing = backing;
+        self
+    }
+
+    /// Called with the bytes the pool needs when the budget is exhausted (after the pool unmapped
+    /// its own empty regions), with no pool lock held, so it may release segments (a page cache
+    /// evicts here). The allocation is tried again once after it returns.
+    pub fn on_pressure<F: Fn(usize) + Send + Sync + 'static>(mut self, f: F) -> Self {
+        self.on_pressure = Some(Box::new(f));
+        self
+    }
+
+    /// Advise anonymous regions of 2 MiB and more `MADV_HUGEPAGE` (default: on).
+    pub fn huge_pages(mut self, on: bool) -> Self {
+        self.huge_pages = on;
+        self
+    }
+
+    /// Prefault new regions with `MADV_POPULATE_WRITE` (default: off). A refusal (`ENOMEM`) is an
+    /// `Err` from the allocation that needed the region.
+    pub fn prefault(mut self, on: bool) -> Self {
+        self.prefault = on;
+        self
+    }
+
+    /// How many empty regions each class keeps mapped for reuse (default 1); a region that becomes
+    /// empty beyond that is unmapped at once. `trim()` unmaps the rest.
+    pub fn retain_empty_regions(mut self, regions: usize) -> Self {
+        self.retain_empty_regions = regions;
+        self
+    }
+
+    /// Per-thread caches of free slices (default: on). Off, every allocation and release goes to
+    /// the regions' shared free lists.
+    pub fn thread_cache(mut self, on: bool) -> Self {
+        self.thread_cache = on;
+        self
+    }
+
+    /// Checks the configuration and builds the pool. No memory is mapped until the first
+    /// allocation.
+    pub fn build(self) -> Result<SegmentPool> {
+        let classes = SizeClasses::new(&self.size_classes)?;
+        let page = crate::os::page_size();
+        if let Some(b) = self.budget {
+            if b < page {
+                return Err(Error::InvalidConfig(format!(
+                    "budget: {b} bytes is less than one page ({page} bytes)"
+                )));
+            }
+        }
+        if let Some(r) = self.region_size {
+            if r == 0 || r % page != 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "region_size: {r} is not a positive multiple of the page size ({page})"
+                )));
+            }
+            if r < classes.largest() {
+                return Err(Error::InvalidConfig(format!(
+                    "region_size: {r} cannot hold one slice of the largest class ({})",
+                    classes.largest()
+                )));
+            }
+            if r > MAX_REGION {
+                return Err(Error::InvalidConfig(format!(
+                    "region_size: {r} is larger than the maximum of {MAX_REGION} bytes"
+                )));
+            }
+            if let Some(b) = self.budget.filter(|&b| r > b) {
+                return Err(Error::InvalidConfig(format!(
+                    "region_size: {r} is larger than the budget ({b} bytes): no region could ever be mapped"
+                )));
+            }
+        }
+        if let Backing::File(dir) = &self.backing {
+            crate::os::file::anonymous_file(dir).map_err(|e| {
+                Error::InvalidConfig(format!("backing directory {}: {e}", dir.display()))
+            })?;
+        }
+        static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let class_pools = classes
+            .sizes()
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let region = SizeClasses::region_size(size, self.region_size, self.budget);
+                let cache = if self.thread_cache {
+                    SizeClasses::cache_capacity(size, self.budget)
+                } else {
+                    0
+                };
+                ClassPool::new(i as u8, size, region, cache)
+            })
+            .collect::<Vec<_>>();
+        let n = class_pools.len();
+        let shared = PoolShared {
+            id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            size_classes: classes,
+            classes: class_pools.into_boxed_slice(),
+            budget: Budget::new(self.budget),
+            backing: self.backing,
+            huge_pages: self.huge_pages,
+            prefault: self.prefault,
+            retain_empty_regions: self.retain_empty_regions,
+            on_pressure: self.on_pressure,
+            trim_gen: CachePadded::new(AtomicU64::new(0)),
+            closed: AtomicBool::new(false),
+            next_region_id: AtomicU64::new(1),
+            threads: Mutex::new(Vec::new()),
+            departed: ThreadCounters::new(n),
+            out_bytes: AtomicUsize::new(0),
+            peak_out_bytes: AtomicUsize::new(0),
+            dedicated_segments: AtomicUsize::new(0),
+            dedicated_bytes: AtomicUsize::new(0),
+        };
+        Ok(SegmentPool {
+            handle: Arc::new(PoolHandle {
+                shared: Arc::new(shared),
+            }),
+        })
+    }
+}
+
+/// The state shared by a pool's handles, its regions and the thread caches that hold its slices.
+/// It outlives the last `SegmentPool` handle until its last region is destroyed.
+pub(crate) struct PoolShared {
+    pub(crate) id: u64,
+    pub(crate) size_classes: SizeClasses,
+    pub(crate) classes: Box<[ClassPool]>,
+    pub(crate) budget: Budget,
+    backing: Backing,
+    huge_pages: bool,
+    prefault: bool,
+    pub(crate) retain_empty_regions: usize,
+    on_pressure: Option<Box<PressureFn>>,
+    /// Bumped by `trim()`, budget pressure and close: thread caches give everything back when
+    /// they see it move.
+    trim_gen: CachePadded<AtomicU64>,
+    closed: AtomicBool,
+    next_region_id: AtomicU64,
+    /// Counters of the threads that have a cache for this pool.
+    threads: Mutex<Vec<Arc<ThreadCounters>>>,
+    /// Counts of threads that have exited, and of uncached allocations and releases (atomic
+    /// read-modify-writes: these paths are not the fast path).
+    departed: ThreadCounters,
+    out_bytes: AtomicUsize,
+    peak_out_bytes: AtomicUsize,
+    dedicated_segments: AtomicUsize,
+    dedicated_bytes: AtomicUsize,
+}
+
+impl fmt::Debug for PoolShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolShared")
+            .field("id", &self.id)
+            .field("classes", &self.size_classes.sizes())
+            .field("budget", &self.budget.limit())
+            .field("backing", &self.backing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolShared {
+    #[inline]
+    pub(crate) fn trim_generation(&self) -> u64 {
+        self.trim_gen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn register_thread(&self) -> Arc<ThreadCounters> {
+        let c = Arc::new(ThreadCounters::new(self.classes.len()));
+        self.threads.lock().push(Arc::clone(&c));
+        c
+    }
+
+    /// Folds an exiting cache's counts into `departed` and forgets it.
+    pub(crate) fn unregister_thread(&self, counters: &Arc<ThreadCounters>) {
+        let mut threads = self.threads.lock();
+        if let Some(pos) = threads.iter().position(|t| Arc::ptr_eq(t, counters)) {
+            threads.swap_remove(pos);
+        }
+        for (d, c) in self.departed.classes.iter().zip(counters.classes.iter()) {
+            d.allocations
+                .fetch_add(c.allocations.load(Ordering::Relaxed), Ordering::Relaxed);
+            d.releases
+                .fetch_add(c.releases.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn count_direct_allocation(&self, class: usize) {
+        self.departed.classes[class]
+            .allocations
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_direct_release(&self, class: usize) {
+        self.departed.classes[class]
+            .releases
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Slices left the free lists (taken by a thread cache or a segment).
+    pub(crate) fn note_taken(&self, bytes: usize) {
+        let now = self.out_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Slices came back to the free lists.
+    pub(crate) fn note_returned(&self, bytes: usize) {
+        self.out_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Maps a new region for class `class` (budget first).
+    pub(crate) fn new_region(
+        self: &Arc<Self>,
+        class: u8,
+        slice_size: usize,
+        len: usize,
+    ) -> std::result::Result<RegionRef, Shortage> {
+        self.budget
+            .try_reserve(len)
+            .map_err(|_| Shortage::Budget { needed: len })?;
+        let memory = map_memory(&self.backing, len, self.huge_pages, self.prefault).map_err(|e| {
+            self.budget.release(len);
+            Shortage::Map(e)
+        })?;
+        let id = self.next_region_id.fetch_add(1, Ordering::Relaxed);
+        Ok(into_ref(Region::new(
+            Arc::clone(self),
+            class,
+            slice_size,
+            memory,
+            id,
+            false,
+        )))
+    }
+
+    /// Called by a region's destroyer after it unmapped `len` bytes.
+    pub(crate) fn region_unmapped(&self, class: u8, len: usize) {
+        if class == NO_CLASS {
+            self.dedicated_segments.fetch_sub(1, Ordering::Relaxed);
+            self.dedicated_bytes.fetch_sub(len, Ordering::Relaxed);
+        } else {
+            self.classes[class as usize]
+                .regions_unmapped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.budget.release(len);
+    }
+
+    /// Unmaps every empty region now (after this thread gave its cached slices back, and after
+    /// telling other threads to give theirs back on their next call). Returns bytes unmapped.
+    pub(crate) fn trim(&self) -> usize {
+        self.trim_gen.fetch_add(1, Ordering::AcqRel);
+        thread_cache::flush_current_thread(self);
+        let guard = epoch::pin();
+        self.classes
+            .iter()
+            .map(|c| c.retire_empty(None, &guard))
+            .sum()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.trim_gen.fetch_add(1, Ordering::AcqRel);
+        thread_cache::flush_current_thread(self);
+        let guard = epoch::pin();
+        for c in self.classes.iter() {
+            c.close(&guard);
+        }
+    }
+}
+
+/// The last `SegmentPool` handle closes the pool when it is dropped.
+struct PoolHandle {
+    shared: Arc<PoolShared>,
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// A pool of page-aligned segments in size classes, carved from mmap'd regions.
+///
+/// Cloning is cheap (a shared handle). The pool is closed when the last clone is dropped: its empty
+/// regions are unmapped at once, and regions that still have live segments are unmapped when the
+/// last of those segments is released.
+#[derive(Clone)]
+pub struct SegmentPool {
+    handle: Arc<PoolHandle>,
+}
+
+impl fmt::Debug for SegmentPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.handle.shared, f)
+    }
+}
+
+/// The outcome of one attempt to serve an allocation.
+enum Attempt {
+    /// A segment, and whether its bytes are known to be zero.
+    Done(Segment, bool),
+    Short { needed: usize },
+}
+
+impl SegmentPool {
+    /// A builder with the defaults (see [`SegmentPoolBuilder`]).
+    pub fn builder() -> SegmentPoolBuilder {
+        SegmentPoolBuilder::default()
+    }
+
+    /// A pool with every default: the default size classes, anonymous memory, no budget.
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    fn shared(&self) -> &Arc<PoolShared> {
+        &self.handle.shared
+    }
+
+    /// A segment of at least `size` bytes: the smallest class that fits, or a dedicated mapping
+    /// (rounded up to pages) above the largest class. Its contents are unspecified (zero when the
+    /// memory is fresh; use [`allocate_zeroed`](Self::allocate_zeroed) to be sure).
+    ///
+    /// Fails with `ZeroSize`, `TooLarge`, `BudgetExceeded` (after unmapping the pool's own empty
+    /// regions and calling the pressure callback once), or `Map`.
+    #[inline]
+    pub fn allocate(&self, size: usize) -> Result<Segment> {
+        self.allocate_inner(size).map(|(seg, _)| seg)
+    }
+
+    /// Like [`allocate`](Self::allocate), and the bytes are zero. Slices never handed out before
+    /// are known to be zero already and are not written; reused ones are cleared.
+    pub fn allocate_zeroed(&self, size: usize) -> Result<Segment> {
+        let (mut seg, zero) = self.allocate_inner(size)?;
+        if !zero {
+            seg.fill(0);
+        }
+        Ok(seg)
+    }
+
+    #[inline(always)]
+    fn allocate_inner(&self, size: usize) -> Result<(Segment, bool)> {
+        let shared = self.shared();
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if let Some(class) = shared.size_classes.class_of(size) {
+            if let Some((addr, region)) = thread_cache::pop(shared, class) {
+                let len = shared.classes[class].size;
+                // SAFETY: the cache handed this slice to us alone; it belongs to `region`.
+                let seg = unsafe { Segment::from_slice(addr, region, len) };
+                return Ok((seg, addr & ZERO_TAG != 0));
+            }
+        }
+        self.allocate_slow(size)
+    }
+
+    /// Like [`allocate`](Self::allocate), but when the budget is exhausted it waits up to
+    /// `timeout` for segments to be released (or regions unmapped) instead of failing at once.
+    /// A request that could never fit the budget fails at once.
+    pub fn allocate_timeout(&self, size: usize, timeout: Duration) -> Result<Segment> {
+        let deadline = Instant::now() + timeout;
+        match self.allocate(size) {
+            Err(Error::BudgetExceeded { .. }) => {}
+            other => return other,
+        }
+        let shared = self.shared();
+        let mut failure = None;
+        let got = shared.budget.wait_for(deadline, || match self.attempt(size) {
+            Ok(Attempt::Done(seg, _)) => Some(Ok(seg)),
+            Ok(Attempt::Short { needed }) => {
+                failure = Some(needed);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        });
+        match got {
+            Some(r) => r,
+            None => Err(self.budget_error(size, failure.unwrap_or(size))),
+        }
+    }
+
+    /// Unmaps every region that has no segment in use, now, and returns the bytes unmapped. This
+    /// thread's cached slices go back first; other threads give theirs back on their next call
+    /// into the pool (or when they exit), so regions they hold are unmapped by a later `trim()`.
+    pub fn trim(&self) -> usize {
+        self.shared().trim()
+    }
+
+    /// A snapshot of the pool's counts; `Display` prints it as a table.
+    pub fn stats(&self) -> PoolStats {
+        let shared = self.shared();
+        let mut classes: Vec<ClassStats> = shared
+            .classes
+            .iter()
+            .zip(shared.departed.classes.iter())
+            .map(|(c, d)| ClassStats {
+                size: c.size,
+                allocations: d.allocations.load(Ordering::Relaxed),
+                releases: d.releases.load(Ordering::Relaxed),
+                ..ClassStats::default()
+            })
+            .collect();
+        for t in shared.threads.lock().iter() {
+            for (s, c) in classes.iter_mut().zip(t.classes.iter()) {
+                s.allocations += c.allocations.load(Ordering::Relaxed);
+                s.releases += c.releases.load(Ordering::Relaxed);
+                s.cached += c.cached.load(Ordering::Relaxed);
+            }
+        }
+        let mut stats = PoolStats {
+            budget_bytes: shared.budget.limit(),
+            mapped_bytes: shared.budget.mapped(),
+            peak_mapped_bytes: shared.budget.peak_mapped(),
+            peak_in_use_bytes: shared.peak_out_bytes.load(Ordering::Relaxed),
+            dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
+            dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
+            ..PoolStats::default()
+        };
+        for (s, c) in classes.iter_mut().zip(shared.classes.iter()) {
+            let snap = c.snapshot();
+            s.in_use = s.allocations.saturating_sub(s.releases) as usize;
+            s.regions = snap.regions;
+            s.free = snap.slices.saturating_sub(snap.out);
+            stats.regions += snap.regions;
+            stats.regions_mapped += c.regions_mapped.load(Ordering::Relaxed);
+            stats.regions_unmapped += c.regions_unmapped.load(Ordering::Relaxed);
+            stats.in_use_bytes += s.in_use * s.size;
+            stats.cached_bytes += s.cached * s.size;
+        }
+        stats.in_use_bytes += stats.dedicated_bytes;
+        stats.classes = classes;
+        stats
+    }
+
+    #[cold]
+    fn allocate_slow(&self, size: usize) -> Result<(Segment, bool)> {
+        let shared = self.shared();
+        let needed = match self.attempt(size)? {
+            Attempt::Done(seg, zero) => return Ok((seg, zero)),
+            Attempt::Short { needed } => needed,
+        };
+        if shared.budget.limit().is_some_and(|l| needed > l) {
+            return Err(self.budget_error(size, needed));
+        }
+        // 1. Unmap our own empty regions (any class) and tell other threads to give their cached
+        //    slices back, then try again.
+        shared.trim();
+        let needed = match self.attempt(size)? {
+            Attempt::Done(seg, zero) => return Ok((seg, zero)),
+            Attempt::Short { needed } => needed,
+        };
+        // 2. Ask the user to free memory, with no lock held, then try once more.
+        let Some(on_pressure) = &shared.on_pressure else {
+            return Err(self.budget_error(size, needed));
+        };
+        on_pressure(needed);
+        match self.attempt(size)? {
+            Attempt::Done(seg, zero) => Ok((seg, zero)),
+            Attempt::Short { needed } => Err(self.budget_error(size, needed)),
+        }
+    }
+
+    fn budget_error(&self, requested: usize, needed: usize) -> Error {
+        let shared = self.shared();
+        Error::BudgetExceeded {
+            requested,
+            needed,
+            in_use: shared.budget.mapped(),
+            budget: shared.budget.limit().unwrap_or(usize::MAX),
+        }
+    }
+
+    /// One try at serving `size` without pressure handling.
+    fn attempt(&self, size: usize) -> Result<Attempt> {
+        let shared = self.shared();
+        match shared.size_classes.class_of(size) {
+            Some(class) => match thread_cache::refill(shared, class) {
+                // SAFETY: `refill` handed this slice to us alone; it belongs to `region`.
+                Ok((addr, region)) => Ok(Attempt::Done(
+                    unsafe { Segment::from_slice(addr, region, shared.classes[class].size) },
+                    addr & ZERO_TAG != 0,
+                )),
+                Err(Shortage::Budget { needed }) => Ok(Attempt::Short { needed }),
+                Err(Shortage::Map(e)) => Err(Error::Map(e)),
+            },
+            None => self.attempt_dedicated(size),
+        }
+    }
+
+    fn attempt_dedicated(&self, size: usize) -> Result<Attempt> {
+        let shared = self.shared();
+        let len = crate::os::round_up(size, crate::os::page_size())
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or(Error::TooLarge { requested: size })?;
+        if shared.budget.try_reserve(len).is_err() {
+            return Ok(Attempt::Short { needed: len });
+        }
+        let memory = match map_memory(&shared.backing, len, shared.huge_pages, shared.prefault) {
+            Ok(m) => m,
+            Err(e) => {
+                shared.budget.release(len);
+                return Err(Error::Map(e));
+            }
+        };
+        let id = shared.next_region_id.fetch_add(1, Ordering::Relaxed);
+        let region = into_ref(Region::new(
+            Arc::clone(shared),
+            NO_CLASS,
+            len.next_power_of_two(),
+            memory,
+            id,
+            true,
+        ));
+        shared.dedicated_segments.fetch_add(1, Ordering::Relaxed);
+        shared.dedicated_bytes.fetch_add(len, Ordering::Relaxed);
+        // SAFETY: the region was born with its one slice out, for this segment.
+        let base = unsafe { region.get() }.base();
+        // SAFETY: the dedicated region's one slice is this segment's alone.
+        Ok(Attempt::Done(unsafe { Segment::from_slice(base, region, len) }, true))
+    }
+}

@@ -1,0 +1,336 @@
+//! A region: one large mapping carved into equal slices of one size class.
+//!
+//! # The state word and the retire protocol
+//!
+//! `state` packs the region's in-use count with a `RETIRED` bit. The count is the number of
+//! slices *outside* the free stack: live segments, slices parked in thread caches, and
+//! reservations being popped. It changes exactly once per slice on the way out ([`Region::take`]
+//! reserves before it pops) and exactly once on the way back ([`Region::give_back`] pushes before
+//! it decrements).
+//!
+//! * Taking slices is a CAS that refuses a retired region: once `RETIRED` is set the count can
+//!   only fall, so nobody can hand out a slice of a region that is being torn down (invariant 1).
+//! * Giving back pushes the slices onto the free stack *before* the decrement (invariant 3): after
+//!   the decrement the region may be destroyed, so nothing may touch it after.
+//! * Retiring an empty region is a CAS from `0` to `RETIRED | 1`: the retirer holds a reference of
+//!   its own while it unlinks the region from its class, then drops it. Retiring a region that
+//!   still has slices out (the pool was dropped) sets `RETIRED` and adds the retirer's reference in
+//!   one CAS.
+//! * Whoever moves the word to exactly `RETIRED` (count zero) destroys the region: that transition
+//!   happens once, so exactly one party unmaps (invariant 5).
+//! * Destroying unmaps the memory at once (no slice of it exists) but frees the metadata only
+//!   after an epoch grace period, because another thread may have loaded the region's address from
+//!   its class list just before the unlink and may still CAS its state word (invariant 4).
+
+use std::ptr::NonNull;
+
+use crossbeam_utils::CachePadded;
+
+use crate::fault::{FileFaultState, RangeRegistration};
+use crate::free_stack::FreeStack;
+use crate::os::Mapping;
+use crate::pool::PoolShared;
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::epoch::{Guard, Shared};
+use crate::sync::{Arc, Mutex};
+
+/// Set in the state word once the region is retired.
+pub(crate) const RETIRED: usize = 1 << (usize::BITS - 1);
+
+/// The slices a region hands out per batch at most (stack buffers are sized by it).
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
+pub(crate) const ZERO_TAG: usize = 1;
+
+/// What backs a region's memory, dropped (unregistered, then unmapped) when it is destroyed.
+#[derive(Debug)]
+pub(crate) struct RegionMemory {
+    // Field order is drop order: the fault registration goes before the unmap.
+    pub(crate) fault: Option<(RangeRegistration, Arc<FileFaultState>)>,
+    pub(crate) mapping: Mapping,
+}
+
+/// One mapped region of one size class.
+///
+/// # Invariants
+///
+/// * `state` is as described in the module docs; `count(state) <= slices`.
+/// * `base..base + slices * slice_size` is mapped while `memory` is `Some`, which it is until the
+///   state word reached `RETIRED` with count zero.
+/// * The `Region` allocation itself lives until an epoch grace period after it was destroyed.
+#[derive(Debug)]
+pub(crate) struct Region {
+    state: CachePadded<AtomicUsize>,
+    free: FreeStack,
+    /// Slices with an index at or above this mark were never handed out (so they are zero).
+    fresh_mark: AtomicU32,
+    base: usize,
+    slice_shift: u32,
+    /// Bytes one slice accounts for: the class size, or a dedicated mapping's exact length.
+    slice_bytes: usize,
+    slices: u32,
+    pub(crate) class: u8,
+    pub(crate) pool_id: u64,
+    pub(crate) id: u64,
+    pub(crate) pool: Arc<PoolShared>,
+    /// The fault state of a file-backed region: once faulted, it hands out nothing more.
+    fault: Option<Arc<FileFaultState>>,
+    memory: Mutex<Option<RegionMemory>>,
+}
+
+/// A region pointer that can sit in shared lists and thread caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RegionRef(pub(crate) NonNull<Region>);
+
+// SAFETY: a `Region` is shared by design: every mutable field is atomic or behind a mutex, and the
+// protocol above says when the pointer may be dereferenced; the pointer itself is just an address.
+unsafe impl Send for RegionRef {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for RegionRef {}
+
+impl RegionRef {
+    /// # Safety
+    ///
+    /// * The caller holds a reference on the region (a slice of it, or a reservation) or is pinned
+    ///   in an epoch during which the region was reachable from its class list.
+    pub(crate) unsafe fn get<'a>(self) -> &'a Region {
+        // SAFETY: the caller's reference or pin keeps the allocation alive (invariants above).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Region {
+    /// Builds the metadata for `memory`. A region `born_retired` (a dedicated mapping for one
+    /// large segment) starts as `RETIRED | 1` with its one slice already out: it is never in a
+    /// class list, and the segment's release destroys it.
+    pub(crate) fn new(
+        pool: Arc<PoolShared>,
+        class: u8,
+        slice_size: usize,
+        memory: RegionMemory,
+        id: u64,
+        born_retired: bool,
+    ) -> Self {
+        // A dedicated region has one slice of `slice_size` (its length rounded up to a power of
+        // two, so that index arithmetic stays a shift) covering the whole mapping.
+        let slices = if born_retired {
+            1
+        } else {
+            (memory.mapping.len() / slice_size) as u32
+        };
+        let free = FreeStack::full(slices);
+        if born_retired {
+            pool.note_taken(memory.mapping.len());
+        }
+        let fresh_mark = if born_retired {
+            let mut first = [0u32; 1];
+            free.pop_into(&mut first);
+            1
+        } else {
+            0
+        };
+        Self {
+            state: CachePadded::new(AtomicUsize::new(if born_retired { RETIRED | 1 } else { 0 })),
+            free,
+            fresh_mark: AtomicU32::new(fresh_mark),
+            base: memory.mapping.as_ptr() as usize,
+            slice_shift: slice_size.trailing_zeros(),
+            slice_bytes: if born_retired {
+                memory.mapping.len()
+            } else {
+                slice_size
+            },
+            slices,
+            class,
+            pool_id: pool.id,
+            id,
+            pool,
+            fault: memory.fault.as_ref().map(|(_, s)| Arc::clone(s)),
+            memory: Mutex::new(Some(memory)),
+        }
+    }
+
+    pub(crate) fn slices(&self) -> usize {
+        self.slices as usize
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        (self.slices as usize) << self.slice_shift
+    }
+
+    pub(crate) fn slice_size(&self) -> usize {
+        1 << self.slice_shift
+    }
+
+    /// Slices outside the free stack right now (a snapshot).
+    pub(crate) fn in_use(&self) -> usize {
+        self.state.load(Ordering::Acquire) & !RETIRED
+    }
+
+    /// Whether this is a file-backed region whose file faulted.
+    pub(crate) fn faulted(&self) -> bool {
+        self.fault.as_ref().is_some_and(|f| f.is_faulted())
+    }
+
+    /// The first byte of the region.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired, a
+    /// faulted file region, or full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
+    /// on slices never handed out before) and returns how many, and whether the region was empty
+    /// before (for the class's empty-region count).
+    pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
+        let want = out.len().min(MAX_BATCH);
+        if self.faulted() {
+            return (0, false);
+        }
+        let mut cur = self.state.load(Ordering::Relaxed);
+        let n = loop {
+            if cur & RETIRED != 0 {
+                return (0, false);
+            }
+            let n = want.min(self.slices as usize - cur);
+            if n == 0 {
+                return (0, false);
+            }
+            match self
+                .state
+                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break n,
+                Err(actual) => cur = actual,
+            }
+        };
+        let was_empty = cur == 0;
+        self.pool.note_taken(n * self.slice_bytes);
+        let mut idx = [0u32; MAX_BATCH];
+        // Every reservation can pop: at all times the free stack holds at least
+        // `slices - count + (slices pushed but not yet decremented)` entries, and a reservation
+        // only takes what `slices - count` allowed.
+        let popped = self.free.pop_into(&mut idx[..n]);
+        assert_eq!(popped, n, "region free stack shorter than its reservation");
+        let max = idx[..n].iter().copied().max().unwrap_or(0);
+        let fresh_from = self.fresh_mark.fetch_max(max + 1, Ordering::AcqRel);
+        for (o, &i) in out.iter_mut().zip(&idx[..n]) {
+            let tag = if i >= fresh_from { ZERO_TAG } else { 0 };
+            *o = (self.base + ((i as usize) << self.slice_shift)) | tag;
+        }
+        (n, was_empty)
+    }
+
+    /// The slice index of a slice address of this region (tag bits ignored).
+    pub(crate) fn index_of(&self, addr: usize) -> u32 {
+        let off = (addr & !ZERO_TAG) - self.base;
+        debug_assert!(off < self.len() && off & (self.slice_size() - 1) == 0);
+        (off >> self.slice_shift) as u32
+    }
+
+    /// Retires the region if it is empty: CAS `0 → RETIRED | 1`. On success the caller owns one
+    /// reference and must unlink the region, then [`Region::drop_ref`] it.
+    pub(crate) fn try_retire_empty(&self) -> bool {
+        self.state
+            .compare_exchange(0, RETIRED | 1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Retires the region whatever its count (the pool is closing), taking a reference of the
+    /// caller's own. Returns whether it was empty. Must not be called twice on one region (only
+    /// the class, under its lock, retires, and it unlinks what it retired).
+    pub(crate) fn retire(&self) -> bool {
+        let prev = self.state.fetch_add(RETIRED | 1, Ordering::AcqRel);
+        assert_eq!(prev & RETIRED, 0, "region retired twice");
+        prev == 0
+    }
+}
+
+/// The outcome of dropping references on a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Slices remain out.
+    InUse,
+    /// The count reached zero on a live region: it is empty (and can be retired).
+    Emptied,
+    /// The count reached zero on a retired region: the caller destroyed it.
+    Destroyed,
+}
+
+/// Gives slices back to `region`: pushes them onto its free stack, then drops their count.
+///
+/// # Safety
+///
+/// * Every address in `addrs` is a slice of `region` owned by the caller (counted in its state).
+/// * `guard` was pinned before the call (the region may be destroyed by this call or, right after
+///   the decrement, by another thread; the guard keeps its metadata readable meanwhile).
+pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard) -> Released {
+    // SAFETY: the caller owns slices of the region, so it is alive (count > 0).
+    let r = unsafe { region.get() };
+    let mut idx = [0u32; MAX_BATCH];
+    for chunk in addrs.chunks(MAX_BATCH) {
+        for (o, &a) in idx.iter_mut().zip(chunk) {
+            *o = r.index_of(a);
+        }
+        r.free.push_all(&idx[..chunk.len()]);
+    }
+    r.pool.note_returned(addrs.len() * r.slice_bytes);
+    // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
+    unsafe { drop_ref(region, addrs.len(), guard) }
+}
+
+/// Drops `n` references (slices or a retirer's reference) from `region`; destroys it when the
+/// word reaches `RETIRED` with count zero.
+///
+/// # Safety
+///
+/// * The caller owns `n` references counted in the region's state.
+/// * `guard` was pinned before the call.
+pub(crate) unsafe fn drop_ref(region: RegionRef, n: usize, guard: &Guard) -> Released {
+    // SAFETY: the caller's references keep the region alive until the decrement, and its pin keeps
+    // the metadata readable after it.
+    let r = unsafe { region.get() };
+    let prev = r.state.fetch_sub(n, Ordering::AcqRel);
+    debug_assert!(prev & !RETIRED >= n, "region count underflow");
+    let now = prev - n;
+    if now == RETIRED {
+        // SAFETY: we moved the word to RETIRED|0: no slice is out and no one can take one, and this
+        // transition happens once, so we are the only destroyer.
+        unsafe { destroy(region, guard) };
+        Released::Destroyed
+    } else if now == 0 {
+        Released::Emptied
+    } else {
+        Released::InUse
+    }
+}
+
+/// Unmaps the region's memory now and frees its metadata after the grace period.
+///
+/// # Safety
+///
+/// * The caller moved the state word to `RETIRED` with count zero, and the region is no longer in
+///   its class's list.
+/// * `guard` is pinned.
+unsafe fn destroy(region: RegionRef, guard: &Guard) {
+    // SAFETY: the caller's pin keeps the metadata alive for this call.
+    let r = unsafe { region.get() };
+    let memory = r.memory.lock().take();
+    debug_assert!(memory.is_some(), "region destroyed twice");
+    if let Some(memory) = memory {
+        let len = memory.mapping.len();
+        drop(memory);
+        r.pool.region_unmapped(r.class, len);
+    }
+    // SAFETY: the region was allocated by `Owned::new` (see `ClassPool::grow`) and is unreachable
+    // from the class list; threads that loaded it before the unlink are pinned, and the deferred
+    // free runs only after they unpin.
+    unsafe { guard.defer_destroy(Shared::from(region.0.as_ptr() as *const Region)) };
+}
+
+/// Allocates region metadata where epoch reclamation can later free it.
+/// Allocates region metadata where epoch reclamation can later free it (`defer_destroy` frees
+/// it as the `Box` it is).
+pub(crate) fn into_ref(region: Region) -> RegionRef {
+    RegionRef(NonNull::from(Box::leak(Box::new(region))))
+}

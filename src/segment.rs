@@ -1,0 +1,121 @@
+//! `Segment`: an owned, page-aligned buffer from a pool.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use crate::region::{give_back, RegionRef, ZERO_TAG};
+use crate::size_class::NO_CLASS;
+use crate::sync::epoch;
+use crate::thread_cache;
+
+/// An owned, page-aligned byte buffer carved from a [`SegmentPool`](crate::SegmentPool).
+///
+/// Dropping it releases the slice to the pool. `len()` equals [`capacity()`](Self::capacity):
+/// the size class that served the request (or the request rounded up to pages, for requests above
+/// the largest class). Every segment is aligned to at least 4096 bytes.
+///
+/// A segment stays valid after its pool is dropped; its memory is unmapped when the last segment of
+/// its region is released.
+///
+/// # Invariants
+///
+/// `ptr..ptr + len` is a slice of `region`, counted in its state word, and owned by this value
+/// alone: no other segment, cache or free stack holds it until `drop` gives it back.
+pub struct Segment {
+    ptr: NonNull<u8>,
+    len: usize,
+    region: RegionRef,
+}
+
+// SAFETY: a segment owns its bytes exclusively (invariant above); releasing it from another thread
+// is what the region protocol is built for (all shared state is atomic).
+unsafe impl Send for Segment {}
+// SAFETY: `&Segment` only gives `&[u8]`, which is `Sync`.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// # Safety
+    ///
+    /// * `addr` (tag bits aside) is the start of a slice of `region` of at least `len` bytes,
+    ///   counted in the region and handed to this segment alone.
+    pub(crate) unsafe fn from_slice(addr: usize, region: RegionRef, len: usize) -> Self {
+        Self {
+            ptr: NonNull::new((addr & !ZERO_TAG) as *mut u8).expect("slice address is never null"),
+            len,
+            region,
+        }
+    }
+
+    /// The size of the buffer in bytes (equal to `len()`).
+    pub fn capacity(&self) -> usize {
+        self.len
+    }
+
+    /// The first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The first byte, for writing.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Deref for Segment {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the segment owns `len` initialised (mapped, zero-filled at first) bytes at `ptr`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for Segment {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for Segment {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl AsMut<[u8]> for Segment {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // SAFETY: the segment keeps its region alive.
+        let region = unsafe { self.region.get() };
+        f.debug_struct("Segment")
+            .field("addr", &self.ptr)
+            .field("len", &self.len)
+            .field("region", &region.id)
+            .field("dedicated", &(region.class == NO_CLASS))
+            .finish()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let addr = self.ptr.as_ptr() as usize;
+        // SAFETY: the segment keeps its region alive.
+        let dedicated = unsafe { self.region.get() }.class == NO_CLASS;
+        if dedicated {
+            let guard = epoch::pin();
+            // SAFETY: this segment owns the region's one slice; pinned. The region was born
+            // retired, so this give-back destroys (unmaps) it.
+            unsafe { give_back(self.region, &[addr], &guard) };
+        } else {
+            // SAFETY: this segment owns the slice; it is never used again.
+            unsafe { thread_cache::release(self.region, addr) };
+        }
+    }
+}

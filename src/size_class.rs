@@ -1,0 +1,157 @@
+//! Size classes: which fixed slice size serves a request, how large each class's regions are, and
+//! how many free slices a thread may keep cached per class.
+
+use crate::{Error, Result};
+
+/// The default classes: 4 KiB, 16 KiB, 64 KiB, 256 KiB and 1 MiB.
+pub const DEFAULT_SIZE_CLASSES: [usize; 5] = [4096, 16384, 65536, 262_144, 1 << 20];
+
+/// The smallest class: one page on the machines segpool targets, so every slice is page-aligned.
+pub(crate) const MIN_CLASS: usize = 4096;
+
+/// Regions are at least this large when the budget allows (one transparent huge page).
+pub(crate) const MIN_REGION: usize = 2 << 20;
+/// ... and at most this large by default, so an idle region pins little.
+pub(crate) const MAX_DEFAULT_REGION: usize = 32 << 20;
+/// Slices per region the default aims for.
+pub(crate) const SLICES_PER_REGION: usize = 32;
+
+/// Largest number of slices one thread may hold cached per class.
+pub(crate) const CACHE_MAX_SLICES: usize = 32;
+/// Bytes one thread may hold cached per class (at least one slice is always allowed unless the
+/// budget is small, see [`SizeClasses::cache_capacity`]).
+pub(crate) const CACHE_MAX_BYTES: usize = 1 << 20;
+
+/// Marks a size with no class: served by a dedicated mapping.
+pub(crate) const NO_CLASS: u8 = u8::MAX;
+
+/// The validated class table.
+///
+/// # Invariants
+///
+/// `sizes` is non-empty, strictly increasing, every entry a power of two `>= MIN_CLASS`.
+/// `by_log2[b]` is the index of the smallest class `>= 1 << b`, or `NO_CLASS`.
+#[derive(Debug, Clone)]
+pub(crate) struct SizeClasses {
+    sizes: Vec<usize>,
+    by_log2: [u8; 65],
+}
+
+impl SizeClasses {
+    pub(crate) fn new(sizes: &[usize]) -> Result<Self> {
+        if sizes.is_empty() {
+            return Err(Error::InvalidConfig("size_classes: at least one class is needed".into()));
+        }
+        if sizes.len() > 32 {
+            return Err(Error::InvalidConfig(format!(
+                "size_classes: {} classes given, at most 32 are supported",
+                sizes.len()
+            )));
+        }
+        for (i, &s) in sizes.iter().enumerate() {
+            if !s.is_power_of_two() || s < MIN_CLASS {
+                return Err(Error::InvalidConfig(format!(
+                    "size_classes: {s} is not a power of two of at least {MIN_CLASS}"
+                )));
+            }
+            if i > 0 && s <= sizes[i - 1] {
+                return Err(Error::InvalidConfig(format!(
+                    "size_classes: {s} follows {}; classes must be strictly increasing",
+                    sizes[i - 1]
+                )));
+            }
+        }
+        let mut by_log2 = [NO_CLASS; 65];
+        for (b, slot) in by_log2.iter_mut().enumerate().take(64) {
+            let want = 1usize << b;
+            if let Some(i) = sizes.iter().position(|&s| s >= want) {
+                *slot = i as u8;
+            }
+        }
+        Ok(Self {
+            sizes: sizes.to_vec(),
+            by_log2,
+        })
+    }
+
+    /// The class serving `size` bytes (`size > 0`), or `None` when it exceeds the largest class.
+    #[inline]
+    pub(crate) fn class_of(&self, size: usize) -> Option<usize> {
+        // ceil(log2(size)); size 1 → 0. Sizes above 2^63 land in slot 64, which is NO_CLASS.
+        let b = (usize::BITS - (size - 1).leading_zeros()) as usize;
+        let c = self.by_log2[b];
+        (c != NO_CLASS).then_some(c as usize)
+    }
+
+    pub(crate) fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    pub(crate) fn largest(&self) -> usize {
+        *self.sizes.last().expect("non-empty")
+    }
+
+    /// The region size for class `size`.
+    ///
+    /// * An explicit `region_size` is used as given, rounded down to a multiple of the class.
+    /// * Otherwise `SLICES_PER_REGION` slices, clamped to `MIN_REGION..=MAX_DEFAULT_REGION`.
+    /// * Under a budget, a region never exceeds a quarter of it (rounded down to a power of two,
+    ///   at least one slice), so a small budget stays usable: a 4 MiB budget still serves four
+    ///   1 MiB segments, or a mix of classes, instead of being spent on one idle region.
+    pub(crate) fn region_size(size: usize, explicit: Option<usize>, budget: Option<usize>) -> usize {
+        let mut r = match explicit {
+            Some(r) => r / size * size,
+            None => (size * SLICES_PER_REGION).clamp(MIN_REGION, MAX_DEFAULT_REGION),
+        };
+        if let Some(b) = budget {
+            let quarter = (b / 4).max(1);
+            let cap = if quarter.is_power_of_two() {
+                quarter
+            } else {
+                quarter.next_power_of_two() / 2
+            };
+            r = r.min(cap.max(size));
+        }
+        r.max(size)
+    }
+
+    /// How many free slices of class `size` one thread may keep cached.
+    ///
+    /// `min(CACHE_MAX_SLICES, CACHE_MAX_BYTES / size)`, at least one; under a budget also at most
+    /// `budget / (16 * size)` (possibly zero: the class is then not cached), so caches can never
+    /// hold a large share of a tight budget.
+    pub(crate) fn cache_capacity(size: usize, budget: Option<usize>) -> usize {
+        let mut cap = (CACHE_MAX_BYTES / size).clamp(1, CACHE_MAX_SLICES);
+        if let Some(b) = budget {
+            cap = cap.min(b / 16 / size);
+        }
+        cap
+    }
+}
+
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_picks_smallest_fitting_class() {
+        let c = SizeClasses::new(&DEFAULT_SIZE_CLASSES).unwrap();
+        assert_eq!(c.class_of(1), Some(0));
+        assert_eq!(c.class_of(4096), Some(0));
+        assert_eq!(c.class_of(4097), Some(1));
+        assert_eq!(c.class_of(10_000), Some(1));
+        assert_eq!(c.class_of(16384), Some(1));
+        assert_eq!(c.class_of(1 << 20), Some(4));
+        assert_eq!(c.class_of((1 << 20) + 1), None);
+        assert_eq!(c.class_of(usize::MAX), None);
+    }
+
+    #[test]
+    fn region_sizes_adapt_to_budget() {
+        assert_eq!(SizeClasses::region_size(4096, None, None), 2 << 20);
+        assert_eq!(SizeClasses::region_size(1 << 20, None, None), 32 << 20);
+        assert_eq!(SizeClasses::region_size(1 << 20, None, Some(4 << 20)), 1 << 20);
+        assert_eq!(SizeClasses::region_size(4096, Some(3 << 20), None), 3 << 20);
+        assert_eq!(SizeClasses::region_size(1 << 20, None, Some(6 << 20)), 1 << 20);
+    }
+}
