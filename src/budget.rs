@@ -80,6 +80,11 @@ impl Budget {
         self.notify();
     }
 
+    /// Threads waiting for room right now.
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed)
+    }
+
     /// Whether anybody waits for room; a relaxed load, for the release fast path.
     #[inline]
     pub(crate) fn has_waiters(&self) -> bool {

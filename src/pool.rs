@@ -472,7 +472,8 @@ impl SegmentPool {
     pub fn allocate_timeout(&self, size: usize, timeout: Duration) -> Result<Segment> {
         let deadline = Instant::now() + timeout;
         match self.allocate(size) {
-            Err(Error::BudgetExceeded { .. }) => {}
+            // Waiting cannot help a request larger than the whole budget.
+            Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => {}
             other => return other,
         }
         let shared = self.shared();
@@ -526,6 +527,7 @@ impl SegmentPool {
             peak_in_use_bytes: shared.peak_out_bytes.load(Ordering::Relaxed),
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
+            budget_waiters: shared.budget.waiters(),
             ..PoolStats::default()
         };
         for (s, c) in classes.iter_mut().zip(shared.classes.iter()) {

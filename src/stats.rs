@@ -37,6 +37,8 @@ pub struct PoolStats {
     pub dedicated_segments: usize,
     /// Bytes mapped for those dedicated segments (included in `mapped_bytes` and `in_use_bytes`).
     pub dedicated_bytes: usize,
+    /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
+    pub budget_waiters: usize,
     /// One entry per size class, smallest first.
     pub classes: Vec<ClassStats>,
 }

@@ -1,0 +1,77 @@
+//! `Backing::File`: regions are nameless files in a directory, reserved before they are mapped.
+
+mod common;
+
+use segpool::{Backing, Error, Segment, SegmentPool};
+
+#[test]
+fn a_file_backed_pool_works_and_its_files_are_invisible() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = SegmentPool::builder().backing(Backing::File(dir.path().into())).build().unwrap();
+    let mut segs: Vec<Segment> = [4096, 20_000, 1 << 20, 3 << 20].iter().map(|&n| pool.allocate(n).unwrap()).collect();
+    for (i, s) in segs.iter_mut().enumerate() {
+        assert!(s.iter().all(|&b| b == 0), "fresh file-backed memory is zero");
+        s.fill(i as u8 + 1);
+    }
+    for (i, s) in segs.iter().enumerate() {
+        assert!(s.iter().all(|&b| b == i as u8 + 1));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "region files have no name");
+    assert!(pool.stats().mapped_bytes > 0);
+    drop(segs);
+    pool.trim();
+    assert_eq!(pool.stats().mapped_bytes, 0);
+}
+
+#[test]
+fn a_full_filesystem_is_an_error_not_a_crash() {
+    let (status, out) = common::run_child("tiny_filesystem_child", true, &[]);
+    if status.code() == Some(common::SKIP) {
+        println!("skipped: {out}");
+        return;
+    }
+    assert!(status.success(), "child failed: {status:?}\n{out}");
+    assert!(out.contains("ENOSPC as an error"), "{out}");
+}
+
+/// Runs in a child in a private mount namespace: mounts a 4 MiB tmpfs and fills it.
+#[test]
+#[ignore = "child process of a_full_filesystem_is_an_error_not_a_crash"]
+fn tiny_filesystem_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(dir.path())
+        .status();
+    if !matches!(mounted, Ok(s) if s.success()) {
+        println!("cannot mount a tmpfs here (needs root or a user+mount namespace): {mounted:?}");
+        std::process::exit(common::SKIP);
+    }
+    let pool = SegmentPool::builder()
+        .size_classes(&[1 << 20])
+        .region_size(1 << 20)
+        .backing(Backing::File(dir.path().into()))
+        .build()
+        .unwrap();
+    let mut held = Vec::new();
+    let err = loop {
+        match pool.allocate(1 << 20) {
+            Ok(mut s) => {
+                s.fill(0xEE);
+                held.push(s);
+                assert!(held.len() <= 4, "a 4 MiB filesystem cannot hold more");
+            }
+            Err(e) => break e,
+        }
+    };
+    match &err {
+        Error::Map(io) => assert_eq!(io.raw_os_error(), Some(libc::ENOSPC), "{io}"),
+        other => panic!("expected a Map error with ENOSPC, got {other:?}"),
+    }
+    // What was handed out before is intact, and the pool keeps working after a release.
+    assert!(held.iter().all(|s| s.iter().all(|&b| b == 0xEE)));
+    held.pop();
+    pool.trim();
+    assert!(pool.allocate(1 << 20).is_ok());
+    println!("ENOSPC as an error after {} segments: {err}", held.len());
+}
