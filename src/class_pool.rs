@@ -143,7 +143,7 @@ impl ClassPool {
     /// empty regions than `retain`.
     pub(crate) fn on_emptied(&self, region: RegionRef, retain: usize, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
-        if empty > retain as isize {
+        if empty > retain.min(isize::MAX as usize) as isize {
             self.retire_empty(Some(region), guard);
         }
     }
