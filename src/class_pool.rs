@@ -128,7 +128,7 @@ impl ClassPool {
         if let Some(got) = self.take_existing(out, guard) {
             return Ok(got);
         }
-        let region = pool.new_region(self.index, self.size, self.region_size)?;
+        let region = PoolShared::new_region(pool, self.index, self.size, self.region_size)?;
         // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
         let (n, _) = unsafe { region.get() }.take(out);
         debug_assert!(n > 0);

@@ -21,3 +21,7 @@ pub use pool::{Backing, SegmentPool, SegmentPoolBuilder};
 pub use segment::Segment;
 pub use size_class::DEFAULT_SIZE_CLASSES;
 pub use stats::{ClassStats, PoolStats};
+
+#[cfg(all(test, loom))]
+#[path = "../loom/models.rs"]
+mod loom_models;

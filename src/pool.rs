@@ -320,21 +320,21 @@ impl PoolShared {
 
     /// Maps a new region for class `class` (budget first).
     pub(crate) fn new_region(
-        self: &Arc<Self>,
+        this: &Arc<Self>,
         class: u8,
         slice_size: usize,
         len: usize,
     ) -> std::result::Result<RegionRef, Shortage> {
-        self.budget
+        this.budget
             .try_reserve(len)
             .map_err(|_| Shortage::Budget { needed: len })?;
-        let memory = map_memory(&self.backing, len, self.huge_pages, self.prefault).map_err(|e| {
-            self.budget.release(len);
+        let memory = map_memory(&this.backing, len, this.huge_pages, this.prefault).map_err(|e| {
+            this.budget.release(len);
             Shortage::Map(e)
         })?;
-        let id = self.next_region_id.fetch_add(1, Ordering::Relaxed);
+        let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
         Ok(into_ref(Region::new(
-            Arc::clone(self),
+            Arc::clone(this),
             class,
             slice_size,
             memory,
@@ -424,7 +424,7 @@ impl SegmentPool {
         Self::builder().build()
     }
 
-    fn shared(&self) -> &Arc<PoolShared> {
+    pub(crate) fn shared(&self) -> &Arc<PoolShared> {
         &self.handle.shared
     }
 

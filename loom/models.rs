@@ -1,0 +1,203 @@
+//! Loom models of the region protocol: allocate, release and retire racing each other.
+//!
+//! Run with `RUSTFLAGS="--cfg loom --cfg crossbeam_loom" cargo test --lib --release loom_models`
+//! (`.ci/loom` does exactly that). The models drive the real `ClassPool`/`Region` code through the
+//! crate's sync shim, so every atomic and lock in them is loom's, including crossbeam-epoch's.
+//! Each checks the invariants of `docs/design.md`:
+//!
+//! * a slice is never handed to two owners at once (a loom `UnsafeCell` per slice catches an
+//!   access that is not ordered after the previous owner's);
+//! * a region is destroyed exactly once, after its last slice came back (the mapped byte count
+//!   and the unmapped-region count say so, and `destroy` asserts it runs once);
+//! * memory of a slice that is out is never unmapped (the owner writes to it after the race;
+//!   an unmapped page would crash the model).
+
+use loom::cell::UnsafeCell;
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::class_pool::ClassPool;
+use crate::pool::PoolShared;
+use crate::region::RegionRef;
+use crate::sync::atomic::Ordering;
+use crate::sync::epoch;
+use crate::thread_cache::release_direct;
+use crate::SegmentPool;
+
+const PAGE: usize = 4096;
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    builder.check(f);
+}
+
+/// One class of 4 KiB slices, `slices` per region, no thread caches.
+fn pool(slices: usize, retain_empty: usize) -> (SegmentPool, Arc<PoolShared>) {
+    let pool = SegmentPool::builder()
+        .size_classes(&[PAGE])
+        .region_size(slices * PAGE)
+        .retain_empty_regions(retain_empty)
+        .thread_cache(false)
+        .huge_pages(false)
+        .build()
+        .expect("model pool");
+    let shared = pool.shared().clone();
+    (pool, shared)
+}
+
+fn class(shared: &PoolShared) -> &ClassPool {
+    &shared.classes[0]
+}
+
+fn take_one(shared: &Arc<PoolShared>) -> (RegionRef, usize) {
+    let guard = epoch::pin();
+    let mut out = [0usize; 1];
+    let (region, n) = class(shared).take(shared, &mut out, &guard).expect("no budget set");
+    assert_eq!(n, 1);
+    (region, out[0] & !crate::region::ZERO_TAG)
+}
+
+fn write(addr: usize, byte: u8) {
+    // SAFETY: the model owns the slice at `addr` (it took it and has not released it).
+    unsafe { (addr as *mut u8).write_volatile(byte) };
+}
+
+fn unmapped_regions(shared: &PoolShared) -> u64 {
+    class(shared).regions_unmapped.load(Ordering::Relaxed)
+}
+
+#[test]
+fn release_racing_the_retire_of_its_region() {
+    // The release empties the region (and, with nothing retained, retires it) while `trim`
+    // retires empty regions: one of them wins, the region is destroyed exactly once.
+    model(|| {
+        let (pool, shared) = pool(1, 0);
+        let (region, addr) = take_one(&shared);
+        let t = thread::spawn(move || {
+            write(addr, 1);
+            // SAFETY: the slice was taken above and is released once.
+            unsafe { release_direct(region, addr) };
+        });
+        let trimmed = class(&shared).retire_empty(None, &epoch::pin());
+        t.join().unwrap();
+        assert!(trimmed == 0 || trimmed == PAGE);
+        assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
+        assert_eq!(shared.budget.mapped(), 0);
+        drop(pool);
+    });
+}
+
+#[test]
+fn release_racing_the_close_of_the_pool() {
+    // The pool is dropped (every region retired, in use or not) while a segment is released.
+    model(|| {
+        let (pool, shared) = pool(1, 1);
+        let (region, addr) = take_one(&shared);
+        let t = thread::spawn(move || {
+            write(addr, 1);
+            // SAFETY: the slice was taken above and is released once.
+            unsafe { release_direct(region, addr) };
+        });
+        drop(pool);
+        t.join().unwrap();
+        assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
+        assert_eq!(shared.budget.mapped(), 0);
+    });
+}
+
+#[test]
+fn allocate_racing_the_retire() {
+    // A free slice in an empty region: one thread takes it while another retires empty regions.
+    // Either the take wins (the region survives and its memory stays mapped while the slice is
+    // out) or the retire wins (the taker maps a fresh region).
+    model(|| {
+        let (pool, shared) = pool(1, 1);
+        let (region, addr) = take_one(&shared);
+        // SAFETY: taken above, released once; the region stays (one empty region is retained).
+        unsafe { release_direct(region, addr) };
+        let s2 = shared.clone();
+        let t = thread::spawn(move || {
+            let (r, a) = take_one(&s2);
+            write(a, 2);
+            (r, a)
+        });
+        let trimmed = class(&shared).retire_empty(None, &epoch::pin());
+        let (r, a) = t.join().unwrap();
+        if trimmed == 0 {
+            assert_eq!(a, addr, "the retire lost, so the take got the original slice");
+        }
+        write(a, 3);
+        // SAFETY: taken by the thread above, released once.
+        unsafe { release_direct(r, a) };
+        drop(pool);
+        assert_eq!(shared.budget.mapped(), 0, "every region unmapped in the end");
+    });
+}
+
+#[test]
+fn two_releases_racing_to_be_last_out_of_a_retired_region() {
+    model(|| {
+        let (pool, shared) = pool(2, 1);
+        let guard = epoch::pin();
+        let mut out = [0usize; 2];
+        let (region, n) = class(&shared).take(&shared, &mut out, &guard).unwrap();
+        drop(guard);
+        assert_eq!(n, 2);
+        let [a, b] = out.map(|x| x & !crate::region::ZERO_TAG);
+        let releasers: Vec<_> = [a, b]
+            .into_iter()
+            .map(|addr| {
+                thread::spawn(move || {
+                    write(addr, 4);
+                    // SAFETY: each slice was taken above and is released once, here.
+                    unsafe { release_direct(region, addr) };
+                })
+            })
+            .collect();
+        // The pool closes (retiring the region with both slices out) while they release.
+        drop(pool);
+        for r in releasers {
+            r.join().unwrap();
+        }
+        assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
+        assert_eq!(shared.budget.mapped(), 0);
+    });
+}
+
+#[test]
+fn allocate_racing_a_release_on_a_one_slice_region() {
+    // The new owner's access must be ordered after the old owner's last access: loom reports
+    // an unsynchronised pair of accesses to the shadow cell as a data race.
+    model(|| {
+        let (pool, shared) = pool(1, 1);
+        let (region, addr) = take_one(&shared);
+        let shadow = Arc::new(UnsafeCell::new(0u8));
+        let sh = shadow.clone();
+        let releaser = thread::spawn(move || {
+            // SAFETY: loom checks this access; the old owner writes its last byte.
+            sh.with_mut(|p| unsafe { *p = 1 });
+            write(addr, 1);
+            // SAFETY: taken above, released once.
+            unsafe { release_direct(region, addr) };
+        });
+        let s2 = shared.clone();
+        let sh = shadow.clone();
+        let taker = thread::spawn(move || {
+            let (r, a) = take_one(&s2);
+            if a == addr {
+                // SAFETY: loom checks this access against the previous owner's.
+                sh.with_mut(|p| unsafe { *p = 2 });
+            }
+            write(a, 2);
+            // SAFETY: taken above, released once.
+            unsafe { release_direct(r, a) };
+        });
+        releaser.join().unwrap();
+        taker.join().unwrap();
+        drop(pool);
+        assert_eq!(shared.budget.mapped(), 0);
+    });
+}
