@@ -55,7 +55,9 @@ fn class(shared: &PoolShared) -> &ClassPool {
 fn take_one(shared: &Arc<PoolShared>) -> (RegionRef, usize) {
     let guard = epoch::pin();
     let mut out = [0usize; 1];
-    let (region, n) = class(shared).take(shared, &mut out, &guard).expect("no budget set");
+    let (region, n) = class(shared)
+        .take(shared, &mut out, &guard)
+        .expect("no budget set");
     assert_eq!(n, 1);
     (region, out[0] & !crate::region::ZERO_TAG)
 }
@@ -127,13 +129,20 @@ fn allocate_racing_the_retire() {
         let trimmed = class(&shared).retire_empty(None, &epoch::pin());
         let (r, a) = t.join().unwrap();
         if trimmed == 0 {
-            assert_eq!(a, addr, "the retire lost, so the take got the original slice");
+            assert_eq!(
+                a, addr,
+                "the retire lost, so the take got the original slice"
+            );
         }
         write(a, 3);
         // SAFETY: taken by the thread above, released once.
         unsafe { release_direct(r, a) };
         drop(pool);
-        assert_eq!(shared.budget.mapped(), 0, "every region unmapped in the end");
+        assert_eq!(
+            shared.budget.mapped(),
+            0,
+            "every region unmapped in the end"
+        );
     });
 }
 

@@ -103,7 +103,11 @@ impl Budget {
 
     /// Runs `attempt` until it returns `Some`, sleeping between attempts until a notification or
     /// `deadline`. Returns `None` when the deadline passed with every attempt failing.
-    pub(crate) fn wait_for<T>(&self, deadline: Instant, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    pub(crate) fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let result = loop {
             let seen = self.wakeups.load(Ordering::SeqCst);

@@ -176,7 +176,11 @@ impl ClassPool {
             let len = unsafe { r.get() }.len();
             // SAFETY: we own the retirer's reference, taken by `try_retire_empty`, and are pinned.
             let outcome = unsafe { drop_ref(r, 1, guard) };
-            debug_assert_eq!(outcome, Released::Destroyed, "an empty retired region has no slices out");
+            debug_assert_eq!(
+                outcome,
+                Released::Destroyed,
+                "an empty retired region has no slices out"
+            );
             bytes += len;
         }
         bytes

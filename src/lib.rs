@@ -7,6 +7,7 @@ mod class_pool;
 mod error;
 pub mod fault;
 mod free_stack;
+pub mod fs;
 mod os;
 mod pool;
 mod region;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassPool, Shortage};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
@@ -14,7 +15,6 @@ use crate::stats::{ClassStats, PoolStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
 use crate::thread_cache::{self, ThreadCounters};
-use crate::budget::Budget;
 use crate::{Error, Result};
 
 /// Where a pool's memory comes from.
@@ -328,10 +328,11 @@ impl PoolShared {
         this.budget
             .try_reserve(len)
             .map_err(|_| Shortage::Budget { needed: len })?;
-        let memory = map_memory(&this.backing, len, this.huge_pages, this.prefault).map_err(|e| {
-            this.budget.release(len);
-            Shortage::Map(e)
-        })?;
+        let memory =
+            map_memory(&this.backing, len, this.huge_pages, this.prefault).map_err(|e| {
+                this.budget.release(len);
+                Shortage::Map(e)
+            })?;
         let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
         Ok(into_ref(Region::new(
             Arc::clone(this),
@@ -410,7 +411,9 @@ impl fmt::Debug for SegmentPool {
 enum Attempt {
     /// A segment, and whether its bytes are known to be zero.
     Done(Segment, bool),
-    Short { needed: usize },
+    Short {
+        needed: usize,
+    },
 }
 
 impl SegmentPool {
@@ -478,14 +481,16 @@ impl SegmentPool {
         }
         let shared = self.shared();
         let mut failure = None;
-        let got = shared.budget.wait_for(deadline, || match self.attempt(size) {
-            Ok(Attempt::Done(seg, _)) => Some(Ok(seg)),
-            Ok(Attempt::Short { needed }) => {
-                failure = Some(needed);
-                None
-            }
-            Err(e) => Some(Err(e)),
-        });
+        let got = shared
+            .budget
+            .wait_for(deadline, || match self.attempt(size) {
+                Ok(Attempt::Done(seg, _)) => Some(Ok(seg)),
+                Ok(Attempt::Short { needed }) => {
+                    failure = Some(needed);
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            });
         match got {
             Some(r) => r,
             None => Err(self.budget_error(size, failure.unwrap_or(size))),
@@ -630,6 +635,9 @@ impl SegmentPool {
         // SAFETY: the region was born with its one slice out, for this segment.
         let base = unsafe { region.get() }.base();
         // SAFETY: the dedicated region's one slice is this segment's alone.
-        Ok(Attempt::Done(unsafe { Segment::from_slice(base, region, len) }, true))
+        Ok(Attempt::Done(
+            unsafe { Segment::from_slice(base, region, len) },
+            true,
+        ))
     }
 }

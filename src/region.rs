@@ -196,10 +196,12 @@ impl Region {
             if n == 0 {
                 return (0, false);
             }
-            match self
-                .state
-                .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match self.state.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break n,
                 Err(actual) => cur = actual,
             }

@@ -40,7 +40,9 @@ pub(crate) struct SizeClasses {
 impl SizeClasses {
     pub(crate) fn new(sizes: &[usize]) -> Result<Self> {
         if sizes.is_empty() {
-            return Err(Error::InvalidConfig("size_classes: at least one class is needed".into()));
+            return Err(Error::InvalidConfig(
+                "size_classes: at least one class is needed".into(),
+            ));
         }
         if sizes.len() > 32 {
             return Err(Error::InvalidConfig(format!(
@@ -98,7 +100,11 @@ impl SizeClasses {
     /// * Under a budget, a region never exceeds a quarter of it (rounded down to a power of two,
     ///   at least one slice), so a small budget stays usable: a 4 MiB budget still serves four
     ///   1 MiB segments, or a mix of classes, instead of being spent on one idle region.
-    pub(crate) fn region_size(size: usize, explicit: Option<usize>, budget: Option<usize>) -> usize {
+    pub(crate) fn region_size(
+        size: usize,
+        explicit: Option<usize>,
+        budget: Option<usize>,
+    ) -> usize {
         let mut r = match explicit {
             Some(r) => r / size * size,
             None => (size * SLICES_PER_REGION).clamp(MIN_REGION, MAX_DEFAULT_REGION),
@@ -150,8 +156,14 @@ mod tests {
     fn region_sizes_adapt_to_budget() {
         assert_eq!(SizeClasses::region_size(4096, None, None), 2 << 20);
         assert_eq!(SizeClasses::region_size(1 << 20, None, None), 32 << 20);
-        assert_eq!(SizeClasses::region_size(1 << 20, None, Some(4 << 20)), 1 << 20);
+        assert_eq!(
+            SizeClasses::region_size(1 << 20, None, Some(4 << 20)),
+            1 << 20
+        );
         assert_eq!(SizeClasses::region_size(4096, Some(3 << 20), None), 3 << 20);
-        assert_eq!(SizeClasses::region_size(1 << 20, None, Some(6 << 20)), 1 << 20);
+        assert_eq!(
+            SizeClasses::region_size(1 << 20, None, Some(6 << 20)),
+            1 << 20
+        );
     }
 }

@@ -220,7 +220,10 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
 
 /// The slow path of `allocate`: refills this thread's cache of `class` with one batch from a
 /// region (mapping one if needed) and returns one slice of it.
-pub(crate) fn refill(shared: &Arc<PoolShared>, class: usize) -> Result<(usize, RegionRef), Shortage> {
+pub(crate) fn refill(
+    shared: &Arc<PoolShared>,
+    class: usize,
+) -> Result<(usize, RegionRef), Shortage> {
     let taken = with_entry(shared, |entry| {
         let cap = entry.classes[class].cap;
         if cap == 0 {

@@ -16,10 +16,20 @@ fn four_mib_pool() -> SegmentPool {
 #[test]
 fn a_small_budget_serves_segments_up_to_about_the_budget() {
     let pool = four_mib_pool();
-    let segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).expect("four 1 MiB segments fit in 4 MiB")).collect();
+    let segs: Vec<Segment> = (0..4)
+        .map(|_| {
+            pool.allocate(MIB)
+                .expect("four 1 MiB segments fit in 4 MiB")
+        })
+        .collect();
     assert_eq!(pool.stats().mapped_bytes, 4 * MIB);
     match pool.allocate(MIB) {
-        Err(Error::BudgetExceeded { requested, needed, in_use, budget }) => {
+        Err(Error::BudgetExceeded {
+            requested,
+            needed,
+            in_use,
+            budget,
+        }) => {
             assert_eq!(requested, MIB);
             assert_eq!(needed, MIB);
             assert_eq!(in_use, 4 * MIB);
@@ -40,7 +50,9 @@ fn the_pool_unmaps_its_own_empty_regions_of_other_classes_before_failing() {
     // Map a 4 KiB region (1 MiB under this budget), then release its segment: the region is empty.
     drop(pool.allocate(4096).unwrap());
     assert_eq!(pool.stats().mapped_bytes, MIB);
-    let segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).expect("the empty region makes room")).collect();
+    let segs: Vec<Segment> = (0..4)
+        .map(|_| pool.allocate(MIB).expect("the empty region makes room"))
+        .collect();
     assert_eq!(pool.stats().mapped_bytes, 4 * MIB);
     assert_eq!(pool.stats().classes[0].regions, 0);
     drop(segs);
@@ -83,7 +95,8 @@ fn the_pressure_callback_can_free_memory_and_the_allocation_then_succeeds() {
     let calls = Arc::new(AtomicUsize::new(0));
     let asked = Arc::new(AtomicUsize::new(0));
     let pool = {
-        let (victims, calls, asked) = (Arc::clone(&victims), Arc::clone(&calls), Arc::clone(&asked));
+        let (victims, calls, asked) =
+            (Arc::clone(&victims), Arc::clone(&calls), Arc::clone(&asked));
         SegmentPool::builder()
             .budget(4 * MIB)
             .on_pressure(move |needed| {
@@ -95,7 +108,10 @@ fn the_pressure_callback_can_free_memory_and_the_allocation_then_succeeds() {
             .build()
             .unwrap()
     };
-    victims.lock().unwrap().extend((0..4).map(|_| pool.allocate(MIB).unwrap()));
+    victims
+        .lock()
+        .unwrap()
+        .extend((0..4).map(|_| pool.allocate(MIB).unwrap()));
     let seg = pool.allocate(MIB).expect("the callback freed a segment");
     assert_eq!(seg.len(), MIB);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "called once");
@@ -117,7 +133,10 @@ fn a_pressure_callback_that_frees_nothing_leads_to_budget_exceeded() {
             .unwrap()
     };
     let _segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).unwrap()).collect();
-    assert!(matches!(pool.allocate(MIB), Err(Error::BudgetExceeded { .. })));
+    assert!(matches!(
+        pool.allocate(MIB),
+        Err(Error::BudgetExceeded { .. })
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -135,7 +154,12 @@ fn requests_that_can_never_fit_fail_at_once() {
             .unwrap()
     };
     match pool.allocate(5 * MIB) {
-        Err(Error::BudgetExceeded { requested, needed, budget, .. }) => {
+        Err(Error::BudgetExceeded {
+            requested,
+            needed,
+            budget,
+            ..
+        }) => {
             assert_eq!(requested, 5 * MIB);
             assert_eq!(needed, 5 * MIB);
             assert_eq!(budget, 4 * MIB);
@@ -147,9 +171,19 @@ fn requests_that_can_never_fit_fail_at_once() {
         pool.allocate_timeout(5 * MIB, Duration::from_secs(3600)),
         Err(Error::BudgetExceeded { .. })
     ));
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "no pressure for the impossible");
-    assert!(matches!(pool.allocate(usize::MAX), Err(Error::TooLarge { .. })));
-    assert!(matches!(pool.allocate(usize::MAX - 4095), Err(Error::TooLarge { .. })));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "no pressure for the impossible"
+    );
+    assert!(matches!(
+        pool.allocate(usize::MAX),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(
+        pool.allocate(usize::MAX - 4095),
+        Err(Error::TooLarge { .. })
+    ));
     assert_eq!(pool.stats().mapped_bytes, 0, "failed requests map nothing");
 }
 
@@ -160,8 +194,15 @@ fn dedicated_mappings_count_against_the_budget() {
     let stats = pool.stats();
     assert_eq!(stats.mapped_bytes, 6 * MIB);
     assert_eq!(stats.in_use_bytes, 6 * MIB);
-    assert!(matches!(pool.allocate(3 * MIB), Err(Error::BudgetExceeded { .. })));
+    assert!(matches!(
+        pool.allocate(3 * MIB),
+        Err(Error::BudgetExceeded { .. })
+    ));
     drop(big);
-    assert_eq!(pool.stats().mapped_bytes, 0, "a dedicated mapping is unmapped on release");
+    assert_eq!(
+        pool.stats().mapped_bytes,
+        0,
+        "a dedicated mapping is unmapped on release"
+    );
     assert!(pool.allocate(7 * MIB).is_ok());
 }

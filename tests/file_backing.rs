@@ -7,16 +7,29 @@ use segpool::{Backing, Error, Segment, SegmentPool};
 #[test]
 fn a_file_backed_pool_works_and_its_files_are_invisible() {
     let dir = tempfile::tempdir().unwrap();
-    let pool = SegmentPool::builder().backing(Backing::File(dir.path().into())).build().unwrap();
-    let mut segs: Vec<Segment> = [4096, 20_000, 1 << 20, 3 << 20].iter().map(|&n| pool.allocate(n).unwrap()).collect();
+    let pool = SegmentPool::builder()
+        .backing(Backing::File(dir.path().into()))
+        .build()
+        .unwrap();
+    let mut segs: Vec<Segment> = [4096, 20_000, 1 << 20, 3 << 20]
+        .iter()
+        .map(|&n| pool.allocate(n).unwrap())
+        .collect();
     for (i, s) in segs.iter_mut().enumerate() {
-        assert!(s.iter().all(|&b| b == 0), "fresh file-backed memory is zero");
+        assert!(
+            s.iter().all(|&b| b == 0),
+            "fresh file-backed memory is zero"
+        );
         s.fill(i as u8 + 1);
     }
     for (i, s) in segs.iter().enumerate() {
         assert!(s.iter().all(|&b| b == i as u8 + 1));
     }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "region files have no name");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "region files have no name"
+    );
     assert!(pool.stats().mapped_bytes > 0);
     drop(segs);
     pool.trim();

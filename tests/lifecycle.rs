@@ -9,10 +9,22 @@ use segpool::{Segment, SegmentPool};
 
 #[test]
 fn segments_outlive_their_pool_and_unmap_their_regions_on_release() {
-    let pool = SegmentPool::builder().size_classes(&[4096, 65536]).build().unwrap();
-    let mut segs: Vec<Segment> = (0..40).map(|i| pool.allocate(if i % 2 == 0 { 4096 } else { 65536 }).unwrap()).collect();
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096, 65536])
+        .build()
+        .unwrap();
+    let mut segs: Vec<Segment> = (0..40)
+        .map(|i| {
+            pool.allocate(if i % 2 == 0 { 4096 } else { 65536 })
+                .unwrap()
+        })
+        .collect();
     let big = pool.allocate(5 << 20).unwrap();
-    let addrs: Vec<usize> = segs.iter().map(|s| s.as_ptr() as usize).chain([big.as_ptr() as usize]).collect();
+    let addrs: Vec<usize> = segs
+        .iter()
+        .map(|s| s.as_ptr() as usize)
+        .chain([big.as_ptr() as usize])
+        .collect();
     drop(pool);
     for (i, s) in segs.iter_mut().enumerate() {
         s.fill(i as u8);
@@ -44,6 +56,9 @@ fn segments_outlive_their_pool_and_unmap_their_regions_on_release() {
     }
     thread::spawn(move || drop(big)).join().unwrap();
     for a in addrs {
-        assert!(!common::is_mapped(a), "{a:#x} is still mapped after its last segment was released");
+        assert!(
+            !common::is_mapped(a),
+            "{a:#x} is still mapped after its last segment was released"
+        );
     }
 }

@@ -14,7 +14,10 @@ const RSS_TOLERANCE: f64 = 0.90;
 #[test]
 fn trim_returns_mapped_and_resident_memory() {
     // Keep every empty region until `trim()`, so the test sees trim alone give memory back.
-    let pool = SegmentPool::builder().retain_empty_regions(usize::MAX).build().unwrap();
+    let pool = SegmentPool::builder()
+        .retain_empty_regions(usize::MAX)
+        .build()
+        .unwrap();
     let mut segs: Vec<Segment> = (0..96).map(|_| pool.allocate(MIB).unwrap()).collect();
     for s in &mut segs {
         for page in s.chunks_mut(4096) {
@@ -28,7 +31,11 @@ fn trim_returns_mapped_and_resident_memory() {
     let freed = pool.trim();
     let stats = pool.stats();
     let rss_after = common::resident_bytes();
-    assert_eq!(stats.mapped_bytes, mapped_full - freed, "mapped bytes drop by exactly what trim freed");
+    assert_eq!(
+        stats.mapped_bytes,
+        mapped_full - freed,
+        "mapped bytes drop by exactly what trim freed"
+    );
     assert_eq!(stats.mapped_bytes, 0, "{stats}");
     assert!(freed >= 96 * MIB);
     let rss_drop = rss_full.saturating_sub(rss_after);

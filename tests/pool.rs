@@ -41,7 +41,19 @@ fn eight_threads_with_a_trimmer_never_share_or_corrupt_a_byte() {
     let live = Arc::new(LiveRanges::default());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(9));
-    let sizes = [1usize, 4096, 5000, 16384, 40_000, 65536, 100_000, 262_144, 1 << 20, (1 << 20) + 1, 3 << 20];
+    let sizes = [
+        1usize,
+        4096,
+        5000,
+        16384,
+        40_000,
+        65536,
+        100_000,
+        262_144,
+        1 << 20,
+        (1 << 20) + 1,
+        3 << 20,
+    ];
 
     let trimmer = {
         let (pool, stop, start) = (pool.clone(), Arc::clone(&stop), Arc::clone(&start));
@@ -108,7 +120,10 @@ fn eight_threads_with_a_trimmer_never_share_or_corrupt_a_byte() {
     assert_eq!(stats.dedicated_segments, 0);
     pool.trim();
     let stats = pool.stats();
-    assert_eq!(stats.mapped_bytes, 0, "after trim nothing stays mapped:\n{stats}");
+    assert_eq!(
+        stats.mapped_bytes, 0,
+        "after trim nothing stays mapped:\n{stats}"
+    );
     assert_eq!(stats.regions, 0);
     assert_eq!(stats.cached_bytes, 0);
     assert!(stats.regions_unmapped > 0 && stats.regions_unmapped == stats.regions_mapped);
@@ -125,19 +140,36 @@ fn sizes_map_to_classes_and_segments_behave_like_buffers() {
     seg.as_mut()[5] = b'!';
     assert_eq!(&seg[..6], b"hello!");
     assert_eq!(seg.as_mut_ptr() as usize % 4096, 0);
-    for (req, class) in [(1, 4096), (4096, 4096), (4097, 16384), (65536, 65536), (65537, 262_144), (1 << 20, 1 << 20)] {
+    for (req, class) in [
+        (1, 4096),
+        (4096, 4096),
+        (4097, 16384),
+        (65536, 65536),
+        (65537, 262_144),
+        (1 << 20, 1 << 20),
+    ] {
         assert_eq!(pool.allocate(req).unwrap().len(), class, "request {req}");
     }
     let big = pool.allocate((1 << 20) + 1).unwrap();
-    assert_eq!(big.len(), (1 << 20) + 4096, "dedicated mappings are rounded to pages");
+    assert_eq!(
+        big.len(),
+        (1 << 20) + 4096,
+        "dedicated mappings are rounded to pages"
+    );
     assert_eq!(pool.stats().dedicated_segments, 1);
     drop(big);
     assert_eq!(pool.stats().dedicated_segments, 0);
     assert_eq!(pool.stats().dedicated_bytes, 0);
 
     let debug = format!("{seg:?}");
-    assert!(debug.contains("Segment") && debug.contains("len: 16384"), "{debug}");
-    assert!(!debug.contains("104, 101"), "Debug must not print the bytes: {debug}");
+    assert!(
+        debug.contains("Segment") && debug.contains("len: 16384"),
+        "{debug}"
+    );
+    assert!(
+        !debug.contains("104, 101"),
+        "Debug must not print the bytes: {debug}"
+    );
 
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Segment>();
@@ -146,7 +178,10 @@ fn sizes_map_to_classes_and_segments_behave_like_buffers() {
 
 #[test]
 fn fresh_memory_is_zero_and_allocate_zeroed_clears_reused_slices() {
-    let pool = SegmentPool::builder().size_classes(&[4096, 65536]).build().unwrap();
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096, 65536])
+        .build()
+        .unwrap();
     let a = pool.allocate(65536).unwrap();
     assert!(a.iter().all(|&b| b == 0), "a fresh region is zero");
     let addr = a.as_ptr();
@@ -156,11 +191,17 @@ fn fresh_memory_is_zero_and_allocate_zeroed_clears_reused_slices() {
     // The same thread gets the same slice back from its cache: dirty unless zeroed.
     let b = pool.allocate(65536).unwrap();
     assert_eq!(b.as_ptr(), addr);
-    assert!(b.iter().all(|&x| x == 0xAB), "allocate does not clear reused slices");
+    assert!(
+        b.iter().all(|&x| x == 0xAB),
+        "allocate does not clear reused slices"
+    );
     drop(b);
     let z = pool.allocate_zeroed(65536).unwrap();
     assert_eq!(z.as_ptr(), addr);
-    assert!(z.iter().all(|&x| x == 0), "allocate_zeroed clears a reused slice");
+    assert!(
+        z.iter().all(|&x| x == 0),
+        "allocate_zeroed clears a reused slice"
+    );
     let big = pool.allocate_zeroed(3 << 20).unwrap();
     assert!(big.iter().all(|&x| x == 0));
 }
@@ -168,8 +209,13 @@ fn fresh_memory_is_zero_and_allocate_zeroed_clears_reused_slices() {
 #[test]
 fn segments_released_on_other_threads_go_back_to_the_pool() {
     let pool = SegmentPool::builder().thread_cache(false).build().unwrap();
-    let segs: Vec<Segment> = (0..64).map(|i| pool.allocate(4096 << (i % 4)).unwrap()).collect();
-    assert_eq!(pool.stats().classes.iter().map(|c| c.in_use).sum::<usize>(), 64);
+    let segs: Vec<Segment> = (0..64)
+        .map(|i| pool.allocate(4096 << (i % 4)).unwrap())
+        .collect();
+    assert_eq!(
+        pool.stats().classes.iter().map(|c| c.in_use).sum::<usize>(),
+        64
+    );
     let (tx, rx) = std::sync::mpsc::channel::<Segment>();
     let consumer = thread::spawn(move || {
         let mut n = 0;
@@ -204,7 +250,10 @@ fn empty_regions_beyond_the_retained_bound_are_unmapped_without_trim() {
     assert_eq!(pool.stats().regions, 3);
     drop(segs);
     let stats = pool.stats();
-    assert_eq!(stats.regions, 1, "one empty region is retained, the others unmapped:\n{stats}");
+    assert_eq!(
+        stats.regions, 1,
+        "one empty region is retained, the others unmapped:\n{stats}"
+    );
     assert_eq!(stats.regions_unmapped, 2);
     assert_eq!(stats.mapped_bytes, 64 << 10);
     assert_eq!(pool.trim(), 64 << 10);
@@ -213,7 +262,10 @@ fn empty_regions_beyond_the_retained_bound_are_unmapped_without_trim() {
 
 #[test]
 fn thread_caches_are_bounded_counted_and_returned_at_thread_exit() {
-    let pool = SegmentPool::builder().size_classes(&[4096]).build().unwrap();
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096])
+        .build()
+        .unwrap();
     let p = pool.clone();
     let (seen_tx, seen_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -224,13 +276,22 @@ fn thread_caches_are_bounded_counted_and_returned_at_thread_exit() {
         go_rx.recv().unwrap();
     });
     let stats = seen_rx.recv().unwrap();
-    assert!(stats.cached_bytes > 0, "released slices stay in the thread's cache: {stats}");
-    assert!(stats.classes[0].cached <= 32, "cache bound is 32 slices of 4 KiB: {stats}");
+    assert!(
+        stats.cached_bytes > 0,
+        "released slices stay in the thread's cache: {stats}"
+    );
+    assert!(
+        stats.classes[0].cached <= 32,
+        "cache bound is 32 slices of 4 KiB: {stats}"
+    );
     assert_eq!(stats.classes[0].in_use, 0);
     go_tx.send(()).unwrap();
     t.join().unwrap();
     let stats = pool.stats();
-    assert_eq!(stats.cached_bytes, 0, "an exiting thread gives its cache back: {stats}");
+    assert_eq!(
+        stats.cached_bytes, 0,
+        "an exiting thread gives its cache back: {stats}"
+    );
     assert_eq!(stats.classes[0].allocations, 200);
     assert_eq!(stats.classes[0].releases, 200);
     assert_eq!(pool.trim(), stats.mapped_bytes);
@@ -238,12 +299,19 @@ fn thread_caches_are_bounded_counted_and_returned_at_thread_exit() {
 
 #[test]
 fn an_idle_threads_cache_is_given_back_on_its_next_call_after_trim() {
-    let pool = SegmentPool::builder().size_classes(&[4096, 16384]).build().unwrap();
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096, 16384])
+        .build()
+        .unwrap();
     let p = pool.clone();
     let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
     let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
     let t = thread::spawn(move || {
-        drop((0..20).map(|_| p.allocate(4096).unwrap()).collect::<Vec<_>>());
+        drop(
+            (0..20)
+                .map(|_| p.allocate(4096).unwrap())
+                .collect::<Vec<_>>(),
+        );
         back_tx.send(()).unwrap();
         // Idle until told to make one call into the pool, in the other class.
         assert_eq!(rx.recv().unwrap(), "call");
@@ -254,14 +322,22 @@ fn an_idle_threads_cache_is_given_back_on_its_next_call_after_trim() {
     back_rx.recv().unwrap();
     assert!(pool.stats().classes[0].cached > 0);
     pool.trim();
-    assert_eq!(pool.stats().classes[0].regions, 1, "the idle thread's cache pins the 4 KiB region");
+    assert_eq!(
+        pool.stats().classes[0].regions,
+        1,
+        "the idle thread's cache pins the 4 KiB region"
+    );
     tx.send("call").unwrap();
     back_rx.recv().unwrap();
     // The thread saw the trim generation move and gave its whole cache back before allocating.
     let stats = pool.stats();
     assert_eq!(stats.classes[0].cached, 0, "{stats}");
     pool.trim();
-    assert_eq!(pool.stats().classes[0].regions, 0, "now the 4 KiB region can be unmapped");
+    assert_eq!(
+        pool.stats().classes[0].regions,
+        0,
+        "now the 4 KiB region can be unmapped"
+    );
     tx.send("exit").unwrap();
     t.join().unwrap();
     pool.trim();

@@ -68,9 +68,9 @@ impl FileFaultState {
 
     /// Marks the file poisoned without a signal (EFAULT from a syscall, a failed msync/fsync).
     pub fn poison(&self, addr: usize) {
-        let _ = self
-            .first_addr
-            .compare_exchange(0, addr.max(1), Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.first_addr
+                .compare_exchange(0, addr.max(1), Ordering::AcqRel, Ordering::Acquire);
         self.faults.fetch_add(1, Ordering::AcqRel);
         self.faulted.store(true, Ordering::Release);
     }
@@ -111,7 +111,11 @@ pub struct RangeRegistration {
 ///   anonymous zero page over a faulting page of it, which is only harmless in a file mapping
 ///   whose accesses all go through [`FileFaultState::guarded`]).
 /// * The returned registration is dropped before the range is unmapped.
-pub unsafe fn register(start: *const u8, len: usize, state: &Arc<FileFaultState>) -> Result<RangeRegistration> {
+pub unsafe fn register(
+    start: *const u8,
+    len: usize,
+    state: &Arc<FileFaultState>,
+) -> Result<RangeRegistration> {
     let _ = (start, len);
     Ok(RangeRegistration {
         _state: Arc::clone(state),

@@ -24,7 +24,11 @@ pub(crate) fn anonymous_file(dir: &Path) -> io::Result<File> {
                     std::process::id(),
                     NEXT.fetch_add(1, Ordering::Relaxed)
                 ));
-                match rfs::open(&name, flags | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600)) {
+                match rfs::open(
+                    &name,
+                    flags | OFlags::CREATE | OFlags::EXCL,
+                    Mode::from_raw_mode(0o600),
+                ) {
                     Ok(fd) => {
                         rfs::unlink(&name)?;
                         return Ok(File::from(fd));
@@ -59,4 +63,80 @@ pub(crate) fn reserve(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
             r => return r.map_err(Into::into),
         }
     }
+}
+
+/// What the file layer needs to know about an open file: which file it is and how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    /// `st_dev`: the device holding the file.
+    pub(crate) dev: u64,
+    /// `st_ino`: the inode on that device.
+    pub(crate) ino: u64,
+    /// `st_size` in bytes.
+    pub(crate) size: u64,
+    /// Whether it is a regular file (only those can be mapped).
+    pub(crate) regular: bool,
+}
+
+/// `fstat`: identity and size of an open file.
+pub(crate) fn stat(fd: impl AsFd) -> io::Result<FileId> {
+    let st = rfs::fstat(fd.as_fd())?;
+    Ok(FileId {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        regular: rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile,
+    })
+}
+
+/// `ftruncate`: sets the length of the file (grows sparsely or cuts).
+pub(crate) fn truncate(fd: impl AsFd, len: u64) -> io::Result<()> {
+    loop {
+        match rfs::ftruncate(fd.as_fd(), len) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
+/// `fsync`: data and metadata durable when it returns. Writeback errors (EIO, ENOSPC) come back.
+pub(crate) fn sync_all(fd: impl AsFd) -> io::Result<()> {
+    loop {
+        match rfs::fsync(fd.as_fd()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
+/// `fdatasync`: data (and the metadata needed to read it back, such as the size) durable when it
+/// returns. On Linux this includes pages dirtied through shared mappings of the file.
+pub(crate) fn sync_data(fd: impl AsFd) -> io::Result<()> {
+    loop {
+        match rfs::fdatasync(fd.as_fd()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
+/// Whether the descriptor was opened for writing (`O_WRONLY` or `O_RDWR`), and for reading.
+pub(crate) fn access_mode(fd: impl AsFd) -> io::Result<(bool, bool)> {
+    let fl = rfs::fcntl_getfl(fd.as_fd())?;
+    let acc = fl & OFlags::RWMODE;
+    let readable = acc == OFlags::RDONLY || acc == OFlags::RDWR;
+    let writable = acc == OFlags::WRONLY || acc == OFlags::RDWR;
+    Ok((readable, writable))
+}
+
+/// The path the kernel has for an open descriptor (`/proc/self/fd/N`): where the file really is
+/// after every symlink was followed, which is what a containment check must look at.
+pub(crate) fn real_path(fd: impl AsFd) -> io::Result<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes (`None` = unlimited), for error messages about `mlock`.
+pub(crate) fn memlock_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Memlock).current
 }

@@ -83,7 +83,9 @@ impl Mapping {
     pub(crate) fn anonymous(len: usize, align: usize) -> io::Result<Mapping> {
         let page = page_size();
         let align = align.max(page);
-        let len = round_up(len, page).filter(|&l| l > 0).ok_or_else(too_large)?;
+        let len = round_up(len, page)
+            .filter(|&l| l > 0)
+            .ok_or_else(too_large)?;
         let extra = if align > page { align } else { 0 };
         let total = len.checked_add(extra).ok_or_else(too_large)?;
         // SAFETY: a new anonymous mapping at an address the kernel chooses aliases nothing.
@@ -123,7 +125,9 @@ impl Mapping {
         sharing: Sharing,
         populate: bool,
     ) -> io::Result<Mapping> {
-        let len = round_up(len, page_size()).filter(|&l| l > 0).ok_or_else(too_large)?;
+        let len = round_up(len, page_size())
+            .filter(|&l| l > 0)
+            .ok_or_else(too_large)?;
         let mut flags = match sharing {
             Sharing::Shared => MapFlags::SHARED,
             Sharing::Private => MapFlags::PRIVATE,
@@ -163,7 +167,13 @@ impl Mapping {
     /// may not offer them, and the memory works the same without.
     pub(crate) fn advise_huge_pages(&self) {
         // SAFETY: the range is this mapping; MADV_HUGEPAGE changes no contents.
-        let _ = unsafe { mm::madvise(self.ptr.as_ptr().cast(), self.len, mm::Advice::LinuxHugepage) };
+        let _ = unsafe {
+            mm::madvise(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                mm::Advice::LinuxHugepage,
+            )
+        };
     }
 
     /// Prefaults the whole mapping for writing (`MADV_POPULATE_WRITE`, Linux 5.14+).
@@ -176,7 +186,12 @@ impl Mapping {
     ///
     /// Only advice that cannot change the bytes a live reference sees is accepted here; the
     /// destructive kinds (`MADV_DONTNEED`, `MADV_FREE`, `MADV_REMOVE`) are refused.
-    pub(crate) fn advise_range(&self, offset: usize, len: usize, advice: mm::Advice) -> io::Result<()> {
+    pub(crate) fn advise_range(
+        &self,
+        offset: usize,
+        len: usize,
+        advice: mm::Advice,
+    ) -> io::Result<()> {
         assert!(
             !matches!(
                 advice,
@@ -200,7 +215,12 @@ impl Mapping {
     ///
     /// * No reference into the range may be used in a way the new protection forbids; the caller
     ///   guarantees no live `&`/`&mut` covers a page made inaccessible or read-only.
-    pub(crate) unsafe fn protect(&self, offset: usize, len: usize, protection: Protection) -> io::Result<()> {
+    pub(crate) unsafe fn protect(
+        &self,
+        offset: usize,
+        len: usize,
+        protection: Protection,
+    ) -> io::Result<()> {
         assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
         // SAFETY: the range is inside this mapping; the caller upholds the reference rule above.
         let flags = mm::MprotectFlags::from_bits_retain(protection.flags().bits());
@@ -222,7 +242,11 @@ impl Mapping {
         if end <= start {
             return Ok(());
         }
-        let flags = if wait { mm::MsyncFlags::SYNC } else { mm::MsyncFlags::ASYNC };
+        let flags = if wait {
+            mm::MsyncFlags::SYNC
+        } else {
+            mm::MsyncFlags::ASYNC
+        };
         // SAFETY: the range lies inside this mapping; msync does not change memory contents.
         unsafe { mm::msync(self.ptr.as_ptr().add(start).cast(), end - start, flags) }?;
         Ok(())
@@ -232,6 +256,28 @@ impl Mapping {
     pub(crate) fn lock(&self) -> io::Result<()> {
         // SAFETY: the range is this mapping; mlock does not change contents.
         unsafe { mm::mlock(self.ptr.as_ptr().cast(), self.len) }?;
+        Ok(())
+    }
+}
+
+impl Mapping {
+    /// Prefaults `offset..offset + len` (page-aligned) for reading (`MADV_POPULATE_READ`,
+    /// Linux 5.14+); `EINVAL` means the kernel lacks it (callers fall back to `MAP_POPULATE`).
+    pub(crate) fn populate_range(&self, offset: usize, len: usize, write: bool) -> io::Result<()> {
+        let advice = if write {
+            mm::Advice::LinuxPopulateWrite
+        } else {
+            mm::Advice::LinuxPopulateRead
+        };
+        self.advise_range(offset, len, advice)
+    }
+
+    /// Locks `offset..offset + len` (page-aligned) in memory (`mlock`); `RLIMIT_MEMLOCK`
+    /// refusals come back as errors.
+    pub(crate) fn lock_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
+        // SAFETY: the range lies inside this mapping (asserted); mlock does not change contents.
+        unsafe { mm::mlock(self.ptr.as_ptr().add(offset).cast(), len) }?;
         Ok(())
     }
 }

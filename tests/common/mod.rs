@@ -15,7 +15,13 @@ pub fn run_child(name: &str, private_mounts: bool, env: &[(&str, &str)]) -> (Exi
     } else {
         Command::new(&exe)
     };
-    cmd.args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--ignored",
+        "--exact",
+        name,
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,933 @@
+//! `MappedFile`: one open, mapped file.
+//!
+//! Every access follows the same shape: fail fast if the file is poisoned; enter the file's gate
+//! (so no cut or remap runs meanwhile); read the length the registry entry says; split the range
+//! into pieces that lie in one mapping each (the whole-file mapping, or windows); copy each
+//! piece through raw pointers inside the fault guard; leave the gate.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::config::{Advice, MapConfig, MapMode, SyncMode};
+use super::flusher::{FlushRegistration, Flusher};
+use super::gate::{self, ScopedAccess};
+use super::region::Region;
+use super::registry::{self, FileEntry, Registered};
+use super::whole::WholeMap;
+use super::window::WindowCache;
+use crate::fault::FileFaultState;
+use crate::os;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{Arc, Mutex};
+
+/// The largest file length and offset (`off_t` is signed).
+const MAX_LEN: u64 = i64::MAX as u64;
+
+/// What a handle shares with the periodic flusher: the descriptor, the registry entry and
+/// whether the handle wrote since the last sync.
+#[derive(Debug)]
+pub(crate) struct FileCore {
+    file: File,
+    reg: Registered,
+    path: PathBuf,
+    /// Set by writes and length changes not yet synced; cleared by whoever syncs.
+    pub(crate) dirty: AtomicBool,
+}
+
+impl FileCore {
+    pub(crate) fn entry(&self) -> &FileEntry {
+        &self.reg.entry
+    }
+
+    /// `fdatasync`; a writeback error poisons the file (the data may be lost).
+    pub(crate) fn sync_data(&self) -> io::Result<()> {
+        let r = os::file::sync_data(&self.file);
+        self.after_sync(r, 0, self.entry().len())
+    }
+
+    fn after_sync(&self, r: io::Result<()>, offset: u64, len: u64) -> io::Result<()> {
+        match r {
+            Ok(()) => {
+                *self.entry().last_sync.lock() = Some((offset, len));
+                Ok(())
+            }
+            Err(e) => {
+                // Writeback errors (EIO, ENOSPC) mean written bytes may be lost: every handle
+                // must learn it, so the file is poisoned like at a fault. The address is unknown.
+                self.entry().fault.poison(0);
+                tracing::error!(path = %self.path.display(), error = %e, "sync of a mapped file failed; file poisoned");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How the handle maps the file.
+#[derive(Debug)]
+enum View {
+    Whole(WholeMap),
+    Windows(WindowCache),
+}
+
+/// Why an access had to stop before it was done.
+enum Step {
+    /// The whole-file mapping is shorter than this many bytes: remap and retry.
+    Remap(u64),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Step {
+    fn from(e: io::Error) -> Self {
+        Step::Io(e)
+    }
+}
+
+/// An open file of an [`MmapFs`](super::MmapFs) (or a [`SharedMemory`](super::SharedMemory)),
+/// read and written through a memory mapping.
+///
+/// Bytes are copied in and out (`read_at`, `write_at`, `Read`, `Write`); no reference into the
+/// mapping escapes except inside a [`with_bytes`](Self::with_bytes) closure, because the file can
+/// change or shrink under the mapping (another process) and a fault there must become an error
+/// of the operation, not a dangling slice.
+///
+/// Positioned I/O (`read_at`, `write_at`) takes `&self` and may run from many threads at once.
+/// `Read`/`Write`/`Seek` share one cursor per handle.
+#[derive(Debug)]
+pub struct MappedFile {
+    // Field order is drop order: leave the flusher first, then unmap (each region drops its
+    // fault registration before its mapping), then leave the registry and close the file.
+    /// Held for its `Drop` (unsubscribes from the flusher, and keeps the flusher alive).
+    _flush: Option<FlushRegistration>,
+    view: View,
+    core: Arc<FileCore>,
+    /// The registry entry, also reachable through `core`; kept here too so the read path
+    /// reaches it in one load instead of two.
+    entry: Arc<FileEntry>,
+    mode: MapMode,
+    sync: SyncMode,
+    cfg: MapConfig,
+    /// A copy-on-write handle keeps the length it opened with (it cannot change the file).
+    cow_len: u64,
+    cursor: Mutex<u64>,
+    finished: AtomicBool,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl MappedFile {
+    pub(crate) fn from_file(
+        file: File,
+        path: PathBuf,
+        cfg: &MapConfig,
+        flusher: Option<&Arc<Flusher>>,
+    ) -> io::Result<MappedFile> {
+        cfg.validate()?;
+        let id = os::file::stat(&file)?;
+        if !id.regular {
+            return Err(invalid(format!("{} is not a regular file", path.display())));
+        }
+        let (_, writable) = os::file::access_mode(&file)?;
+        // A descriptor opened without write access cannot carry a shared writable mapping: the
+        // handle is read-only and its writes are refused like in ReadOnly mode.
+        let mode = if cfg.mode == MapMode::ReadWrite && !writable {
+            MapMode::ReadOnly
+        } else {
+            cfg.mode
+        };
+        let reg = registry::join(&file, id.dev, id.ino, path.clone())?;
+        reg.entry.fault.check().map_err(io::Error::from)?;
+        let len = reg.entry.len();
+        let view = match cfg.window {
+            Some(w) => View::Windows(WindowCache::new(w, cfg.max_windows)),
+            None => View::Whole(WholeMap::new(Region::map(
+                &file,
+                0,
+                whole_capacity(len, len)?,
+                mode,
+                cfg,
+                len,
+                &reg.entry.fault,
+            )?)),
+        };
+        let core = Arc::new(FileCore {
+            file,
+            reg,
+            path,
+            dirty: AtomicBool::new(false),
+        });
+        let flush = match (cfg.sync, mode, flusher) {
+            (SyncMode::Periodic(_), MapMode::ReadWrite, Some(f)) => {
+                Some(Flusher::register(f, Arc::clone(&core)))
+            }
+            _ => None,
+        };
+        Ok(MappedFile {
+            _flush: flush,
+            view,
+            entry: Arc::clone(&core.reg.entry),
+            core,
+            mode,
+            sync: cfg.sync,
+            cfg: cfg.clone(),
+            cow_len: if mode == MapMode::CopyOnWrite {
+                len
+            } else {
+                u64::MAX
+            },
+            cursor: Mutex::new(0),
+            finished: AtomicBool::new(false),
+        })
+    }
+
+    fn entry(&self) -> &FileEntry {
+        &self.entry
+    }
+
+    fn fault(&self) -> &Arc<FileFaultState> {
+        &self.entry.fault
+    }
+
+    fn fail_fast(&self) -> io::Result<()> {
+        self.fault().check().map_err(io::Error::from)
+    }
+
+    /// The length this handle reads up to.
+    fn limit(&self) -> u64 {
+        self.entry().len().min(self.cow_len)
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        if self.mode == MapMode::ReadOnly {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is mapped read-only", self.core.path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> io::Result<u64> {
+        offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_LEN)
+            .ok_or_else(|| invalid(format!("range of {len} bytes at offset {offset} is past the largest file size ({MAX_LEN})")))
+    }
+
+    /// The length of the file in bytes, as this process last saw or set it.
+    pub fn len(&self) -> u64 {
+        self.limit()
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The file's generation: bumped by every write, `set_len` and growth through any handle of
+    /// this file in the process (copy-on-write writes, which do not change the file, excepted).
+    pub fn generation(&self) -> u64 {
+        self.entry().generation.load(Ordering::Acquire)
+    }
+
+    /// The path this handle was opened with.
+    pub fn path(&self) -> &Path {
+        &self.core.path
+    }
+
+    /// The mode this handle maps with (`ReadOnly` if the descriptor was opened without write
+    /// access, whatever the configuration said).
+    pub fn mode(&self) -> MapMode {
+        self.mode
+    }
+
+    /// Whether this handle wrote bytes that are not yet synced (diagnostics, tests).
+    #[doc(hidden)]
+    pub fn is_dirty(&self) -> bool {
+        self.core.dirty.load(Ordering::Acquire)
+    }
+
+    /// The last range made durable through any handle of this file, as `(offset, len)`
+    /// (diagnostics, tests).
+    #[doc(hidden)]
+    pub fn last_synced_range(&self) -> Option<(u64, u64)> {
+        *self.entry().last_sync.lock()
+    }
+
+    /// How many windows this handle has mapped right now (0 without windows).
+    #[doc(hidden)]
+    pub fn mapped_windows(&self) -> usize {
+        match &self.view {
+            View::Whole(_) => 0,
+            View::Windows(w) => w.mapped().len(),
+        }
+    }
+
+    /// How many handles the process has open on this file (all paths).
+    #[doc(hidden)]
+    pub fn handles_on_file(&self) -> usize {
+        os::file::stat(&self.core.file).map_or(0, |id| registry::handles(id.dev, id.ino))
+    }
+
+    /// The fault state shared by every handle of this file in the process.
+    pub fn fault_state(&self) -> &Arc<FileFaultState> {
+        self.fault()
+    }
+
+    /// Runs `f` on each piece of `offset..offset + n` that lies in one mapping: `f(region,
+    /// offset in region, offset in the caller's buffer, length)`.
+    ///
+    /// # Safety
+    ///
+    /// * The caller holds an access of the file's gate for the whole call, and
+    ///   `offset + n <= self.limit()` was read inside it.
+    unsafe fn pieces(
+        &self,
+        offset: u64,
+        n: usize,
+        mut f: impl FnMut(&Region, usize, usize, usize) -> io::Result<()>,
+    ) -> Result<(), Step> {
+        match &self.view {
+            View::Whole(w) => {
+                // SAFETY: the caller holds an access of the gate (this fn's contract).
+                let r = unsafe { w.current() };
+                let end = offset + n as u64;
+                if end > r.len() as u64 {
+                    return Err(Step::Remap(end));
+                }
+                f(r, offset as usize, 0, n)?;
+            }
+            View::Windows(cache) => {
+                let file_len = self.limit();
+                let mut done = 0usize;
+                while done < n {
+                    let pos = offset + done as u64;
+                    let w = cache.get(
+                        &self.core.file,
+                        pos,
+                        self.mode,
+                        &self.cfg,
+                        file_len,
+                        self.fault(),
+                    )?;
+                    let roff = (pos - w.offset()) as usize;
+                    let k = (n - done).min(w.len() - roff);
+                    f(&w, roff, done, k)?;
+                    done += k;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole-file mapping by one of at least `need` bytes.
+    fn remap(&self, need: u64) -> io::Result<()> {
+        let View::Whole(w) = &self.view else {
+            return Ok(());
+        };
+        gate::refuse_in_scoped_access()?;
+        let entry = self.entry();
+        let _resize = entry.resize.lock();
+        let cap = {
+            let _g = entry.gate.enter();
+            // SAFETY: inside an access of the gate.
+            unsafe { w.current() }.len()
+        };
+        if cap as u64 >= need {
+            return Ok(());
+        }
+        let len = entry.len();
+        let region = Region::map(
+            &self.core.file,
+            0,
+            whole_capacity(need.max(cap as u64 * 2), len)?,
+            self.mode,
+            &self.cfg,
+            len,
+            self.fault(),
+        )?;
+        let guard = entry.gate.resize()?;
+        // SAFETY: the gate is held for a resize: no access uses the old mapping.
+        let old = unsafe { w.replace(region) };
+        drop(guard);
+        drop(old);
+        Ok(())
+    }
+
+    /// Re-reads the file's length from the kernel (another process may have grown it) and
+    /// returns the length this handle may read up to.
+    fn refresh_len(&self) -> io::Result<u64> {
+        // Inside a with_bytes closure the resize mutex may be held by a resizer waiting for this
+        // very access: keep the length as known.
+        if self.mode != MapMode::CopyOnWrite && !gate::in_scoped_access() {
+            let entry = self.entry();
+            let _r = entry.resize.lock();
+            // Stat under the lock: a size read before a concurrent cut would undo the cut.
+            let size = os::file::stat(&self.core.file)?.size;
+            entry.catch_up(size);
+        }
+        Ok(self.limit())
+    }
+
+    /// Grows the file on disk to at least `end` bytes, reserving the space (`posix_fallocate`)
+    /// so that a full disk is an error here instead of a fault at the write. Readers do not see
+    /// the new length yet: the write publishes it after its bytes are in.
+    fn grow(&self, end: u64) -> io::Result<()> {
+        if self.mode == MapMode::CopyOnWrite {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a copy-on-write handle cannot grow the file (its writes never reach the file)",
+            ));
+        }
+        gate::refuse_in_scoped_access()?;
+        let entry = self.entry();
+        let _r = entry.resize.lock();
+        let cur = entry.reserved.load(Ordering::Acquire);
+        if cur >= end {
+            return Ok(());
+        }
+        os::file::reserve(&self.core.file, cur, end - cur)?;
+        entry.reserved.store(end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` at or past the end of the file.
+    #[inline]
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        // The hot path, kept short on purpose: small random reads are bound by memory latency,
+        // and the fewer instructions each read takes, the more of them the CPU overlaps. It
+        // handles a whole-file mapping that already covers the range, with no resize running;
+        // everything else (windows, the end of the file, remaps, errors) takes the general path.
+        if let View::Whole(w) = &self.view {
+            let entry = self.entry();
+            if let Some(gate) = entry.gate.try_enter() {
+                let limit = self.limit();
+                // SAFETY: `gate` is an access of the file's gate, held until after the copy.
+                let (base, cap) = unsafe { w.base_and_cap() };
+                if offset < limit && !buf.is_empty() {
+                    let n = (buf.len() as u64).min(limit - offset) as usize;
+                    if offset + n as u64 <= cap as u64 {
+                        let dst = buf.as_mut_ptr();
+                        let r = entry.fault.guarded(|| {
+                            // SAFETY: `offset + n <= cap` (checked above), and the mapping at
+                            // `base` stays mapped while `gate` is held; `dst..dst + n` lies in
+                            // `buf`, a `&mut` that cannot overlap memory we only hand out as
+                            // `&[u8]`.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(base.add(offset as usize), dst, n)
+                            }
+                        });
+                        drop(gate);
+                        return match r {
+                            Ok(()) => Ok(n),
+                            Err(e) => Err(e.into()),
+                        };
+                    }
+                }
+            }
+        }
+        self.read_at_general(buf, offset)
+    }
+
+    #[inline(never)]
+    fn read_at_general(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.fail_fast()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut refreshed = false;
+        loop {
+            let entry = self.entry();
+            let gate = entry.gate.enter();
+            let limit = self.limit();
+            if offset >= limit {
+                drop(gate);
+                if !refreshed && self.refresh_len()? > offset {
+                    refreshed = true;
+                    continue;
+                }
+                return Ok(0);
+            }
+            let n = (buf.len() as u64).min(limit - offset) as usize;
+            let dst = buf.as_mut_ptr();
+            let fault = self.fault();
+            let copy = |region: &Region, roff: usize, boff: usize, k: usize| {
+                fault
+                    // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
+                    // (gate or the window's Arc), `dst + boff .. + k` lies in `buf`, and `buf`
+                    // (a `&mut`) cannot overlap a mapping we hand out only as `&[u8]`.
+                    .guarded(|| unsafe {
+                        std::ptr::copy_nonoverlapping(region.ptr().add(roff), dst.add(boff), k)
+                    })
+                    .map_err(io::Error::from)
+            };
+            // SAFETY: we hold `gate` and read `limit` inside it.
+            let r = unsafe { self.pieces(offset, n, copy) };
+            match r {
+                Ok(()) => return Ok(n),
+                Err(Step::Remap(need)) => {
+                    drop(gate);
+                    self.remap(need)?;
+                }
+                Err(Step::Io(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
+    pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset)? {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "end of file at offset {offset} ({} bytes left to read)",
+                            buf.len()
+                        ),
+                    ))
+                }
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`, growing the file if it ends past the end. Returns
+    /// `buf.len()`. `ReadOnly`: `PermissionDenied`. `Immediate`: the written range is durable
+    /// when this returns.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        self.fail_fast()?;
+        self.check_writable()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let end = self.check_range(offset, buf.len() as u64)?;
+        let immediate = self.sync == SyncMode::Immediate && self.mode == MapMode::ReadWrite;
+        let entry = self.entry();
+        loop {
+            if self.mode == MapMode::CopyOnWrite {
+                if end > self.limit() {
+                    self.grow(end)?; // refuses: a copy-on-write handle cannot grow the file
+                }
+            } else if end > entry.reserved.load(Ordering::Acquire) {
+                self.grow(end)?;
+            }
+            let gate = entry.gate.enter();
+            let room = if self.mode == MapMode::CopyOnWrite {
+                self.limit()
+            } else {
+                entry.reserved.load(Ordering::Acquire)
+            };
+            if end > room {
+                // Cut by another handle between the growth and here: grow again.
+                continue;
+            }
+            let src = buf.as_ptr();
+            let fault = self.fault();
+            let core = &self.core;
+            let copy = |region: &Region, roff: usize, boff: usize, k: usize| {
+                fault
+                    // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
+                    // (gate or Arc), `src + boff .. + k` lies in `buf`. `ptr::copy` because
+                    // `buf` may itself be a `with_bytes` slice of this very mapping.
+                    .guarded(|| unsafe { std::ptr::copy(src.add(boff), region.ptr().add(roff), k) })
+                    .map_err(io::Error::from)?;
+                if immediate {
+                    let r = region.mapping().sync_range(roff, k, true);
+                    if let Err(e) = &r {
+                        fault.poison(region.ptr() as usize + roff);
+                        tracing::error!(path = %core.path.display(), error = %e, "msync failed; file poisoned");
+                    }
+                    r?;
+                }
+                Ok(())
+            };
+            // SAFETY: we hold `gate` and read the limit inside it.
+            let r = unsafe { self.pieces(offset, buf.len(), copy) };
+            match r {
+                Ok(()) => {
+                    if self.mode != MapMode::CopyOnWrite {
+                        // Publish the length only now that the bytes are in, and while the
+                        // access still keeps a cut out.
+                        entry.len.fetch_max(end, Ordering::AcqRel);
+                    }
+                    drop(gate);
+                    if self.mode != MapMode::CopyOnWrite {
+                        entry.bump();
+                    }
+                    if immediate {
+                        *self.entry().last_sync.lock() = Some((offset, buf.len() as u64));
+                    } else if self.mode == MapMode::ReadWrite {
+                        self.core.dirty.store(true, Ordering::Release);
+                    }
+                    return Ok(buf.len());
+                }
+                Err(Step::Remap(need)) => {
+                    drop(gate);
+                    self.remap(need)?;
+                }
+                Err(Step::Io(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `buf` at `offset` (`write_at` always writes everything or fails).
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset).map(|_| ())
+    }
+
+    /// Sets the file's length: growing reserves the space (`posix_fallocate`), cutting waits for
+    /// running accesses of every handle on the file. `ReadOnly`: `PermissionDenied`;
+    /// `CopyOnWrite`: `Unsupported` (the file is never changed through such a handle).
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fail_fast()?;
+        self.check_writable()?;
+        if self.mode == MapMode::CopyOnWrite {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a copy-on-write handle cannot change the file's length",
+            ));
+        }
+        if len > MAX_LEN {
+            return Err(invalid(format!(
+                "length {len} is past the largest file size ({MAX_LEN})"
+            )));
+        }
+        gate::refuse_in_scoped_access()?;
+        let entry = self.entry();
+        let _r = entry.resize.lock();
+        let reserved = entry.reserved.load(Ordering::Acquire);
+        if len > reserved {
+            os::file::reserve(&self.core.file, reserved, len - reserved)?;
+            entry.reserved.store(len, Ordering::Release);
+            entry.len.store(len, Ordering::Release);
+        } else {
+            // Cutting pages under a running copy would fault it: wait for every access to leave.
+            // (Also when `len` is between the published length and the reservation: a growing
+            // write in flight re-checks the reservation inside its access and grows again.)
+            let _g = entry.gate.resize()?;
+            os::file::truncate(&self.core.file, len)?;
+            entry.len.store(len, Ordering::Release);
+            entry.reserved.store(len, Ordering::Release);
+        }
+        entry.bump();
+        self.core.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes every written byte and the length durable (`fsync`), whatever the sync mode.
+    /// Read-only and copy-on-write handles have nothing to sync.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.fail_fast()?;
+        if self.mode != MapMode::ReadWrite {
+            return Ok(());
+        }
+        self.core.dirty.store(false, Ordering::Release);
+        let r = os::file::sync_all(&self.core.file);
+        self.core.after_sync(r, 0, self.entry().len())
+    }
+
+    /// Makes `offset..offset + len` durable (`msync(MS_SYNC)` of those pages). A zero `len` is
+    /// an error; the part past the end of the file is ignored.
+    pub fn sync_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fail_fast()?;
+        if len == 0 {
+            return Err(invalid("sync_range of zero bytes".into()));
+        }
+        self.check_range(offset, len)?;
+        if self.mode != MapMode::ReadWrite {
+            return Ok(());
+        }
+        loop {
+            let entry = self.entry();
+            let gate = entry.gate.enter();
+            let limit = self.limit();
+            if offset >= limit {
+                return Ok(());
+            }
+            let n = len.min(limit - offset);
+            let n = usize::try_from(n).map_err(|_| {
+                invalid(format!(
+                    "range of {n} bytes is larger than the address space"
+                ))
+            })?;
+            let fault = self.fault();
+            // SAFETY: we hold `gate` and read `limit` inside it.
+            let r = unsafe {
+                self.pieces(offset, n, |region, roff, _, k| {
+                    let r = region.mapping().sync_range(roff, k, true);
+                    if r.is_err() {
+                        fault.poison(region.ptr() as usize + roff);
+                    }
+                    r
+                })
+            };
+            match r {
+                Ok(()) => {
+                    *self.entry().last_sync.lock() = Some((offset, n as u64));
+                    return Ok(());
+                }
+                Err(Step::Remap(need)) => {
+                    drop(gate);
+                    self.remap(need)?;
+                }
+                Err(Step::Io(e)) => {
+                    tracing::error!(path = %self.core.path.display(), error = %e, "msync failed; file poisoned");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Applies `advice` to the mapped pages of `offset..offset + len` (with windows: the windows
+    /// mapped now; windows mapped later get the configured advice). A zero `len` is an error.
+    pub fn advise(&self, offset: u64, len: u64, advice: Advice) -> io::Result<()> {
+        self.fail_fast()?;
+        if len == 0 {
+            return Err(invalid("advise of zero bytes".into()));
+        }
+        let end = self.check_range(offset, len)?;
+        let page = os::page_size() as u64;
+        let apply = |region: &Region| -> io::Result<()> {
+            let rs = region.offset();
+            let re = rs + region.len() as u64;
+            let s = offset.max(rs);
+            let e = end.min(re);
+            if s >= e {
+                return Ok(());
+            }
+            let s_al = (s - rs) / page * page;
+            let e_al = ((e - rs).div_ceil(page) * page).min(region.len() as u64);
+            region
+                .mapping()
+                .advise_range(s_al as usize, (e_al - s_al) as usize, advice.to_os())
+        };
+        match &self.view {
+            View::Whole(w) => {
+                let _g = self.entry().gate.enter();
+                // SAFETY: inside an access of the gate.
+                apply(unsafe { w.current() })
+            }
+            View::Windows(c) => c.mapped().iter().try_for_each(|r| apply(r)),
+        }
+    }
+
+    /// Runs `f` on the file's bytes `offset..offset + len` in place, without a copy, and returns
+    /// its result, or an error if the file faulted while `f` ran (the bytes `f` saw may then be
+    /// zeros, so its result is discarded). The range must lie inside the file (`UnexpectedEof`
+    /// otherwise).
+    ///
+    /// The slice is only valid inside `f`. Its bytes can change while `f` runs if another handle
+    /// or process writes them. Changing the file's length from inside `f` (a growing write,
+    /// `set_len`, through any handle of this file), or a read that needs a remap, fails with
+    /// `WouldBlock` instead of deadlocking: those wait until no access runs, and `f`'s runs.
+    pub fn with_bytes<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        self.fail_fast()?;
+        let end = self.check_range(offset, len as u64)?;
+        let mut refreshed = false;
+        loop {
+            let entry = self.entry();
+            let gate = entry.gate.enter();
+            let limit = self.limit();
+            if end > limit {
+                drop(gate);
+                if !refreshed && self.refresh_len()? >= end {
+                    refreshed = true;
+                    continue;
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("bytes {offset}..{end} are past the end of the file ({limit} bytes)"),
+                ));
+            }
+            if len == 0 {
+                return Ok(f(&[]));
+            }
+            let mut window_hold: Option<Arc<Region>> = None;
+            let mut temp_hold: Option<Region> = None;
+            let ptr = match &self.view {
+                View::Whole(w) => {
+                    // SAFETY: inside an access of the gate.
+                    let r = unsafe { w.current() };
+                    if end > r.len() as u64 {
+                        drop(gate);
+                        self.remap(end)?;
+                        continue;
+                    }
+                    // SAFETY: `offset < end <= r.len()`.
+                    unsafe { r.ptr().add(offset as usize) }
+                }
+                View::Windows(cache) => {
+                    let size = cache.size();
+                    if offset / size == (end - 1) / size {
+                        let w = cache.get(
+                            &self.core.file,
+                            offset,
+                            self.mode,
+                            &self.cfg,
+                            limit,
+                            self.fault(),
+                        )?;
+                        // SAFETY: `offset` lies in this window (same window index as computed).
+                        let p = unsafe { w.ptr().add((offset - w.offset()) as usize) };
+                        window_hold = Some(w);
+                        p
+                    } else {
+                        // Spans windows: one mapping of exactly the range, for this call only.
+                        let page = os::page_size() as u64;
+                        let start = offset / page * page;
+                        let r = Region::map(
+                            &self.core.file,
+                            start,
+                            (end - start) as usize,
+                            self.mode,
+                            &self.cfg,
+                            limit,
+                            self.fault(),
+                        )?;
+                        // SAFETY: `offset - start < page <= r.len()`.
+                        let p = unsafe { r.ptr().add((offset - start) as usize) };
+                        temp_hold = Some(r);
+                        p
+                    }
+                }
+            };
+            let _scope = ScopedAccess::begin();
+            let r = self.fault().guarded(|| {
+                // SAFETY: `ptr..ptr + len` lies in a live mapping (held by the gate, `window_hold`
+                // or `temp_hold` until after `f` returns) inside the file. The slice does not
+                // outlive `f` (the closure's lifetime). Other writers may change the bytes, as the
+                // method documents; faults are caught by `guarded`, which discards the result.
+                f(unsafe { std::slice::from_raw_parts(ptr, len) })
+            });
+            drop(_scope);
+            drop(gate);
+            drop(window_hold);
+            drop(temp_hold);
+            return r.map_err(io::Error::from);
+        }
+    }
+
+    /// Closes the handle, syncing first if the sync mode asks for it (`OnClose`, `Periodic`, or
+    /// a length change under `Immediate`), and returns what went wrong: a sync error, or the
+    /// fault error if the file was poisoned. Dropping does the same and reports through
+    /// `tracing` events.
+    pub fn close(self) -> io::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&self) -> io::Result<()> {
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.fail_fast()?;
+        if self.mode == MapMode::ReadWrite
+            && self.sync != SyncMode::Never
+            && self.core.dirty.swap(false, Ordering::AcqRel)
+        {
+            self.core.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// The length of a whole-file mapping for `need` bytes: whole pages, at least one, and at most
+/// what the address space holds.
+fn whole_capacity(need: u64, file_len: u64) -> io::Result<usize> {
+    let page = os::page_size() as u64;
+    need.max(1)
+        .checked_next_multiple_of(page)
+        .filter(|&c| c <= isize::MAX as u64 / 2)
+        .map(|c| c as usize)
+        .ok_or_else(|| {
+            invalid(format!(
+                "a file of {file_len} bytes is too large to map whole: set MapConfig::window"
+            ))
+        })
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!(path = %self.core.path.display(), error = %e, "closing a mapped file failed");
+        }
+    }
+}
+
+impl Read for &MappedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut pos = self.cursor.lock();
+        let n = self.read_at(buf, *pos)?;
+        *pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Write for &MappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut pos = self.cursor.lock();
+        let n = self.write_at(buf, *pos)?;
+        *pos += n as u64;
+        Ok(n)
+    }
+
+    /// Nothing is buffered: bytes are in the mapping once `write` returns. Durability is the
+    /// sync mode's business (or `sync_all`).
+    fn flush(&mut self) -> io::Result<()> {
+        self.fail_fast()
+    }
+}
+
+impl Seek for &MappedFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let mut cur = self.cursor.lock();
+        let (base, delta) = match pos {
+            SeekFrom::Start(n) => (n, 0),
+            SeekFrom::End(d) => (self.len(), d),
+            SeekFrom::Current(d) => (*cur, d),
+        };
+        let new = base
+            .checked_add_signed(delta)
+            .filter(|&p| p <= MAX_LEN)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "seek to {base} {delta:+} is before the start or past the largest file size"
+                ))
+            })?;
+        *cur = new;
+        Ok(new)
+    }
+}
+
+impl Read for MappedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for MappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self).flush()
+    }
+}
+
+impl Seek for MappedFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        (&*self).seek(pos)
+    }
+}

@@ -1,0 +1,181 @@
+//! The periodic flusher: one background thread per `MmapFs` with `SyncMode::Periodic`, which
+//! syncs the dirty files of that `MmapFs` at the configured interval.
+//!
+//! Lifetime: the `MmapFs` (all its clones) and each of its open files hold an `Arc<Flusher>`.
+//! When the last of them goes, `Flusher::drop` tells the thread to stop and joins it, so the
+//! thread never outlives its users (the memmapfs flusher was never stopped). The thread itself
+//! holds only the shared state and the files' cores, never a `Flusher`, so it cannot keep
+//! itself alive and is never asked to join itself.
+
+use std::io;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::file::FileCore;
+use crate::sync::atomic::Ordering;
+use crate::sync::{Arc, Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct State {
+    files: Vec<(u64, Arc<FileCore>)>,
+    next_id: u64,
+    stop: bool,
+    running: bool,
+    rounds: u64,
+    flushed: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the thread (stop) and waiters on progress (`FlusherStatus::wait_for_rounds`).
+    cv: Condvar,
+    interval: Duration,
+}
+
+/// Owner of the flusher thread; dropping the last `Arc<Flusher>` stops and joins it.
+#[derive(Debug)]
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A file's subscription to the flusher; unsubscribes when dropped.
+#[derive(Debug)]
+pub(crate) struct FlushRegistration {
+    flusher: Arc<Flusher>,
+    id: u64,
+}
+
+impl Flusher {
+    pub(crate) fn start(interval: Duration) -> io::Result<Arc<Flusher>> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                running: true,
+                ..State::default()
+            }),
+            cv: Condvar::new(),
+            interval,
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("segpool-flush".into())
+            .spawn(move || run(&s))?;
+        Ok(Arc::new(Flusher {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub(crate) fn register(this: &Arc<Self>, core: Arc<FileCore>) -> FlushRegistration {
+        let mut st = this.shared.state.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.files.push((id, core));
+        FlushRegistration {
+            flusher: Arc::clone(this),
+            id,
+        }
+    }
+
+    pub(crate) fn status(&self) -> FlusherStatus {
+        FlusherStatus {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut st = shared.state.lock();
+    loop {
+        let deadline = Instant::now() + shared.interval;
+        while !st.stop && Instant::now() < deadline {
+            st = shared.cv.wait_until(&shared.state, st, deadline);
+        }
+        if st.stop {
+            break;
+        }
+        let dirty: Vec<Arc<FileCore>> = st
+            .files
+            .iter()
+            .filter(|(_, f)| f.dirty.load(Ordering::Acquire))
+            .map(|(_, f)| Arc::clone(f))
+            .collect();
+        drop(st);
+        let mut flushed = 0;
+        for f in dirty {
+            if f.dirty.swap(false, Ordering::AcqRel) && !f.entry().fault.is_faulted() {
+                // A failure poisons the file and is reported by `sync_data` as an event: no
+                // caller is waiting here.
+                if f.sync_data().is_ok() {
+                    flushed += 1;
+                }
+            }
+        }
+        st = shared.state.lock();
+        st.rounds += 1;
+        st.flushed += flushed;
+        shared.cv.notify_all();
+    }
+    st.running = false;
+    shared.cv.notify_all();
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                tracing::error!("the segpool flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for FlushRegistration {
+    fn drop(&mut self) {
+        self.flusher
+            .shared
+            .state
+            .lock()
+            .files
+            .retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// A view of an `MmapFs`'s periodic flusher that does not keep it alive: to watch it work and
+/// to see that it stopped.
+#[derive(Debug, Clone)]
+pub struct FlusherStatus {
+    shared: Arc<Shared>,
+}
+
+impl FlusherStatus {
+    /// Whether the thread still runs. It stops (and has stopped by the time the last handle's
+    /// drop returns) when the `MmapFs` and all its files are gone.
+    pub fn is_running(&self) -> bool {
+        self.shared.state.lock().running
+    }
+
+    /// Flush rounds completed so far.
+    pub fn rounds(&self) -> u64 {
+        self.shared.state.lock().rounds
+    }
+
+    /// Files synced so far (a file counts once per round in which it was dirty).
+    pub fn files_flushed(&self) -> u64 {
+        self.shared.state.lock().flushed
+    }
+
+    /// Waits until at least `n` files were flushed in total, or `timeout` passed, or the thread
+    /// stopped; returns whether `n` was reached.
+    pub fn wait_for_flushes(&self, n: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.state.lock();
+        while st.flushed < n && st.running && Instant::now() < deadline {
+            st = self.shared.cv.wait_until(&self.shared.state, st, deadline);
+        }
+        st.flushed >= n
+    }
+}
