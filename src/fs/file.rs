@@ -410,7 +410,7 @@ impl MappedFile {
                     let n = (buf.len() as u64).min(limit - offset) as usize;
                     if offset + n as u64 <= cap as u64 {
                         let dst = buf.as_mut_ptr();
-                        let r = entry.fault.guarded(|| {
+                        let r = entry.fault.guarded_read(|| {
                             // SAFETY: `offset + n <= cap` (checked above), and the mapping at
                             // `base` stays mapped while `gate` is held; `dst..dst + n` lies in
                             // `buf`, a `&mut` that cannot overlap memory we only hand out as
@@ -458,7 +458,7 @@ impl MappedFile {
                     // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
                     // (gate or the window's Arc), `dst + boff .. + k` lies in `buf`, and `buf`
                     // (a `&mut`) cannot overlap a mapping we hand out only as `&[u8]`.
-                    .guarded(|| unsafe {
+                    .guarded_read(|| unsafe {
                         std::ptr::copy_nonoverlapping(region.ptr().add(roff), dst.add(boff), k)
                     })
                     .map_err(io::Error::from)
@@ -804,7 +804,7 @@ impl MappedFile {
                 }
             };
             let _scope = ScopedAccess::begin();
-            let r = self.fault().guarded(|| {
+            let r = self.fault().guarded_read(|| {
                 // SAFETY: `ptr..ptr + len` lies in a live mapping (held by the gate, `window_hold`
                 // or `temp_hold` until after `f` returns) inside the file. The slice does not
                 // outlive `f` (the closure's lifetime). Other writers may change the bytes, as the
