@@ -28,7 +28,7 @@ use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::sync::{epoch, thread_local, Arc};
+use crate::sync::{const_thread_local, epoch, Arc};
 
 /// Counters of one thread for one pool; written by that thread only.
 #[derive(Debug, Default)]
@@ -116,7 +116,7 @@ impl Drop for PoolCache {
     }
 }
 
-thread_local! {
+const_thread_local! {
     static CACHES: RefCell<Vec<PoolCache>> = RefCell::new(Vec::new());
 }
 

@@ -31,8 +31,6 @@ pub(crate) fn round_up(n: usize, align: usize) -> Option<usize> {
 /// Access a mapping allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Protection {
-    /// `PROT_NONE`: any access faults (guard pages).
-    None,
     /// `PROT_READ`.
     Read,
     /// `PROT_READ | PROT_WRITE`.
@@ -42,7 +40,6 @@ pub(crate) enum Protection {
 impl Protection {
     fn flags(self) -> ProtFlags {
         match self {
-            Protection::None => ProtFlags::empty(),
             Protection::Read => ProtFlags::READ,
             Protection::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
         }
@@ -210,25 +207,6 @@ impl Mapping {
         Ok(())
     }
 
-    /// Changes the protection of `offset..offset + len` (page-aligned).
-    ///
-    /// # Safety
-    ///
-    /// * No reference into the range may be used in a way the new protection forbids; the caller
-    ///   guarantees no live `&`/`&mut` covers a page made inaccessible or read-only.
-    pub(crate) unsafe fn protect(
-        &self,
-        offset: usize,
-        len: usize,
-        protection: Protection,
-    ) -> io::Result<()> {
-        assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
-        // SAFETY: the range is inside this mapping; the caller upholds the reference rule above.
-        let flags = mm::MprotectFlags::from_bits_retain(protection.flags().bits());
-        unsafe { mm::mprotect(self.ptr.as_ptr().add(offset).cast(), len, flags) }?;
-        Ok(())
-    }
-
     /// Writes dirty pages of `offset..offset + len` back to the file (`msync`); `wait` selects
     /// `MS_SYNC` (durable when it returns) over `MS_ASYNC`. Writeback errors (ENOSPC, EIO) come
     /// back here.
@@ -250,13 +228,6 @@ impl Mapping {
         };
         // SAFETY: the range lies inside this mapping; msync does not change memory contents.
         unsafe { mm::msync(self.ptr.as_ptr().add(start).cast(), end - start, flags) }?;
-        Ok(())
-    }
-
-    /// Locks the mapping in memory (`mlock`); `RLIMIT_MEMLOCK` refusals come back as errors.
-    pub(crate) fn lock(&self) -> io::Result<()> {
-        // SAFETY: the range is this mapping; mlock does not change contents.
-        unsafe { mm::mlock(self.ptr.as_ptr().cast(), self.len) }?;
         Ok(())
     }
 }

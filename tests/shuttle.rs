@@ -1,0 +1,116 @@
+//! Randomized whole-pool scenarios under shuttle's scheduler: several threads, several classes,
+//! thread caches, trims and a tight budget, with every handed-out range checked for overlap and
+//! every byte checked before release.
+//!
+//! Run with `RUSTFLAGS="--cfg shuttle" cargo test --release --test shuttle` (`.ci/shuttle`).
+//! `SHUTTLE_ITERATIONS` sets the number of random schedules (default 1000).
+#![cfg(shuttle)]
+
+use std::collections::BTreeMap;
+
+use segpool::{Error, Segment, SegmentPool};
+use shuttle::sync::{Arc, Mutex};
+use shuttle::thread;
+
+fn iterations() -> usize {
+    std::env::var("SHUTTLE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+#[derive(Default)]
+struct Live(Mutex<BTreeMap<usize, usize>>);
+
+impl Live {
+    fn insert(&self, seg: &Segment) {
+        let (start, end) = (seg.as_ptr() as usize, seg.as_ptr() as usize + seg.len());
+        let mut m = self.0.lock().unwrap();
+        if let Some((&s, &e)) = m.range(..end).next_back() {
+            assert!(
+                e <= start,
+                "{start:#x}..{end:#x} overlaps live {s:#x}..{e:#x}"
+            );
+        }
+        m.insert(start, end);
+    }
+    fn remove(&self, seg: &Segment) {
+        assert!(self
+            .0
+            .lock()
+            .unwrap()
+            .remove(&(seg.as_ptr() as usize))
+            .is_some());
+    }
+}
+
+fn scenario(retain_empty: usize) {
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096, 16384])
+        .region_size(32 << 10)
+        .budget(160 << 10)
+        .retain_empty_regions(retain_empty)
+        .huge_pages(false)
+        .build()
+        .unwrap();
+    let live = Arc::new(Live::default());
+    let handles: Vec<_> = (0..3u8)
+        .map(|t| {
+            let (pool, live) = (pool.clone(), live.clone());
+            thread::spawn(move || {
+                let mut held: Vec<(Segment, u8)> = Vec::new();
+                for i in 0..6u8 {
+                    let size = if (t + i) % 3 == 0 { 16384 } else { 4096 };
+                    match pool.allocate(size) {
+                        Ok(mut seg) => {
+                            live.insert(&seg);
+                            let tag = t.wrapping_mul(16).wrapping_add(i) | 1;
+                            seg[0] = tag;
+                            let last = seg.len() - 1;
+                            seg[last] = tag;
+                            held.push((seg, tag));
+                        }
+                        Err(Error::BudgetExceeded { .. }) => {}
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                    if t == 0 && i % 2 == 1 {
+                        pool.trim();
+                    }
+                    if i % 2 == 0 && !held.is_empty() {
+                        let (seg, tag) = held.remove(0);
+                        assert_eq!(seg[0], tag);
+                        assert_eq!(seg[seg.len() - 1], tag);
+                        live.remove(&seg);
+                    }
+                }
+                for (seg, tag) in held {
+                    assert_eq!(seg[0], tag);
+                    live.remove(&seg);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert!(stats.mapped_bytes <= 160 << 10);
+    pool.trim();
+    assert_eq!(pool.stats().mapped_bytes, 0, "{}", pool.stats());
+}
+
+#[test]
+fn whole_pool_random_schedules_retaining_one_empty_region() {
+    shuttle::check_random(|| scenario(1), iterations());
+}
+
+#[test]
+fn whole_pool_random_schedules_unmapping_every_empty_region() {
+    shuttle::check_random(|| scenario(0), iterations());
+}
+
+#[test]
+fn whole_pool_pct_schedules() {
+    shuttle::check_pct(|| scenario(0), iterations(), 3);
+}
