@@ -36,6 +36,8 @@ pub(crate) struct ClassPool {
     pub(crate) size: usize,
     pub(crate) region_size: usize,
     pub(crate) cache_capacity: usize,
+    /// Empty regions kept mapped; one more empty region is unmapped at once.
+    retain_empty: usize,
     regions: Atomic<RegionList>,
     /// Serialises changes to `regions` (growth and retirement); never taken on the fast path.
     lock: Mutex<()>,
@@ -57,12 +59,19 @@ pub(crate) struct ClassSnapshot {
 }
 
 impl ClassPool {
-    pub(crate) fn new(index: u8, size: usize, region_size: usize, cache_capacity: usize) -> Self {
+    pub(crate) fn new(
+        index: u8,
+        size: usize,
+        region_size: usize,
+        cache_capacity: usize,
+        retain_empty: usize,
+    ) -> Self {
         Self {
             index,
             size,
             region_size,
             cache_capacity,
+            retain_empty,
             regions: Atomic::new(RegionList::default()),
             lock: Mutex::new(()),
             empty_regions: AtomicIsize::new(0),
@@ -140,10 +149,10 @@ impl ClassPool {
     }
 
     /// Called by whoever moved `region`'s count to zero. Retires it if the class now keeps more
-    /// empty regions than `retain`.
-    pub(crate) fn on_emptied(&self, region: RegionRef, retain: usize, guard: &Guard) {
+    /// empty regions than it retains.
+    pub(crate) fn on_emptied(&self, region: RegionRef, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
-        if empty > retain.min(isize::MAX as usize) as isize {
+        if empty > self.retain_empty.min(isize::MAX as usize) as isize {
             self.retire_empty(Some(region), guard);
         }
     }

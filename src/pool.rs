@@ -29,6 +29,9 @@ pub enum Backing {
     File(PathBuf),
 }
 
+/// Empty regions a class keeps by default: as many as fit in this many bytes, at least one.
+const RETAINED_EMPTY_BYTES: usize = 16 << 20;
+
 /// Largest region a pool accepts (its free-slice metadata stays small).
 const MAX_REGION: usize = 1 << 30;
 
@@ -43,7 +46,7 @@ pub struct SegmentPoolBuilder {
     on_pressure: Option<Box<PressureFn>>,
     huge_pages: bool,
     prefault: bool,
-    retain_empty_regions: usize,
+    retain_empty_regions: Option<usize>,
     thread_cache: bool,
 }
 
@@ -73,7 +76,7 @@ impl Default for SegmentPoolBuilder {
             on_pressure: None,
             huge_pages: true,
             prefault: false,
-            retain_empty_regions: 1,
+            retain_empty_regions: None,
             thread_cache: true,
         }
     }
@@ -128,10 +131,13 @@ impl SegmentPoolBuilder {
         self
     }
 
-    /// How many empty regions each class keeps mapped for reuse (default 1); a region that becomes
-    /// empty beyond that is unmapped at once. `trim()` unmaps the rest.
+    /// How many empty regions each class keeps mapped for reuse; a region that becomes empty
+    /// beyond that is unmapped at once, and `trim()` unmaps the rest. Default: as many as fit in
+    /// 16 MiB per class, at least one (eight 2 MiB regions, two 8 MiB regions, one 32 MiB
+    /// region), so a burst does not pin its peak while a steady flow does not map and unmap a
+    /// region every few allocations.
     pub fn retain_empty_regions(mut self, regions: usize) -> Self {
-        self.retain_empty_regions = regions;
+        self.retain_empty_regions = Some(regions);
         self
     }
 
@@ -194,7 +200,10 @@ impl SegmentPoolBuilder {
                 } else {
                     0
                 };
-                ClassPool::new(i as u8, size, region, cache)
+                let retain = self
+                    .retain_empty_regions
+                    .unwrap_or((RETAINED_EMPTY_BYTES / region).max(1));
+                ClassPool::new(i as u8, size, region, cache, retain)
             })
             .collect::<Vec<_>>();
         let n = class_pools.len();
@@ -206,7 +215,6 @@ impl SegmentPoolBuilder {
             backing: self.backing,
             huge_pages: self.huge_pages,
             prefault: self.prefault,
-            retain_empty_regions: self.retain_empty_regions,
             on_pressure: self.on_pressure,
             trim_gen: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
@@ -236,7 +244,6 @@ pub(crate) struct PoolShared {
     backing: Backing,
     huge_pages: bool,
     prefault: bool,
-    pub(crate) retain_empty_regions: usize,
     on_pressure: Option<Box<PressureFn>>,
     /// Bumped by `trim()`, budget pressure and close: thread caches give everything back when
     /// they see it move.
@@ -522,7 +529,7 @@ impl SegmentPool {
             for (s, c) in classes.iter_mut().zip(t.classes.iter()) {
                 s.allocations += c.allocations.load(Ordering::Relaxed);
                 s.releases += c.releases.load(Ordering::Relaxed);
-                s.cached += c.cached.load(Ordering::Relaxed);
+                s.cached += c.cached();
             }
         }
         let mut stats = PoolStats {
@@ -614,7 +621,9 @@ impl SegmentPool {
         if shared.budget.try_reserve(len).is_err() {
             return Ok(Attempt::Short { needed: len });
         }
-        let memory = match map_memory(&shared.backing, len, shared.huge_pages, shared.prefault) {
+        // One mmap and one munmap, nothing more: no huge-page alignment (an over-sized map and
+        // trims) and no madvise for a mapping that lives as long as one segment.
+        let memory = match map_memory(&shared.backing, len, false, shared.prefault) {
             Ok(m) => m,
             Err(e) => {
                 shared.budget.release(len);

@@ -39,6 +39,7 @@ impl Segment {
     ///
     /// * `addr` (tag bits aside) is the start of a slice of `region` of at least `len` bytes,
     ///   counted in the region and handed to this segment alone.
+    #[inline(always)]
     pub(crate) unsafe fn from_slice(addr: usize, region: RegionRef, len: usize) -> Self {
         Self {
             ptr: NonNull::new((addr & !ZERO_TAG) as *mut u8).expect("slice address is never null"),
@@ -65,6 +66,7 @@ impl Segment {
 
 impl Deref for Segment {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: the segment owns `len` initialised (mapped, zero-filled at first) bytes at `ptr`.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -72,6 +74,7 @@ impl Deref for Segment {
 }
 
 impl DerefMut for Segment {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
@@ -104,6 +107,7 @@ impl fmt::Debug for Segment {
 }
 
 impl Drop for Segment {
+    #[inline]
     fn drop(&mut self) {
         let addr = self.ptr.as_ptr() as usize;
         // SAFETY: the segment keeps its region alive.

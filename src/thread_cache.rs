@@ -20,14 +20,17 @@
 //!   bound above per class, and they are counted in `PoolStats::cached_bytes`.
 //!
 //! Allocation and release counts are kept per thread, in counters only that thread writes (plain
-//! loads and stores, no read-modify-write); `stats()` sums them.
+//! loads and stores, no read-modify-write); `stats()` sums them. The fast path writes one counter
+//! per operation; how many slices a cache holds is derived, not stored:
+//! `cached = releases - allocations + adjust`, where `adjust` changes only on the slow paths
+//! (plus the slices a refill brought in, minus the slices a flush gave back).
 
 use std::cell::RefCell;
 
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
-use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{const_thread_local, epoch, Arc};
 
 /// Counters of one thread for one pool; written by that thread only.
@@ -35,12 +38,32 @@ use crate::sync::{const_thread_local, epoch, Arc};
 pub(crate) struct ClassCounters {
     pub(crate) allocations: AtomicU64,
     pub(crate) releases: AtomicU64,
-    pub(crate) cached: AtomicUsize,
+    /// Slices that entered the cache on slow paths minus slices that left it on slow paths
+    /// (wrapping; see the module docs).
+    adjust: AtomicU64,
 }
 
+impl ClassCounters {
+    /// Slices in the cache, as far as a reader on another thread can tell (exact when the owner is
+    /// quiet).
+    pub(crate) fn cached(&self) -> usize {
+        let r = self.releases.load(Ordering::Relaxed);
+        let a = self.allocations.load(Ordering::Relaxed);
+        let adj = self.adjust.load(Ordering::Relaxed);
+        let v = r.wrapping_sub(a).wrapping_add(adj) as i64;
+        v.max(0) as usize
+    }
+}
+
+#[inline]
 fn bump(c: &AtomicU64) {
+    add(c, 1);
+}
+
+#[inline]
+fn add(c: &AtomicU64, n: u64) {
     // Single writer: a load and a store, no locked instruction.
-    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 /// One thread's counters for one pool.
@@ -93,8 +116,11 @@ impl PoolCache {
     fn give_back_all(&mut self) {
         for (i, c) in self.classes.iter_mut().enumerate() {
             give_back_batch(&self.shared, &mut c.slices);
+            add(
+                &self.counters.classes[i].adjust,
+                (c.slices.len() as u64).wrapping_neg(),
+            );
             c.slices.clear();
-            self.counters.classes[i].cached.store(0, Ordering::Relaxed);
         }
     }
 
@@ -140,7 +166,7 @@ fn give_back_batch(shared: &PoolShared, items: &mut [(usize, RegionRef)]) {
             if outcome == Released::Emptied {
                 // SAFETY: pinned since before the give-back, so the metadata is readable.
                 let class = unsafe { region.get() }.class as usize;
-                shared.classes[class].on_emptied(region, shared.retain_empty_regions, &guard);
+                shared.classes[class].on_emptied(region, &guard);
             }
         }
     }
@@ -161,14 +187,14 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     // SAFETY: forwarded from the caller; pinned.
     let outcome = unsafe { give_back(region, &[addr], &guard) };
     if outcome == Released::Emptied {
-        shared.classes[class].on_emptied(region, shared.retain_empty_regions, &guard);
+        shared.classes[class].on_emptied(region, &guard);
     }
     shared.count_direct_release(class);
     shared.budget.notify();
 }
 
 /// The fast path of `allocate`: a cached slice of `class` for `shared`, if this thread has one.
-#[inline]
+#[inline(always)]
 pub(crate) fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef)> {
     CACHES
         .try_with(|caches| {
@@ -177,11 +203,8 @@ pub(crate) fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef
             if entry.shared.id != shared.id || entry.seen_trim != shared.trim_generation() {
                 return None;
             }
-            let cache = &mut entry.classes[class];
-            let s = cache.slices.pop()?;
-            let counters = &entry.counters.classes[class];
-            bump(&counters.allocations);
-            counters.cached.store(cache.slices.len(), Ordering::Relaxed);
+            let s = entry.classes[class].slices.pop()?;
+            bump(&entry.counters.classes[class].allocations);
             Some(s)
         })
         .ok()
@@ -238,7 +261,7 @@ pub(crate) fn refill(
             cache.slices.extend(buf[1..n].iter().map(|&a| (a, region)));
             let counters = &entry.counters.classes[class];
             bump(&counters.allocations);
-            counters.cached.store(cache.slices.len(), Ordering::Relaxed);
+            add(&counters.adjust, n as u64);
             (buf[0], region)
         }))
     })
@@ -262,7 +285,7 @@ pub(crate) fn refill(
 ///
 /// * `addr` is a slice of `region` (a class region, not a dedicated one), owned by the caller and
 ///   counted in the region.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of the region, so it is alive.
     let r = unsafe { region.get() };
@@ -271,10 +294,9 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
             let entry = caches.first_mut()?;
-            let shared = &*r.pool;
             if entry.shared.id != r.pool_id
-                || entry.seen_trim != shared.trim_generation()
-                || shared.budget.has_waiters()
+                || entry.seen_trim != entry.shared.trim_generation()
+                || entry.shared.budget.has_waiters()
             {
                 return None;
             }
@@ -284,9 +306,7 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
                 return None;
             }
             cache.slices.push((addr, region));
-            let counters = &entry.counters.classes[class];
-            bump(&counters.releases);
-            counters.cached.store(cache.slices.len(), Ordering::Relaxed);
+            bump(&entry.counters.classes[class].releases);
             Some(())
         })
         .ok()
@@ -312,15 +332,15 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
             if cache.cap == 0 {
                 return false;
             }
+            let counters = &entry.counters.classes[class];
             if cache.slices.len() >= cache.cap {
                 let spill = cache.slices.len() - cache.cap / 2;
                 give_back_batch(&entry.shared, &mut cache.slices[..spill]);
                 cache.slices.drain(..spill);
+                add(&counters.adjust, (spill as u64).wrapping_neg());
             }
             cache.slices.push((addr, region));
-            let counters = &entry.counters.classes[class];
             bump(&counters.releases);
-            counters.cached.store(cache.slices.len(), Ordering::Relaxed);
             true
         })
         .unwrap_or(false);

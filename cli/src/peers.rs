@@ -1,0 +1,221 @@
+//! The allocators segpool is compared with, behind one small trait.
+//!
+//! This file is shared by the `segpool bench` command and the criterion benches in `benches/`
+//! (they include it with `#[path]`), so both measure exactly the same calls. The peers are called
+//! through their `GlobalAlloc` implementations; none of them is installed as the global allocator.
+//! Every buffer is page-aligned (4096), because that is what segpool hands out and what a fair
+//! comparison must ask of the others.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::RefCell;
+use std::ptr::NonNull;
+
+use segpool::{Segment, SegmentPool};
+
+/// The alignment every peer is asked for.
+pub const PAGE: usize = 4096;
+
+/// Something that hands out buffers of a size and takes them back, on any thread.
+pub trait Allocator: Sync {
+    /// An owned buffer; `Send` so the producer/consumer pattern can release it elsewhere.
+    type Buf: Send;
+    /// A short name for tables and plots.
+    fn name(&self) -> &'static str;
+    /// A buffer of at least `size` bytes, or why the allocator refused.
+    fn alloc(&self, size: usize) -> Result<Self::Buf, String>;
+    /// The buffer's address, for `black_box`: observing the address keeps an allocation from
+    /// being optimized away, without forcing the whole buffer value through memory (a
+    /// three-word `Segment` spilled by `black_box(buf)` and reloaded with one 16-byte load
+    /// costs a store-forwarding stall that a one-word peer does not pay).
+    fn addr(buf: &Self::Buf) -> usize;
+    /// Gives `buf` (allocated with `size`) back.
+    fn release(&self, buf: Self::Buf, size: usize);
+}
+
+/// A buffer from a `GlobalAlloc` or from `mmap`: an address and nothing else.
+#[derive(Debug)]
+pub struct RawBuf(NonNull<u8>);
+
+// SAFETY: a `RawBuf` is an exclusively owned allocation; the allocators it comes from
+// (glibc, mimalloc, jemalloc, the kernel) accept a free from any thread.
+unsafe impl Send for RawBuf {}
+
+/// Any `GlobalAlloc`, asked for page-aligned memory.
+#[derive(Debug)]
+pub struct Global<A> {
+    name: &'static str,
+    alloc: A,
+}
+
+impl<A: GlobalAlloc> Global<A> {
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, PAGE).expect("size classes are far below isize::MAX")
+    }
+}
+
+impl<A: GlobalAlloc + Sync> Allocator for Global<A> {
+    type Buf = RawBuf;
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    #[inline]
+    fn alloc(&self, size: usize) -> Result<RawBuf, String> {
+        // SAFETY: the layout has a non-zero size (every class is at least 4 KiB).
+        NonNull::new(unsafe { self.alloc.alloc(Self::layout(size)) })
+            .map(RawBuf)
+            .ok_or_else(|| format!("{} refused {size} bytes", self.name))
+    }
+    #[inline]
+    fn addr(buf: &RawBuf) -> usize {
+        buf.0.as_ptr() as usize
+    }
+    #[inline]
+    fn release(&self, buf: RawBuf, size: usize) {
+        // SAFETY: `buf` came from `alloc` of this allocator with this same layout.
+        unsafe { self.alloc.dealloc(buf.0.as_ptr(), Self::layout(size)) }
+    }
+}
+
+/// glibc's malloc (`std::alloc::System`), page-aligned.
+pub fn system() -> Global<System> {
+    Global {
+        name: "glibc",
+        alloc: System,
+    }
+}
+
+/// mimalloc, page-aligned.
+pub fn mimalloc() -> Global<mimalloc::MiMalloc> {
+    Global {
+        name: "mimalloc",
+        alloc: mimalloc::MiMalloc,
+    }
+}
+
+/// jemalloc (tikv-jemallocator), page-aligned.
+pub fn jemalloc() -> Global<tikv_jemallocator::Jemalloc> {
+    Global {
+        name: "jemalloc",
+        alloc: tikv_jemallocator::Jemalloc,
+    }
+}
+
+/// One anonymous `mmap` per buffer and one `munmap` per release.
+#[derive(Debug, Default)]
+pub struct MmapPerBuffer;
+
+impl Allocator for MmapPerBuffer {
+    type Buf = RawBuf;
+    fn name(&self) -> &'static str {
+        "mmap"
+    }
+    fn alloc(&self, size: usize) -> Result<RawBuf, String> {
+        use rustix::mm::{mmap_anonymous, MapFlags, ProtFlags};
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses overlaps nothing.
+        let p = unsafe {
+            mmap_anonymous(
+                std::ptr::null_mut(),
+                size,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| format!("mmap of {size} bytes: {e}"))?;
+        NonNull::new(p.cast())
+            .map(RawBuf)
+            .ok_or_else(|| "mmap returned null".to_string())
+    }
+    fn addr(buf: &RawBuf) -> usize {
+        buf.0.as_ptr() as usize
+    }
+    fn release(&self, buf: RawBuf, size: usize) {
+        // SAFETY: `buf` is a whole mapping of `size` bytes made by `alloc`, owned by us alone.
+        let r = unsafe { rustix::mm::munmap(buf.0.as_ptr().cast(), size) };
+        debug_assert!(r.is_ok(), "munmap: {r:?}");
+    }
+}
+
+/// The floor: a pop from and a push onto a thread-local `Vec` of addresses, which is the least
+/// any per-thread cache can cost. The addresses are never dereferenced (the benchmarks leave
+/// memory untouched), so an empty stack hands out a placeholder and a full one drops the address.
+#[derive(Debug, Default)]
+pub struct ThreadLocalFloor;
+
+const FLOOR_CAP: usize = 64;
+
+thread_local! {
+    static FLOOR: RefCell<Vec<usize>> = RefCell::new(vec![PAGE; FLOOR_CAP / 2]);
+}
+
+impl Allocator for ThreadLocalFloor {
+    type Buf = usize;
+    fn name(&self) -> &'static str {
+        "floor"
+    }
+    #[inline]
+    fn alloc(&self, _size: usize) -> Result<usize, String> {
+        Ok(FLOOR.with(|f| f.borrow_mut().pop().unwrap_or(PAGE)))
+    }
+    #[inline]
+    fn addr(buf: &usize) -> usize {
+        *buf
+    }
+    #[inline]
+    fn release(&self, buf: usize, _size: usize) {
+        FLOOR.with(|f| {
+            let mut f = f.borrow_mut();
+            if f.len() < FLOOR_CAP {
+                f.push(buf);
+            }
+        })
+    }
+}
+
+/// segpool itself.
+#[derive(Debug)]
+pub struct Segpool(pub SegmentPool);
+
+impl Allocator for Segpool {
+    type Buf = Segment;
+    fn name(&self) -> &'static str {
+        "segpool"
+    }
+    #[inline]
+    fn alloc(&self, size: usize) -> Result<Segment, String> {
+        self.0
+            .allocate(size)
+            .map_err(|e| format!("segpool: allocate({size}): {e}"))
+    }
+    #[inline]
+    fn addr(buf: &Segment) -> usize {
+        buf.as_ptr() as usize
+    }
+    #[inline]
+    fn release(&self, buf: Segment, _size: usize) {
+        drop(buf);
+    }
+}
+
+/// No allocation at all: the cost of whatever carries the "buffer" (the bare channel, in the
+/// producer/consumer pattern).
+#[derive(Debug, Default)]
+pub struct Nothing;
+
+impl Allocator for Nothing {
+    type Buf = usize;
+    fn name(&self) -> &'static str {
+        "channel"
+    }
+    #[inline]
+    fn alloc(&self, size: usize) -> Result<usize, String> {
+        Ok(std::hint::black_box(size))
+    }
+    #[inline]
+    fn addr(buf: &usize) -> usize {
+        *buf
+    }
+    #[inline]
+    fn release(&self, buf: usize, _size: usize) {
+        std::hint::black_box(buf);
+    }
+}
