@@ -56,6 +56,7 @@ pub(crate) struct ClassSnapshot {
     pub(crate) slices: usize,
     pub(crate) out: usize,
     pub(crate) mapped_bytes: usize,
+    pub(crate) faulted: usize,
 }
 
 impl ClassPool {
@@ -152,7 +153,9 @@ impl ClassPool {
     /// empty regions than it retains.
     pub(crate) fn on_emptied(&self, region: RegionRef, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
-        if empty > self.retain_empty.min(isize::MAX as usize) as isize {
+        // SAFETY: the caller is pinned and the region was reachable when it emptied it.
+        let faulted = unsafe { region.get() }.faulted();
+        if faulted || empty > self.retain_empty.min(isize::MAX as usize) as isize {
             self.retire_empty(Some(region), guard);
         }
     }
@@ -227,6 +230,7 @@ impl ClassPool {
             s.slices += region.slices();
             s.out += region.in_use();
             s.mapped_bytes += region.len();
+            s.faulted += usize::from(region.faulted());
         }
         s
     }

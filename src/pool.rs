@@ -548,6 +548,7 @@ impl SegmentPool {
             s.regions = snap.regions;
             s.free = snap.slices.saturating_sub(snap.out);
             stats.regions += snap.regions;
+            stats.faulted_regions += snap.faulted;
             stats.regions_mapped += c.regions_mapped.load(Ordering::Relaxed);
             stats.regions_unmapped += c.regions_unmapped.load(Ordering::Relaxed);
             stats.in_use_bytes += s.in_use * s.size;

@@ -37,6 +37,11 @@ pub struct PoolStats {
     pub dedicated_segments: usize,
     /// Bytes mapped for those dedicated segments (included in `mapped_bytes` and `in_use_bytes`).
     pub dedicated_bytes: usize,
+    /// Regions of a file-backed pool whose file faulted (a SIGBUS was caught in them: the file
+    /// was truncated behind the pool's back, or an I/O error happened at page-in). They hand out
+    /// no more slices and are unmapped once their segments are released. Bytes read from such a
+    /// region after the fault are zeros, not the data that was written.
+    pub faulted_regions: usize,
     /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
     pub budget_waiters: usize,
     /// One entry per size class, smallest first.
@@ -90,10 +95,11 @@ impl fmt::Display for PoolStats {
         )?;
         writeln!(
             f,
-            "regions {} live, {} mapped, {} unmapped; dedicated {} segments, {}",
+            "regions {} live, {} mapped, {} unmapped, {} faulted; dedicated {} segments, {}",
             self.regions,
             self.regions_mapped,
             self.regions_unmapped,
+            self.faulted_regions,
             self.dedicated_segments,
             mib(self.dedicated_bytes)
         )?;

@@ -88,3 +88,64 @@ fn tiny_filesystem_child() {
     assert!(pool.allocate(1 << 20).is_ok());
     println!("ENOSPC as an error after {} segments: {err}", held.len());
 }
+
+/// The mapping of this process that contains `addr`, as `start-end` in hex (a `/proc/self/maps`
+/// range, which is also the name of its `/proc/self/map_files` entry).
+fn mapping_of(addr: usize) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .find(|r| {
+            let (a, b) = r.split_once('-').unwrap();
+            (usize::from_str_radix(a, 16).unwrap()..usize::from_str_radix(b, 16).unwrap())
+                .contains(&addr)
+        })
+        .expect("segment is mapped")
+}
+
+#[test]
+fn a_fault_in_a_file_backed_region_is_survived_and_quarantines_the_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = SegmentPool::builder()
+        .size_classes(&[65536])
+        .region_size(1 << 20)
+        .thread_cache(false)
+        .backing(Backing::File(dir.path().into()))
+        .build()
+        .unwrap();
+    let mut seg = pool.allocate(65536).unwrap();
+    seg.fill(1);
+    // The region's file has no name; as root, /proc/self/map_files opens it, as another process
+    // truncating a file under the pool would.
+    let range = mapping_of(seg.as_ptr() as usize);
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/map_files/{range}"))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            println!("skipped: cannot open the region's file through /proc/self/map_files (needs root): {e}");
+            return;
+        }
+    };
+    file.set_len(0).unwrap();
+    // This read faults (SIGBUS): the guard replaces the page, the process lives, the bytes are gone.
+    let first = unsafe { std::ptr::read_volatile(seg.as_ptr()) };
+    assert_eq!(first, 0, "the lost page reads as zeros");
+    let stats = pool.stats();
+    assert_eq!(stats.faulted_regions, 1, "{stats}");
+    // The faulted region hands out nothing more: the next segment comes from a new region.
+    let other = pool.allocate(65536).unwrap();
+    assert!(
+        mapping_of(other.as_ptr() as usize) != range,
+        "a faulted region must not be reused"
+    );
+    drop(seg);
+    pool.trim();
+    let stats = pool.stats();
+    assert_eq!(
+        stats.faulted_regions, 0,
+        "the faulted region is unmapped once empty: {stats}"
+    );
+    assert_eq!(stats.regions, 1);
+}
