@@ -40,6 +40,7 @@ fn pool(slices: usize, retain_empty: usize) -> (SegmentPool, Arc<PoolShared>) {
         .size_classes(&[PAGE])
         .region_size(slices * PAGE)
         .retain_empty_regions(retain_empty)
+        .empty_region_grace(std::time::Duration::ZERO)
         .thread_cache(false)
         .huge_pages(false)
         .build()

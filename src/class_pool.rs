@@ -20,6 +20,20 @@ struct RegionList {
     regions: Vec<RegionRef>,
 }
 
+/// Nanoseconds since the pool was built (for the empty-region grace period).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock(std::time::Instant);
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Why a class could not hand out a slice.
 #[derive(Debug)]
 pub(crate) enum Shortage {
@@ -36,8 +50,12 @@ pub(crate) struct ClassPool {
     pub(crate) size: usize,
     pub(crate) region_size: usize,
     pub(crate) cache_capacity: usize,
-    /// Empty regions kept mapped; one more empty region is unmapped at once.
+    /// Empty regions kept mapped; more are unmapped when one empties (see `on_emptied`).
     retain_empty: usize,
+    /// How long after mapping a region the class keeps surplus empty regions.
+    grace_ns: u64,
+    last_grow_ns: AtomicU64,
+    clock: Clock,
     regions: Atomic<RegionList>,
     /// Serialises changes to `regions` (growth and retirement); never taken on the fast path.
     lock: Mutex<()>,
@@ -66,6 +84,8 @@ impl ClassPool {
         region_size: usize,
         cache_capacity: usize,
         retain_empty: usize,
+        grace: std::time::Duration,
+        clock: Clock,
     ) -> Self {
         Self {
             index,
@@ -73,6 +93,9 @@ impl ClassPool {
             region_size,
             cache_capacity,
             retain_empty,
+            grace_ns: u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
+            last_grow_ns: AtomicU64::new(0),
+            clock,
             regions: Atomic::new(RegionList::default()),
             lock: Mutex::new(()),
             empty_regions: AtomicIsize::new(0),
@@ -146,31 +169,54 @@ impl ClassPool {
         list.push(region);
         self.publish(list, guard);
         self.regions_mapped.fetch_add(1, Ordering::Relaxed);
+        self.last_grow_ns
+            .store(self.clock.now_ns(), Ordering::Relaxed);
         Ok((region, n))
     }
 
-    /// Called by whoever moved `region`'s count to zero. Retires it if the class now keeps more
-    /// empty regions than it retains.
+    /// Called by whoever moved `region`'s count to zero. Retires it at once if its file faulted.
+    /// Otherwise, when the class keeps more empty regions than it retains, unmaps the surplus
+    /// (newest first), unless the class mapped a region within the grace period: a flow whose
+    /// demand swings (slices allocated on one thread, released on another) keeps a varying number
+    /// of regions briefly empty, and unmapping each one would map a new one moments later.
     pub(crate) fn on_emptied(&self, region: RegionRef, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
         // SAFETY: the caller is pinned and the region was reachable when it emptied it.
         let faulted = unsafe { region.get() }.faulted();
-        if faulted || empty > self.retain_empty.min(isize::MAX as usize) as isize {
-            self.retire_empty(Some(region), guard);
+        if faulted {
+            self.retire_empty(Some(region), usize::MAX, guard);
+            return;
+        }
+        let retain = self.retain_empty.min(isize::MAX as usize) as isize;
+        if empty > retain {
+            let since_grow = self
+                .clock
+                .now_ns()
+                .saturating_sub(self.last_grow_ns.load(Ordering::Relaxed));
+            if since_grow >= self.grace_ns {
+                self.retire_empty(None, (empty - retain) as usize, guard);
+            }
         }
     }
 
-    /// Retires and unmaps empty regions (only `only`, if given); returns the bytes unmapped.
-    pub(crate) fn retire_empty(&self, only: Option<RegionRef>, guard: &Guard) -> usize {
+    /// Retires and unmaps up to `limit` empty regions (only `only`, if given), newest first;
+    /// returns the bytes unmapped.
+    pub(crate) fn retire_empty(
+        &self,
+        only: Option<RegionRef>,
+        limit: usize,
+        guard: &Guard,
+    ) -> usize {
         let mut retired = Vec::new();
         {
             let _g = self.lock.lock();
             let list = self.list(guard);
             let mut keep = Vec::with_capacity(list.len());
-            for &r in list {
+            for &r in list.iter().rev() {
                 // SAFETY: `r` is in the list, which cannot change while we hold the lock.
                 let region = unsafe { r.get() };
-                if only.is_none_or(|o| o == r) && region.try_retire_empty() {
+                if retired.len() < limit && only.is_none_or(|o| o == r) && region.try_retire_empty()
+                {
                     self.empty_regions.fetch_sub(1, Ordering::Relaxed);
                     retired.push(r);
                 } else {
@@ -180,6 +226,7 @@ impl ClassPool {
             if retired.is_empty() {
                 return 0;
             }
+            keep.reverse();
             self.publish(keep, guard);
         }
         let mut bytes = 0;
@@ -221,9 +268,12 @@ impl ClassPool {
 
     /// Counts over the live regions (a snapshot).
     pub(crate) fn snapshot(&self) -> ClassSnapshot {
-        let guard = epoch::pin();
+        self.snapshot_pinned(&epoch::pin())
+    }
+
+    fn snapshot_pinned(&self, guard: &Guard) -> ClassSnapshot {
         let mut s = ClassSnapshot::default();
-        for &r in self.list(&guard) {
+        for &r in self.list(guard) {
             // SAFETY: `r` was in the list loaded under `guard`.
             let region = unsafe { r.get() };
             s.regions += 1;

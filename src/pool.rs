@@ -47,6 +47,7 @@ pub struct SegmentPoolBuilder {
     huge_pages: bool,
     prefault: bool,
     retain_empty_regions: Option<usize>,
+    empty_region_grace: Duration,
     thread_cache: bool,
 }
 
@@ -61,6 +62,7 @@ impl fmt::Debug for SegmentPoolBuilder {
             .field("huge_pages", &self.huge_pages)
             .field("prefault", &self.prefault)
             .field("retain_empty_regions", &self.retain_empty_regions)
+            .field("empty_region_grace", &self.empty_region_grace)
             .field("thread_cache", &self.thread_cache)
             .finish()
     }
@@ -77,6 +79,7 @@ impl Default for SegmentPoolBuilder {
             huge_pages: true,
             prefault: false,
             retain_empty_regions: None,
+            empty_region_grace: Duration::from_secs(1),
             thread_cache: true,
         }
     }
@@ -141,6 +144,15 @@ impl SegmentPoolBuilder {
         self
     }
 
+    /// How long after a class mapped a region it keeps more empty regions than
+    /// [`retain_empty_regions`](Self::retain_empty_regions) (default: one second). A class whose
+    /// demand swings maps and unmaps regions over and over without it; `Duration::ZERO` unmaps
+    /// surplus empty regions the moment they become empty.
+    pub fn empty_region_grace(mut self, grace: Duration) -> Self {
+        self.empty_region_grace = grace;
+        self
+    }
+
     /// Per-thread caches of free slices (default: on). Off, every allocation and release goes to
     /// the regions' shared free lists.
     pub fn thread_cache(mut self, on: bool) -> Self {
@@ -188,6 +200,7 @@ impl SegmentPoolBuilder {
                 Error::InvalidConfig(format!("backing directory {}: {e}", dir.display()))
             })?;
         }
+        let clock = crate::class_pool::Clock::new();
         static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let class_pools = classes
             .sizes()
@@ -203,7 +216,15 @@ impl SegmentPoolBuilder {
                 let retain = self
                     .retain_empty_regions
                     .unwrap_or((RETAINED_EMPTY_BYTES / region).max(1));
-                ClassPool::new(i as u8, size, region, cache, retain)
+                ClassPool::new(
+                    i as u8,
+                    size,
+                    region,
+                    cache,
+                    retain,
+                    self.empty_region_grace,
+                    clock,
+                )
             })
             .collect::<Vec<_>>();
         let n = class_pools.len();
@@ -372,7 +393,7 @@ impl PoolShared {
         let guard = epoch::pin();
         self.classes
             .iter()
-            .map(|c| c.retire_empty(None, &guard))
+            .map(|c| c.retire_empty(None, usize::MAX, &guard))
             .sum()
     }
 

@@ -242,6 +242,7 @@ fn empty_regions_beyond_the_retained_bound_are_unmapped_without_trim() {
         .size_classes(&[4096])
         .region_size(64 << 10)
         .retain_empty_regions(1)
+        .empty_region_grace(std::time::Duration::ZERO)
         .thread_cache(false)
         .build()
         .unwrap();
@@ -342,4 +343,24 @@ fn an_idle_threads_cache_is_given_back_on_its_next_call_after_trim() {
     t.join().unwrap();
     pool.trim();
     assert_eq!(pool.stats().mapped_bytes, 0);
+}
+
+#[test]
+fn within_the_grace_period_surplus_empty_regions_stay_mapped_until_trim() {
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096])
+        .region_size(64 << 10)
+        .retain_empty_regions(1)
+        .empty_region_grace(std::time::Duration::from_secs(3600))
+        .thread_cache(false)
+        .build()
+        .unwrap();
+    let segs: Vec<Segment> = (0..48).map(|_| pool.allocate(4096).unwrap()).collect();
+    drop(segs);
+    let stats = pool.stats();
+    assert_eq!(
+        stats.regions, 3,
+        "the class grew moments ago: its empty regions stay:\n{stats}"
+    );
+    assert_eq!(pool.trim(), 3 * (64 << 10), "trim unmaps them regardless");
 }

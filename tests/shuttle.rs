@@ -50,6 +50,7 @@ fn scenario(retain_empty: usize) {
         .region_size(32 << 10)
         .budget(160 << 10)
         .retain_empty_regions(retain_empty)
+        .empty_region_grace(std::time::Duration::ZERO)
         .huge_pages(false)
         .build()
         .unwrap();
