@@ -5,6 +5,9 @@
 //! mapping is made and given back after it is unmapped, so the mapped total never exceeds the
 //! limit, even for a moment.
 //!
+//! The waiter count shares one word with the pool's trim generation ([`Signals`]), so the release
+//! fast path learns both "give your cache back" and "somebody waits, do not cache" from one load.
+//!
 //! Waiters (`allocate_timeout`) sleep on a condition variable. Whoever makes room (a slice given
 //! back to a region, a region or dedicated mapping unmapped) calls [`Budget::notify`], which costs
 //! one load when nobody waits. A waiter registers *before* it retries its allocation, and a
@@ -14,15 +17,54 @@
 
 use std::time::Instant;
 
+use crossbeam_utils::CachePadded;
+
 use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{Condvar, Mutex};
+
+/// One word read on every allocate and release: the trim generation in the high bits, the number
+/// of threads waiting for budget in the low [`WAITER_BITS`] bits.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    word: CachePadded<AtomicU64>,
+}
+
+/// Bits of the signals word that count waiters.
+pub(crate) const WAITER_BITS: u32 = 20;
+/// Mask of the waiter count.
+pub(crate) const WAITER_MASK: u64 = (1 << WAITER_BITS) - 1;
+
+impl Signals {
+    fn new() -> Self {
+        Self {
+            word: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The current word (trim generation and waiter count).
+    #[inline(always)]
+    pub(crate) fn load(&self) -> u64 {
+        self.word.load(Ordering::Acquire)
+    }
+
+    /// Moves the trim generation: every thread gives its cache back on its next call.
+    pub(crate) fn bump_generation(&self) {
+        self.word.fetch_add(1 << WAITER_BITS, Ordering::AcqRel);
+    }
+
+    /// Whether two words have the same trim generation.
+    #[inline(always)]
+    pub(crate) fn same_generation(a: u64, b: u64) -> bool {
+        (a ^ b) >> WAITER_BITS == 0
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Budget {
     limit: Option<usize>,
     mapped: AtomicUsize,
     peak_mapped: AtomicUsize,
-    waiters: AtomicUsize,
+    pub(crate) signals: Signals,
     wakeups: AtomicU64,
     lock: Mutex<()>,
     cond: Condvar,
@@ -34,7 +76,7 @@ impl Budget {
             limit,
             mapped: AtomicUsize::new(0),
             peak_mapped: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
+            signals: Signals::new(),
             wakeups: AtomicU64::new(0),
             lock: Mutex::new(()),
             cond: Condvar::new(),
@@ -82,19 +124,19 @@ impl Budget {
 
     /// Threads waiting for room right now.
     pub(crate) fn waiters(&self) -> usize {
-        self.waiters.load(Ordering::Relaxed)
+        (self.signals.load() & WAITER_MASK) as usize
     }
 
-    /// Whether anybody waits for room; a relaxed load, for the release fast path.
+    /// Whether anybody waits for room.
     #[inline]
     pub(crate) fn has_waiters(&self) -> bool {
-        self.waiters.load(Ordering::Relaxed) != 0
+        self.waiters() != 0
     }
 
     /// Wakes every waiter, if any. Call after the room was published.
     pub(crate) fn notify(&self) {
         fence(Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) != 0 {
+        if self.signals.word.load(Ordering::SeqCst) & WAITER_MASK != 0 {
             let _g = self.lock.lock();
             self.wakeups.fetch_add(1, Ordering::SeqCst);
             self.cond.notify_all();
@@ -108,7 +150,9 @@ impl Budget {
         deadline: Instant,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // More than 2^20 - 1 simultaneous waiters would carry into the generation: harmless (every
+        // cache gives back once), and far beyond any thread count.
+        self.signals.word.fetch_add(1, Ordering::SeqCst);
         let result = loop {
             let seen = self.wakeups.load(Ordering::SeqCst);
             if let Some(v) = attempt() {
@@ -126,7 +170,7 @@ impl Budget {
                 drop(self.cond.wait_until(&self.lock, g, wake));
             }
         };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        self.signals.word.fetch_sub(1, Ordering::SeqCst);
         result
     }
 }

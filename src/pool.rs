@@ -4,8 +4,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
-
 use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassPool, Shortage};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
@@ -237,7 +235,6 @@ impl SegmentPoolBuilder {
             huge_pages: self.huge_pages,
             prefault: self.prefault,
             on_pressure: self.on_pressure,
-            trim_gen: CachePadded::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
             next_region_id: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
@@ -266,9 +263,6 @@ pub(crate) struct PoolShared {
     huge_pages: bool,
     prefault: bool,
     on_pressure: Option<Box<PressureFn>>,
-    /// Bumped by `trim()`, budget pressure and close: thread caches give everything back when
-    /// they see it move.
-    trim_gen: CachePadded<AtomicU64>,
     closed: AtomicBool,
     next_region_id: AtomicU64,
     /// Counters of the threads that have a cache for this pool.
@@ -295,8 +289,10 @@ impl fmt::Debug for PoolShared {
 
 impl PoolShared {
     #[inline]
-    pub(crate) fn trim_generation(&self) -> u64 {
-        self.trim_gen.load(Ordering::Acquire)
+    /// The signals word: the trim generation (bumped by `trim()`, budget pressure and close:
+    /// thread caches give everything back when they see it move) and the budget waiter count.
+    pub(crate) fn signals(&self) -> u64 {
+        self.budget.signals.load()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -388,7 +384,7 @@ impl PoolShared {
     /// Unmaps every empty region now (after this thread gave its cached slices back, and after
     /// telling other threads to give theirs back on their next call). Returns bytes unmapped.
     pub(crate) fn trim(&self) -> usize {
-        self.trim_gen.fetch_add(1, Ordering::AcqRel);
+        self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
         let guard = epoch::pin();
         self.classes
@@ -399,7 +395,7 @@ impl PoolShared {
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.trim_gen.fetch_add(1, Ordering::AcqRel);
+        self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
         let guard = epoch::pin();
         for c in self.classes.iter() {

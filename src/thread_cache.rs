@@ -27,6 +27,7 @@
 
 use std::cell::RefCell;
 
+use crate::budget::{Signals, WAITER_MASK};
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
@@ -69,13 +70,15 @@ fn add(c: &AtomicU64, n: u64) {
 /// One thread's counters for one pool.
 #[derive(Debug)]
 pub(crate) struct ThreadCounters {
-    pub(crate) classes: Box<[ClassCounters]>,
+    pub(crate) classes: Box<[Arc<ClassCounters>]>,
 }
 
 impl ThreadCounters {
     pub(crate) fn new(classes: usize) -> Self {
         Self {
-            classes: (0..classes).map(|_| ClassCounters::default()).collect(),
+            classes: (0..classes)
+                .map(|_| Arc::new(ClassCounters::default()))
+                .collect(),
         }
     }
 }
@@ -85,12 +88,15 @@ struct ClassCache {
     /// Slice addresses (with `ZERO_TAG` when known zero) and their regions.
     slices: Vec<(usize, RegionRef)>,
     cap: usize,
+    /// This thread's counters for the class (also in the pool's registry, for `stats()`).
+    counters: Arc<ClassCounters>,
 }
 
 #[derive(Debug)]
 struct PoolCache {
     shared: Arc<PoolShared>,
-    seen_trim: u64,
+    /// The signals word when this cache last synchronised (see `Signals`).
+    seen: u64,
     classes: Box<[ClassCache]>,
     counters: Arc<ThreadCounters>,
 }
@@ -100,13 +106,15 @@ impl PoolCache {
         let counters = shared.register_thread();
         Self {
             shared: Arc::clone(shared),
-            seen_trim: shared.trim_generation(),
+            seen: shared.signals(),
             classes: shared
                 .classes
                 .iter()
-                .map(|c| ClassCache {
+                .zip(counters.classes.iter())
+                .map(|(c, k)| ClassCache {
                     slices: Vec::with_capacity(c.cache_capacity),
                     cap: c.cache_capacity,
+                    counters: Arc::clone(k),
                 })
                 .collect(),
             counters,
@@ -126,11 +134,11 @@ impl PoolCache {
 
     /// Catches up with the pool's trim generation; false if the pool is closed (drop the entry).
     fn sync(&mut self) -> bool {
-        let gen = self.shared.trim_generation();
-        if gen != self.seen_trim {
+        let now = self.shared.signals();
+        if !Signals::same_generation(now, self.seen) {
             self.give_back_all();
-            self.seen_trim = gen;
         }
+        self.seen = now;
         !self.shared.is_closed()
     }
 }
@@ -200,11 +208,14 @@ pub(crate) fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
             let entry = caches.first_mut()?;
-            if entry.shared.id != shared.id || entry.seen_trim != shared.trim_generation() {
+            if entry.shared.id != shared.id
+                || !Signals::same_generation(entry.seen, shared.signals())
+            {
                 return None;
             }
-            let s = entry.classes[class].slices.pop()?;
-            bump(&entry.counters.classes[class].allocations);
+            let cache = &mut entry.classes[class];
+            let s = cache.slices.pop()?;
+            bump(&cache.counters.allocations);
             Some(s)
         })
         .ok()
@@ -259,7 +270,7 @@ pub(crate) fn refill(
         Some(result.map(|(region, n)| {
             let cache = &mut entry.classes[class];
             cache.slices.extend(buf[1..n].iter().map(|&a| (a, region)));
-            let counters = &entry.counters.classes[class];
+            let counters = &cache.counters;
             bump(&counters.allocations);
             add(&counters.adjust, n as u64);
             (buf[0], region)
@@ -294,10 +305,10 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
             let entry = caches.first_mut()?;
-            if entry.shared.id != r.pool_id
-                || entry.seen_trim != entry.shared.trim_generation()
-                || entry.shared.budget.has_waiters()
-            {
+            // One load tells both: the generation moved (give the cache back first), or a thread
+            // waits for budget (release to the region so the waiter gets the slice).
+            let now = entry.shared.signals();
+            if entry.shared.id != r.pool_id || now != entry.seen & !WAITER_MASK {
                 return None;
             }
             let class = r.class as usize;
@@ -306,7 +317,7 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
                 return None;
             }
             cache.slices.push((addr, region));
-            bump(&entry.counters.classes[class].releases);
+            bump(&cache.counters.releases);
             Some(())
         })
         .ok()
@@ -332,7 +343,7 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
             if cache.cap == 0 {
                 return false;
             }
-            let counters = &entry.counters.classes[class];
+            let counters = &cache.counters;
             if cache.slices.len() >= cache.cap {
                 let spill = cache.slices.len() - cache.cap / 2;
                 give_back_batch(&entry.shared, &mut cache.slices[..spill]);
