@@ -364,3 +364,34 @@ fn within_the_grace_period_surplus_empty_regions_stay_mapped_until_trim() {
     );
     assert_eq!(pool.trim(), 3 * (64 << 10), "trim unmaps them regardless");
 }
+
+#[test]
+fn prefaulted_and_small_page_pools_hand_out_zeroed_working_memory() {
+    for (huge, prefault) in [(false, false), (false, true), (true, true)] {
+        let pool = SegmentPool::builder()
+            .size_classes(&[65536, 1 << 20])
+            .huge_pages(huge)
+            .prefault(prefault)
+            .build()
+            .unwrap();
+        let mut segs: Vec<Segment> = (0..40)
+            .map(|i| {
+                pool.allocate(if i % 2 == 0 { 65536 } else { 1 << 20 })
+                    .unwrap()
+            })
+            .collect();
+        for (i, s) in segs.iter_mut().enumerate() {
+            assert!(
+                s.iter().all(|&b| b == 0),
+                "fresh memory is zero (huge {huge}, prefault {prefault})"
+            );
+            s.fill(i as u8);
+        }
+        for (i, s) in segs.iter().enumerate() {
+            assert!(s.iter().all(|&b| b == i as u8));
+        }
+        drop(segs);
+        assert!(pool.trim() > 0);
+        assert_eq!(pool.stats().mapped_bytes, 0);
+    }
+}
