@@ -84,7 +84,7 @@ fn release_racing_the_retire_of_its_region() {
             // SAFETY: the slice was taken above and is released once.
             unsafe { release_direct(region, addr) };
         });
-        let trimmed = class(&shared).retire_empty(None, &epoch::pin());
+        let trimmed = class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
         t.join().unwrap();
         assert!(trimmed == 0 || trimmed == PAGE);
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
@@ -127,7 +127,7 @@ fn allocate_racing_the_retire() {
             write(a, 2);
             (r, a)
         });
-        let trimmed = class(&shared).retire_empty(None, &epoch::pin());
+        let trimmed = class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
         let (r, a) = t.join().unwrap();
         if trimmed == 0 {
             assert_eq!(

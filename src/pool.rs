@@ -386,6 +386,11 @@ impl PoolShared {
     pub(crate) fn trim(&self) -> usize {
         self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
+        self.unmap_empty_regions()
+    }
+
+    /// Unmaps every region that is empty now (no trim generation bump, no cache flush).
+    pub(crate) fn unmap_empty_regions(&self) -> usize {
         let guard = epoch::pin();
         self.classes
             .iter()
@@ -505,16 +510,21 @@ impl SegmentPool {
         }
         let shared = self.shared();
         let mut failure = None;
-        let got = shared
-            .budget
-            .wait_for(deadline, || match self.attempt(size) {
+        let got = shared.budget.wait_for(deadline, || {
+            let mut attempt = self.attempt(size);
+            // Regions of other classes may have emptied while we waited: unmap them, retry.
+            if matches!(attempt, Ok(Attempt::Short { .. })) && shared.unmap_empty_regions() > 0 {
+                attempt = self.attempt(size);
+            }
+            match attempt {
                 Ok(Attempt::Done(seg, _)) => Some(Ok(seg)),
                 Ok(Attempt::Short { needed }) => {
                     failure = Some(needed);
                     None
                 }
                 Err(e) => Some(Err(e)),
-            });
+            }
+        });
         match got {
             Some(r) => r,
             None => Err(self.budget_error(size, failure.unwrap_or(size))),

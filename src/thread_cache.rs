@@ -337,24 +337,25 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
     let r = unsafe { region.get() };
     let shared = Arc::clone(&r.pool);
     let class = r.class as usize;
-    let cached = !shared.budget.has_waiters()
-        && with_entry(&shared, |entry| {
-            let cache = &mut entry.classes[class];
-            if cache.cap == 0 {
-                return false;
-            }
-            let counters = &cache.counters;
-            if cache.slices.len() >= cache.cap {
-                let spill = cache.slices.len() - cache.cap / 2;
-                give_back_batch(&entry.shared, &mut cache.slices[..spill]);
-                cache.slices.drain(..spill);
-                add(&counters.adjust, (spill as u64).wrapping_neg());
-            }
-            cache.slices.push((addr, region));
-            bump(&counters.releases);
-            true
-        })
-        .unwrap_or(false);
+    // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's
+    // trim bumps it), so a waiter also gets the slices this thread had cached.
+    let cached = with_entry(&shared, |entry| {
+        let cache = &mut entry.classes[class];
+        if cache.cap == 0 || entry.shared.budget.has_waiters() {
+            return false;
+        }
+        let counters = &cache.counters;
+        if cache.slices.len() >= cache.cap {
+            let spill = cache.slices.len() - cache.cap / 2;
+            give_back_batch(&entry.shared, &mut cache.slices[..spill]);
+            cache.slices.drain(..spill);
+            add(&counters.adjust, (spill as u64).wrapping_neg());
+        }
+        cache.slices.push((addr, region));
+        bump(&counters.releases);
+        true
+    })
+    .unwrap_or(false);
     if !cached {
         // SAFETY: forwarded from the caller.
         unsafe { release_direct(region, addr) };

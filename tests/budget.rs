@@ -206,3 +206,26 @@ fn dedicated_mappings_count_against_the_budget() {
     );
     assert!(pool.allocate(7 * MIB).is_ok());
 }
+
+#[test]
+fn a_waiter_gets_room_freed_by_another_class_emptying_while_it_waits() {
+    let pool = SegmentPool::builder().budget(4 * MIB).build().unwrap();
+    // 3 MiB of 1 MiB segments and a 1 MiB region of 4 KiB slices fill the budget.
+    let _big: Vec<Segment> = (0..3).map(|_| pool.allocate(MIB).unwrap()).collect();
+    let small = pool.allocate(4096).unwrap();
+    assert_eq!(pool.stats().mapped_bytes, 4 * MIB);
+    let waiter = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.allocate_timeout(MIB, Duration::from_secs(60)))
+    };
+    while pool.stats().budget_waiters == 0 {
+        thread::yield_now();
+    }
+    // Releasing the 4 KiB segment empties its region; the waiter must unmap it and take the room.
+    drop(small);
+    let seg = waiter
+        .join()
+        .unwrap()
+        .expect("the emptied region of another class makes room");
+    assert_eq!(seg.len(), MIB);
+}

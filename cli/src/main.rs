@@ -1,45 +1,194 @@
-//! `segpool`: the project's command. `segpool bench` compares segpool with glibc, mimalloc and
-//! jemalloc side by side.
+//! `segpool`: the project's command.
+//!
+//! * `segpool demo` (the default with no subcommand): a parallel serializer writing pooled 64 KiB
+//!   segments to a mapped file under a memory budget, then verifying every record.
+//! * `segpool stress`: allocate/write/verify/release from many threads under a tight budget, and
+//!   optionally readers of mapped files that another thread truncates.
+//! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side.
+//!
+//! Every failure ends in one line on stderr and a non-zero exit, never a backtrace.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod peers;
 mod plot;
+mod stress;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "segpool",
     version,
-    about = "Off-heap segment pools: benchmarks and tools"
+    about = "Off-heap segment pools: the parallel-serializer demo, a stress run, and benchmarks",
+    long_about = "Off-heap segment pools: the parallel-serializer demo, a stress run, and \
+                  benchmarks.\n\nWith no subcommand, runs `segpool demo` (its options may be \
+                  given without the word `demo`).",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// The demo's options, for `segpool` with no subcommand.
+    #[command(flatten)]
+    demo: demo::Args,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Parallel serializer: threads fill pooled 64 KiB segments under a budget, a writer appends
+    /// them to a mapped file, then every record is read back and verified (the default).
+    Demo(demo::Args),
+    /// Allocate/write/verify/release from many threads with trims and a tight budget;
+    /// `--faults` adds readers of mapped files that another thread truncates.
+    Stress(stress::Args),
     /// ns per allocate+release pair for segpool and its peers, side by side (under a minute).
     Bench(bench::Args),
 }
+
+/// The error every subcommand returns: printed as one line.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("segpool: internal error: {info}");
     }));
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
-        Command::Bench(args) => bench::run(args),
+        None => demo::run(cli.demo),
+        Some(Command::Demo(args)) => demo::run(args),
+        Some(Command::Stress(args)) => stress::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("segpool: error: {e}");
+            eprintln!("segpool: error: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--help` and `--version` print as clap renders them; a bad argument is one line (clap's
+/// first line: what was wrong and with which option) and exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.to_string();
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    eprintln!("segpool: error: {first} (see `segpool --help`)");
+    ExitCode::from(2)
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Parses a size in bytes: `65536`, `64K`, `64KiB`, `16M`, `1G`, `1.5G` (powers of 1024,
+/// case-insensitive, optional `B`/`iB`).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => {
+            return Err(format!(
+                "'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| {
+            format!("'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)")
+        })?;
+    let bytes = value * (1u64 << shift) as f64;
+    if bytes < 1.0 || bytes >= usize::MAX as f64 {
+        return Err(format!("'{s}' is out of range: a size is at least 1 byte"));
+    }
+    Ok(bytes as usize)
+}
+
+/// Parses a thread count: 1 to 1024.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("zero threads: at least 1 is needed".into()),
+        Ok(n) if n <= 1024 => Ok(n),
+        Ok(n) => Err(format!("{n} threads is more than the 1024 allowed")),
+        Err(_) => Err(format!("'{s}' is not a number of threads")),
+    }
+}
+
+/// Human-readable bytes: `64.0 MiB`.
+pub fn bytes_text(bytes: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("-5M").is_err());
+    }
+
+    #[test]
+    fn threads() {
+        assert_eq!(parse_threads("4"), Ok(4));
+        assert!(parse_threads("0").is_err());
+        assert!(parse_threads("x").is_err());
+        assert!(parse_threads("5000").is_err());
+    }
+
+    #[test]
+    fn byte_text() {
+        assert_eq!(bytes_text(512), "512 B");
+        assert_eq!(bytes_text(64 << 20), "64.0 MiB");
     }
 }

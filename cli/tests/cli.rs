@@ -1,0 +1,128 @@
+//! The `segpool` binary as a user runs it: the demo, the stress run, and the one-line errors.
+
+use std::process::{Command, Output};
+
+fn segpool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segpool"))
+        .args(args)
+        .output()
+        .expect("the segpool binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A usage or run error: non-zero exit, exactly one line on stderr, no panic, no backtrace.
+fn assert_one_line_error(out: &Output, mentions: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "must fail; stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected, got: {err:?}");
+    assert!(err.starts_with("segpool: error: "), "{err:?}");
+    assert!(
+        err.contains(mentions),
+        "{err:?} should mention {mentions:?}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn demo_with_no_subcommand_serializes_and_verifies_every_record() {
+    // Options without the word `demo` run the demo, like `cargo run --release` with none.
+    let out = segpool(&["--records", "3000", "--threads", "2", "--budget", "1M"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("verified 3000/3000 records"), "{stdout}");
+    assert!(stdout.contains("class"), "the stats table: {stdout}");
+    // stdout is a pipe here: no progress bar, no escape sequences.
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\r'),
+        "{stdout:?}"
+    );
+}
+
+#[test]
+fn demo_keeps_the_out_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.seg");
+    let out = segpool(&[
+        "demo",
+        "--records",
+        "1000",
+        "--threads",
+        "3",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("verified 1000/1000 records"));
+    assert!(std::fs::metadata(&path).unwrap().len() > 1000 * 16);
+}
+
+#[test]
+fn bad_budget_is_one_line() {
+    assert_one_line_error(&segpool(&["demo", "--budget", "12Q"]), "--budget");
+    assert_one_line_error(&segpool(&["--budget", "lots"]), "--budget");
+    assert_one_line_error(&segpool(&["demo", "--budget", "64K"]), "too small");
+}
+
+#[test]
+fn unwritable_out_is_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder").join("x.seg");
+    assert_one_line_error(
+        &segpool(&[
+            "demo",
+            "--records",
+            "10",
+            "--out",
+            missing.to_str().unwrap(),
+        ]),
+        "cannot write",
+    );
+    // A folder where the file should be.
+    assert_one_line_error(
+        &segpool(&[
+            "demo",
+            "--records",
+            "10",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ]),
+        "cannot write",
+    );
+}
+
+#[test]
+fn zero_threads_is_one_line() {
+    assert_one_line_error(&segpool(&["demo", "--threads", "0"]), "zero threads");
+    assert_one_line_error(&segpool(&["stress", "--threads", "0"]), "zero threads");
+}
+
+#[test]
+fn stress_with_faults_reports_zero_corruptions() {
+    let out = segpool(&["stress", "--threads", "2", "--seconds", "1", "--faults"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "0 corruptions"), "{stdout}");
+    assert!(stdout.contains("truncations"), "{stdout}");
+    assert!(stdout.contains("segments allocated"), "{stdout}");
+}
+
+#[test]
+fn stress_reports_the_first_corruption_and_fails() {
+    // The checker itself: a byte scribbled over a live segment must be caught and named.
+    let out = segpool(&[
+        "stress",
+        "--threads",
+        "2",
+        "--seconds",
+        "0.3",
+        "--inject-corruption",
+    ]);
+    assert_one_line_error(&out, "corruption: segment at");
+    assert!(!text(&out.stdout).contains("0 corruptions"));
+}
