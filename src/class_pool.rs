@@ -11,7 +11,7 @@ use std::io;
 use crate::os::Mapping;
 use crate::pool::PoolShared;
 use crate::region::{drop_ref, RegionMemory, RegionRef, Released};
-use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::epoch::{self, Atomic, Guard, Owned};
 use crate::sync::{Arc, Mutex};
 
@@ -49,6 +49,9 @@ pub(crate) struct ClassPool {
     pub(crate) index: u8,
     pub(crate) size: usize,
     pub(crate) region_size: usize,
+    /// Distance between slice starts in this class's regions: `size`, or `size` plus a guard page
+    /// under `Diagnostics::Full`. `region_size` is a whole number of strides.
+    pub(crate) stride: usize,
     pub(crate) cache_capacity: usize,
     /// Empty regions kept mapped; more are unmapped when one empties (see `on_emptied`).
     retain_empty: usize,
@@ -65,6 +68,10 @@ pub(crate) struct ClassPool {
     empty_regions: AtomicIsize,
     pub(crate) regions_mapped: AtomicU64,
     pub(crate) regions_unmapped: AtomicU64,
+    /// Slices of this class out of the regions' free lists right now (segments and cached
+    /// slices), and the highest that ever was. Updated per batch, on the slow paths only.
+    pub(crate) out: AtomicUsize,
+    pub(crate) peak_out: AtomicUsize,
 }
 
 /// What [`ClassPool::snapshot`] reports.
@@ -75,6 +82,7 @@ pub(crate) struct ClassSnapshot {
     pub(crate) out: usize,
     pub(crate) mapped_bytes: usize,
     pub(crate) faulted: usize,
+    pub(crate) resident_bytes: usize,
 }
 
 impl ClassPool {
@@ -86,11 +94,14 @@ impl ClassPool {
         retain_empty: usize,
         grace: std::time::Duration,
         clock: Clock,
+        stride: usize,
     ) -> Self {
+        debug_assert!(stride >= size && region_size % stride == 0);
         Self {
             index,
             size,
             region_size,
+            stride,
             cache_capacity,
             retain_empty,
             grace_ns: u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
@@ -101,6 +112,8 @@ impl ClassPool {
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
+            out: AtomicUsize::new(0),
+            peak_out: AtomicUsize::new(0),
         }
     }
 
@@ -171,6 +184,17 @@ impl ClassPool {
         self.regions_mapped.fetch_add(1, Ordering::Relaxed);
         self.last_grow_ns
             .store(self.clock.now_ns(), Ordering::Relaxed);
+        // SAFETY: the region is in the list and we hold the class lock, without which it cannot be
+        // retired, so it is alive.
+        let r = unsafe { region.get() };
+        tracing::debug!(
+            target: "segpool",
+            region = r.id,
+            class = self.size,
+            bytes = r.len(),
+            slices = r.slices(),
+            "region mapped"
+        );
         Ok((region, n))
     }
 
@@ -218,6 +242,13 @@ impl ClassPool {
                 if retired.len() < limit && only.is_none_or(|o| o == r) && region.try_retire_empty()
                 {
                     self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        target: "segpool",
+                        region = region.id,
+                        class = self.size,
+                        bytes = region.len(),
+                        "region retired"
+                    );
                     retired.push(r);
                 } else {
                     keep.push(r);
@@ -253,9 +284,20 @@ impl ClassPool {
             let all = self.list(guard).to_vec();
             for &r in &all {
                 // SAFETY: `r` is in the list, which cannot change while we hold the lock.
-                if unsafe { r.get() }.retire() {
+                let region = unsafe { r.get() };
+                let was_empty = region.retire();
+                if was_empty {
                     self.empty_regions.fetch_sub(1, Ordering::Relaxed);
                 }
+                tracing::debug!(
+                    target: "segpool",
+                    region = region.id,
+                    class = self.size,
+                    bytes = region.len(),
+                    // Minus the retirer's own reference.
+                    in_use = region.in_use().saturating_sub(1),
+                    "region retired"
+                );
             }
             self.publish(Vec::new(), guard);
             all
@@ -266,7 +308,7 @@ impl ClassPool {
         }
     }
 
-    /// Counts over the live regions (a snapshot).
+    /// Counts over the live regions (a snapshot), with `mincore` for the resident bytes.
     pub(crate) fn snapshot(&self) -> ClassSnapshot {
         self.snapshot_pinned(&epoch::pin())
     }
@@ -281,6 +323,7 @@ impl ClassPool {
             s.out += region.in_use();
             s.mapped_bytes += region.len();
             s.faulted += usize::from(region.faulted());
+            s.resident_bytes += region.resident_bytes();
         }
         s
     }

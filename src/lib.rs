@@ -4,6 +4,7 @@
 
 mod budget;
 mod class_pool;
+pub mod diagnostics;
 mod error;
 pub mod fault;
 mod free_stack;
@@ -17,6 +18,7 @@ mod stats;
 mod sync;
 mod thread_cache;
 
+pub use diagnostics::{Diagnostics, Leak, LeakReport};
 pub use error::{Error, Result};
 pub use pool::{Backing, SegmentPool, SegmentPoolBuilder};
 pub use segment::Segment;

@@ -1,11 +1,13 @@
 //! `SegmentPool`: the public handle, its builder, and the state its regions share.
 
 use std::fmt;
+use std::panic::Location;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassPool, Shortage};
+use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
@@ -47,6 +49,7 @@ pub struct SegmentPoolBuilder {
     retain_empty_regions: Option<usize>,
     empty_region_grace: Duration,
     thread_cache: bool,
+    diagnostics: Diagnostics,
 }
 
 impl fmt::Debug for SegmentPoolBuilder {
@@ -62,6 +65,7 @@ impl fmt::Debug for SegmentPoolBuilder {
             .field("retain_empty_regions", &self.retain_empty_regions)
             .field("empty_region_grace", &self.empty_region_grace)
             .field("thread_cache", &self.thread_cache)
+            .field("diagnostics", &self.diagnostics)
             .finish()
     }
 }
@@ -79,6 +83,7 @@ impl Default for SegmentPoolBuilder {
             retain_empty_regions: None,
             empty_region_grace: Duration::from_secs(1),
             thread_cache: true,
+            diagnostics: Diagnostics::Off,
         }
     }
 }
@@ -158,11 +163,27 @@ impl SegmentPoolBuilder {
         self
     }
 
+    /// What the pool records about its segments (default: [`Diagnostics::Off`]): where they were
+    /// allocated (for [`SegmentPool::leaks`]), and under [`Diagnostics::Full`] poison on release
+    /// and guard pages. See `docs/diagnostics.md` for what each level costs.
+    pub fn diagnostics(mut self, level: Diagnostics) -> Self {
+        self.diagnostics = level;
+        self
+    }
+
     /// Checks the configuration and builds the pool. No memory is mapped until the first
     /// allocation.
     pub fn build(self) -> Result<SegmentPool> {
         let classes = SizeClasses::new(&self.size_classes)?;
         let page = crate::os::page_size();
+        if self.diagnostics.is_full() {
+            crate::diagnostics::guard::install_hook()?;
+        }
+        if self.diagnostics == Diagnostics::Sampled(0) {
+            return Err(Error::InvalidConfig(
+                "diagnostics: Sampled(n) needs n >= 1".into(),
+            ));
+        }
         if let Some(b) = self.budget {
             if b < page {
                 return Err(Error::InvalidConfig(format!(
@@ -205,7 +226,16 @@ impl SegmentPoolBuilder {
             .iter()
             .enumerate()
             .map(|(i, &size)| {
-                let region = SizeClasses::region_size(size, self.region_size, self.budget);
+                let mut region = SizeClasses::region_size(size, self.region_size, self.budget);
+                let stride = if self.diagnostics.is_full() {
+                    crate::diagnostics::guard::stride(size, page)
+                } else {
+                    size
+                };
+                if stride != size {
+                    region =
+                        crate::diagnostics::guard::region_size(region, size, stride, self.budget);
+                }
                 let cache = if self.thread_cache {
                     SizeClasses::cache_capacity(size, self.budget)
                 } else {
@@ -222,11 +252,18 @@ impl SegmentPoolBuilder {
                     retain,
                     self.empty_region_grace,
                     clock,
+                    stride,
                 )
             })
             .collect::<Vec<_>>();
         let n = class_pools.len();
+        let diag = DiagState::new(self.diagnostics);
         let shared = PoolShared {
+            diagnosed: diag.is_some(),
+            diag,
+            faults: AtomicU64::new(0),
+            dedicated_allocations: AtomicU64::new(0),
+            dedicated_releases: AtomicU64::new(0),
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             size_classes: classes,
             classes: class_pools.into_boxed_slice(),
@@ -256,6 +293,14 @@ impl SegmentPoolBuilder {
 /// It outlives the last `SegmentPool` handle until its last region is destroyed.
 pub(crate) struct PoolShared {
     pub(crate) id: u64,
+    /// `diag.is_some()`, read by the allocate fast path (one predictable branch).
+    pub(crate) diagnosed: bool,
+    /// Records, poison and guard state; `None` when diagnostics are off.
+    pub(crate) diag: Option<Box<DiagState>>,
+    /// File-backed regions the pool found faulted (each counted once).
+    faults: AtomicU64,
+    dedicated_allocations: AtomicU64,
+    dedicated_releases: AtomicU64,
     pub(crate) size_classes: SizeClasses,
     pub(crate) classes: Box<[ClassPool]>,
     pub(crate) budget: Budget,
@@ -331,15 +376,42 @@ impl PoolShared {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Slices left the free lists (taken by a thread cache or a segment).
-    pub(crate) fn note_taken(&self, bytes: usize) {
+    /// Slices of `class` (`NO_CLASS`: a dedicated mapping) left the free lists (taken by a
+    /// thread cache or a segment).
+    pub(crate) fn note_taken(&self, class: u8, bytes: usize) {
         let now = self.out_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
+        if let Some(c) = self.classes.get(class as usize) {
+            let slices = bytes / c.size;
+            let now = c.out.fetch_add(slices, Ordering::Relaxed) + slices;
+            c.peak_out.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     /// Slices came back to the free lists.
-    pub(crate) fn note_returned(&self, bytes: usize) {
+    pub(crate) fn note_returned(&self, class: u8, bytes: usize) {
         self.out_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(c) = self.classes.get(class as usize) {
+            c.out.fetch_sub(bytes / c.size, Ordering::Relaxed);
+        }
+    }
+
+    /// A region's file faulted (the pool found out when it tried to take from it).
+    #[cold]
+    pub(crate) fn note_fault(&self, region: &Region, state: &crate::fault::FileFaultState) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        let addr = match state.error() {
+            Error::Faulted { addr, .. } => addr,
+            _ => 0,
+        };
+        tracing::error!(
+            target: "segpool",
+            region = region.id,
+            class = region.slice_size(),
+            path = %state.path().map_or_else(String::new, |p| p.display().to_string()),
+            addr,
+            "region fault"
+        );
     }
 
     /// Maps a new region for class `class` (budget first).
@@ -352,11 +424,27 @@ impl PoolShared {
         this.budget
             .try_reserve(len)
             .map_err(|_| Shortage::Budget { needed: len })?;
-        let memory =
-            map_memory(&this.backing, len, this.huge_pages, this.prefault).map_err(|e| {
-                this.budget.release(len);
-                Shortage::Map(e)
-            })?;
+        let guarded = this.classes[class as usize].stride != slice_size;
+        let memory = map_memory(
+            &this.backing,
+            len,
+            this.huge_pages && !guarded,
+            this.prefault,
+        )
+        .and_then(|m| {
+            if guarded {
+                crate::diagnostics::guard::protect(
+                    &m.mapping,
+                    slice_size,
+                    this.classes[class as usize].stride,
+                )?;
+            }
+            Ok(m)
+        })
+        .map_err(|e| {
+            this.budget.release(len);
+            Shortage::Map(e)
+        })?;
         let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
         Ok(into_ref(Region::new(
             Arc::clone(this),
@@ -369,14 +457,24 @@ impl PoolShared {
     }
 
     /// Called by a region's destroyer after it unmapped `len` bytes.
-    pub(crate) fn region_unmapped(&self, class: u8, len: usize) {
+    pub(crate) fn region_unmapped(&self, class: u8, id: u64, base: usize, len: usize) {
+        if let Some(d) = &self.diag {
+            d.forget_range(base, len);
+        }
         if class == NO_CLASS {
             self.dedicated_segments.fetch_sub(1, Ordering::Relaxed);
             self.dedicated_bytes.fetch_sub(len, Ordering::Relaxed);
+            self.dedicated_releases.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.classes[class as usize]
-                .regions_unmapped
-                .fetch_add(1, Ordering::Relaxed);
+            let c = &self.classes[class as usize];
+            c.regions_unmapped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target: "segpool",
+                region = id,
+                class = c.size,
+                bytes = len,
+                "region unmapped"
+            );
         }
         self.budget.release(len);
     }
@@ -386,7 +484,9 @@ impl PoolShared {
     pub(crate) fn trim(&self) -> usize {
         self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
-        self.unmap_empty_regions()
+        let bytes = self.unmap_empty_regions();
+        tracing::debug!(target: "segpool", bytes, mapped = self.budget.mapped(), "trim");
+        bytes
     }
 
     /// Unmaps every region that is empty now (no trim generation bump, no cache flush).
@@ -416,6 +516,19 @@ struct PoolHandle {
 
 impl Drop for PoolHandle {
     fn drop(&mut self) {
+        if self.shared.diag.is_some() {
+            let report = leaks(&self.shared);
+            if !report.is_empty() {
+                tracing::warn!(
+                    target: "segpool",
+                    pool = self.shared.id,
+                    outstanding = report.outstanding,
+                    recorded = report.segments.len(),
+                    report = %report,
+                    "pool dropped with segments outstanding"
+                );
+            }
+        }
         self.shared.close();
     }
 }
@@ -467,12 +580,14 @@ impl SegmentPool {
     /// Fails with `ZeroSize`, `TooLarge`, `BudgetExceeded` (after unmapping the pool's own empty
     /// regions and calling the pressure callback once), or `Map`.
     #[inline]
+    #[track_caller]
     pub fn allocate(&self, size: usize) -> Result<Segment> {
         self.allocate_inner(size).map(|(seg, _)| seg)
     }
 
     /// Like [`allocate`](Self::allocate), and the bytes are zero. Slices never handed out before
     /// are known to be zero already and are not written; reused ones are cleared.
+    #[track_caller]
     pub fn allocate_zeroed(&self, size: usize) -> Result<Segment> {
         let (mut seg, zero) = self.allocate_inner(size)?;
         if !zero {
@@ -482,12 +597,15 @@ impl SegmentPool {
     }
 
     #[inline(always)]
+    #[track_caller]
     fn allocate_inner(&self, size: usize) -> Result<(Segment, bool)> {
         let shared = self.shared();
         if size == 0 {
             return Err(Error::ZeroSize);
         }
         if let Some(class) = shared.size_classes.class_of(size) {
+            // `pop` refuses pools with diagnostics (its one extra branch): they take the slow
+            // path, which pops the thread cache itself and then records the allocation.
             if let Some((addr, region)) = thread_cache::pop(shared, class) {
                 let len = shared.classes[class].size;
                 // SAFETY: the cache handed this slice to us alone; it belongs to `region`.
@@ -495,13 +613,31 @@ impl SegmentPool {
                 return Ok((seg, addr & ZERO_TAG != 0));
             }
         }
-        self.allocate_slow(size)
+        self.allocate_slow(size, Location::caller())
+    }
+
+    /// Hands a segment that is about to be returned to the diagnostics (records, poison check):
+    /// the slice at `addr` (tag bits included) of `region`, `len` bytes.
+    #[cold]
+    #[inline(never)]
+    fn diagnose(&self, addr: usize, region: RegionRef, len: usize, at: &'static Location<'static>) {
+        if let Some(d) = &self.shared().diag {
+            d.on_allocate(addr, region, len, at);
+        }
+    }
+
+    /// The segments still out, with where each was allocated when that was recorded (see
+    /// [`Diagnostics`]). Under `Off` the report only counts them.
+    pub fn leaks(&self) -> LeakReport {
+        leaks(self.shared())
     }
 
     /// Like [`allocate`](Self::allocate), but when the budget is exhausted it waits up to
     /// `timeout` for segments to be released (or regions unmapped) instead of failing at once.
     /// A request that could never fit the budget fails at once.
+    #[track_caller]
     pub fn allocate_timeout(&self, size: usize, timeout: Duration) -> Result<Segment> {
+        let at = Location::caller();
         let deadline = Instant::now() + timeout;
         match self.allocate(size) {
             // Waiting cannot help a request larger than the whole budget.
@@ -517,7 +653,12 @@ impl SegmentPool {
                 attempt = self.attempt(size);
             }
             match attempt {
-                Ok(Attempt::Done(seg, _)) => Some(Ok(seg)),
+                Ok(Attempt::Done(seg, zero)) => {
+                    if shared.diagnosed {
+                        self.diagnose_segment(&seg, zero, at);
+                    }
+                    Some(Ok(seg))
+                }
                 Ok(Attempt::Short { needed }) => {
                     failure = Some(needed);
                     None
@@ -567,6 +708,11 @@ impl SegmentPool {
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),
+            faults: shared.faults.load(Ordering::Relaxed),
+            write_after_release: shared
+                .diag
+                .as_ref()
+                .map_or(0, |d| d.write_after_release.load(Ordering::Relaxed)),
             ..PoolStats::default()
         };
         for (s, c) in classes.iter_mut().zip(shared.classes.iter()) {
@@ -574,6 +720,12 @@ impl SegmentPool {
             s.in_use = s.allocations.saturating_sub(s.releases) as usize;
             s.regions = snap.regions;
             s.free = snap.slices.saturating_sub(snap.out);
+            s.peak_in_use = c.peak_out.load(Ordering::Relaxed);
+            s.mapped_bytes = snap.mapped_bytes;
+            s.resident_bytes = snap.resident_bytes;
+            stats.resident_bytes += snap.resident_bytes;
+            stats.allocations += s.allocations;
+            stats.releases += s.releases;
             stats.regions += snap.regions;
             stats.faulted_regions += snap.faulted;
             stats.regions_mapped += c.regions_mapped.load(Ordering::Relaxed);
@@ -582,12 +734,44 @@ impl SegmentPool {
             stats.cached_bytes += s.cached * s.size;
         }
         stats.in_use_bytes += stats.dedicated_bytes;
+        stats.allocations += shared.dedicated_allocations.load(Ordering::Relaxed);
+        stats.releases += shared.dedicated_releases.load(Ordering::Relaxed);
         stats.classes = classes;
         stats
     }
 
     #[cold]
-    fn allocate_slow(&self, size: usize) -> Result<(Segment, bool)> {
+    fn allocate_slow(
+        &self,
+        size: usize,
+        at: &'static Location<'static>,
+    ) -> Result<(Segment, bool)> {
+        let shared = self.shared();
+        if !shared.diagnosed {
+            return self.allocate_slow_inner(size);
+        }
+        let cached = shared
+            .size_classes
+            .class_of(size)
+            .and_then(|class| Some((class, thread_cache::pop_diagnosed(shared, class)?)));
+        let (seg, zero) = match cached {
+            Some((class, (addr, region))) => (
+                // SAFETY: the cache handed this slice to us alone; it belongs to `region`.
+                unsafe { Segment::from_slice(addr, region, shared.classes[class].size) },
+                addr & ZERO_TAG != 0,
+            ),
+            None => self.allocate_slow_inner(size)?,
+        };
+        self.diagnose_segment(&seg, zero, at);
+        Ok((seg, zero))
+    }
+
+    fn diagnose_segment(&self, seg: &Segment, zero: bool, at: &'static Location<'static>) {
+        let tag = if zero { ZERO_TAG } else { 0 };
+        self.diagnose(seg.as_ptr() as usize | tag, seg.region_ref(), seg.len(), at);
+    }
+
+    fn allocate_slow_inner(&self, size: usize) -> Result<(Segment, bool)> {
         let shared = self.shared();
         let needed = match self.attempt(size)? {
             Attempt::Done(seg, zero) => return Ok((seg, zero)),
@@ -607,7 +791,22 @@ impl SegmentPool {
         let Some(on_pressure) = &shared.on_pressure else {
             return Err(self.budget_error(size, needed));
         };
+        let (mapped, in_use) = (
+            shared.budget.mapped(),
+            shared.out_bytes.load(Ordering::Relaxed),
+        );
         on_pressure(needed);
+        let (mapped_after, in_use_after) = (
+            shared.budget.mapped(),
+            shared.out_bytes.load(Ordering::Relaxed),
+        );
+        tracing::info!(
+            target: "segpool",
+            needed,
+            freed_mapped = mapped.saturating_sub(mapped_after),
+            freed_in_use = in_use.saturating_sub(in_use_after),
+            "pressure callback"
+        );
         match self.attempt(size)? {
             Attempt::Done(seg, zero) => Ok((seg, zero)),
             Attempt::Short { needed } => Err(self.budget_error(size, needed)),
@@ -616,6 +815,14 @@ impl SegmentPool {
 
     fn budget_error(&self, requested: usize, needed: usize) -> Error {
         let shared = self.shared();
+        tracing::warn!(
+            target: "segpool",
+            requested,
+            needed,
+            mapped = shared.budget.mapped(),
+            budget = shared.budget.limit().unwrap_or(usize::MAX),
+            "budget exhausted"
+        );
         Error::BudgetExceeded {
             requested,
             needed,
@@ -668,6 +875,7 @@ impl SegmentPool {
             true,
         ));
         shared.dedicated_segments.fetch_add(1, Ordering::Relaxed);
+        shared.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
         shared.dedicated_bytes.fetch_add(len, Ordering::Relaxed);
         // SAFETY: the region was born with its one slice out, for this segment.
         let base = unsafe { region.get() }.base();
@@ -676,5 +884,36 @@ impl SegmentPool {
             unsafe { Segment::from_slice(base, region, len) },
             true,
         ))
+    }
+}
+
+/// The leak report of a pool: every live segment counted, the recorded ones listed.
+fn leaks(shared: &PoolShared) -> LeakReport {
+    let mut outstanding = shared.dedicated_segments.load(Ordering::Relaxed);
+    let mut per_class = vec![0u64; shared.classes.len()];
+    for (p, d) in per_class.iter_mut().zip(shared.departed.classes.iter()) {
+        *p = d
+            .allocations
+            .load(Ordering::Relaxed)
+            .wrapping_sub(d.releases.load(Ordering::Relaxed));
+    }
+    for t in shared.threads.lock().iter() {
+        for (p, c) in per_class.iter_mut().zip(t.classes.iter()) {
+            *p = p
+                .wrapping_add(c.allocations.load(Ordering::Relaxed))
+                .wrapping_sub(c.releases.load(Ordering::Relaxed));
+        }
+    }
+    outstanding += per_class
+        .iter()
+        .map(|&n| (n as i64).max(0) as usize)
+        .sum::<usize>();
+    LeakReport {
+        level: shared.diag.as_ref().map_or(Diagnostics::Off, |d| d.level()),
+        outstanding,
+        segments: shared
+            .diag
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.leaks(shared)),
     }
 }

@@ -30,7 +30,7 @@ use crate::fault::{FileFaultState, RangeRegistration};
 use crate::free_stack::FreeStack;
 use crate::os::Mapping;
 use crate::pool::PoolShared;
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use crate::sync::epoch::{Guard, Shared};
 use crate::sync::{Arc, Mutex};
 
@@ -67,15 +67,22 @@ pub(crate) struct Region {
     fresh_mark: AtomicU32,
     base: usize,
     slice_shift: u32,
+    /// Distance between the starts of two slices: `1 << slice_shift`, or under
+    /// `Diagnostics::Full` the slice size plus one guard page (see `crate::diagnostics::guard`).
+    stride: usize,
     /// Bytes one slice accounts for: the class size, or a dedicated mapping's exact length.
     slice_bytes: usize,
     slices: u32,
     pub(crate) class: u8,
+    /// The pool has diagnostics on: a release calls into `crate::diagnostics` first.
+    pub(crate) diagnosed: bool,
     pub(crate) pool_id: u64,
     pub(crate) id: u64,
     pub(crate) pool: Arc<PoolShared>,
     /// The fault state of a file-backed region: once faulted, it hands out nothing more.
     fault: Option<Arc<FileFaultState>>,
+    /// Set once the pool has counted and reported this region's fault.
+    fault_reported: AtomicBool,
     memory: Mutex<Option<RegionMemory>>,
 }
 
@@ -114,14 +121,18 @@ impl Region {
     ) -> Self {
         // A dedicated region has one slice of `slice_size` (its length rounded up to a power of
         // two, so that index arithmetic stays a shift) covering the whole mapping.
+        let stride = match pool.classes.get(class as usize) {
+            Some(c) if !born_retired => c.stride,
+            _ => slice_size,
+        };
         let slices = if born_retired {
             1
         } else {
-            (memory.mapping.len() / slice_size) as u32
+            (memory.mapping.len() / stride) as u32
         };
         let free = FreeStack::full(slices);
         if born_retired {
-            pool.note_taken(memory.mapping.len());
+            pool.note_taken(class, memory.mapping.len());
         }
         let fresh_mark = if born_retired {
             let mut first = [0u32; 1];
@@ -136,6 +147,7 @@ impl Region {
             fresh_mark: AtomicU32::new(fresh_mark),
             base: memory.mapping.as_ptr() as usize,
             slice_shift: slice_size.trailing_zeros(),
+            stride,
             slice_bytes: if born_retired {
                 memory.mapping.len()
             } else {
@@ -143,10 +155,12 @@ impl Region {
             },
             slices,
             class,
+            diagnosed: pool.diag.is_some(),
             pool_id: pool.id,
             id,
             pool,
             fault: memory.fault.as_ref().map(|(_, s)| Arc::clone(s)),
+            fault_reported: AtomicBool::new(false),
             memory: Mutex::new(Some(memory)),
         }
     }
@@ -156,7 +170,7 @@ impl Region {
     }
 
     pub(crate) fn len(&self) -> usize {
-        (self.slices as usize) << self.slice_shift
+        self.slices as usize * self.stride
     }
 
     pub(crate) fn slice_size(&self) -> usize {
@@ -166,6 +180,14 @@ impl Region {
     /// Slices outside the free stack right now (a snapshot).
     pub(crate) fn in_use(&self) -> usize {
         self.state.load(Ordering::Acquire) & !RETIRED
+    }
+
+    /// Bytes of this region resident in memory (`mincore`); 0 once it was unmapped.
+    pub(crate) fn resident_bytes(&self) -> usize {
+        self.memory
+            .lock()
+            .as_ref()
+            .map_or(0, |m| m.mapping.resident_bytes().unwrap_or(0))
     }
 
     /// Whether this is a file-backed region whose file faulted.
@@ -185,6 +207,7 @@ impl Region {
     pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
         let want = out.len().min(MAX_BATCH);
         if self.faulted() {
+            self.report_fault();
             return (0, false);
         }
         let mut cur = self.state.load(Ordering::Relaxed);
@@ -207,7 +230,7 @@ impl Region {
             }
         };
         let was_empty = cur == 0;
-        self.pool.note_taken(n * self.slice_bytes);
+        self.pool.note_taken(self.class, n * self.slice_bytes);
         let mut idx = [0u32; MAX_BATCH];
         // Every reservation can pop: at all times the free stack holds at least
         // `slices - count + (slices pushed but not yet decremented)` entries, and a reservation
@@ -218,16 +241,31 @@ impl Region {
         let fresh_from = self.fresh_mark.fetch_max(max + 1, Ordering::AcqRel);
         for (o, &i) in out.iter_mut().zip(&idx[..n]) {
             let tag = if i >= fresh_from { ZERO_TAG } else { 0 };
-            *o = (self.base + ((i as usize) << self.slice_shift)) | tag;
+            *o = (self.base + i as usize * self.stride) | tag;
         }
         (n, was_empty)
+    }
+
+    /// The first time the pool finds this region's file faulted: counts it and says so.
+    #[cold]
+    fn report_fault(&self) {
+        if self.fault_reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(f) = &self.fault {
+            self.pool.note_fault(self, f);
+        }
     }
 
     /// The slice index of a slice address of this region (tag bits ignored).
     pub(crate) fn index_of(&self, addr: usize) -> u32 {
         let off = (addr & !ZERO_TAG) - self.base;
-        debug_assert!(off < self.len() && off & (self.slice_size() - 1) == 0);
-        (off >> self.slice_shift) as u32
+        debug_assert!(off < self.len() && off % self.stride == 0);
+        if self.stride == 1 << self.slice_shift {
+            (off >> self.slice_shift) as u32
+        } else {
+            (off / self.stride) as u32
+        }
     }
 
     /// Retires the region if it is empty: CAS `0 → RETIRED | 1`. On success the caller owns one
@@ -276,7 +314,7 @@ pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard
         }
         r.free.push_all(&idx[..chunk.len()]);
     }
-    r.pool.note_returned(addrs.len() * r.slice_bytes);
+    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
     // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
     unsafe { drop_ref(region, addrs.len(), guard) }
 }
@@ -322,7 +360,7 @@ unsafe fn destroy(region: RegionRef, guard: &Guard) {
     if let Some(memory) = memory {
         let len = memory.mapping.len();
         drop(memory);
-        r.pool.region_unmapped(r.class, len);
+        r.pool.region_unmapped(r.class, r.id, r.base, len);
     }
     // SAFETY: the region was allocated by `Owned::new` (see `ClassPool::grow`) and is unreachable
     // from the class list; threads that loaded it before the unlink are pinned, and the deferred

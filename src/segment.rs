@@ -48,6 +48,11 @@ impl Segment {
         }
     }
 
+    /// The region this segment's slice belongs to.
+    pub(crate) fn region_ref(&self) -> RegionRef {
+        self.region
+    }
+
     /// The size of the buffer in bytes (equal to `len()`).
     pub fn capacity(&self) -> usize {
         self.len
@@ -111,14 +116,21 @@ impl Drop for Segment {
     fn drop(&mut self) {
         let addr = self.ptr.as_ptr() as usize;
         // SAFETY: the segment keeps its region alive.
-        let dedicated = unsafe { self.region.get() }.class == NO_CLASS;
-        if dedicated {
+        let r = unsafe { self.region.get() };
+        if r.class == NO_CLASS {
+            if r.diagnosed {
+                // Scalars only: a reference to `self` passed out of line would make the segment
+                // live in memory on every allocate/release pair.
+                // SAFETY: this segment owns the slice and gives it back right below.
+                unsafe { crate::diagnostics::on_release_slice(r, addr, self.len) };
+            }
             let guard = epoch::pin();
             // SAFETY: this segment owns the region's one slice; pinned. The region was born
             // retired, so this give-back destroys (unmaps) it.
             unsafe { give_back(self.region, &[addr], &guard) };
         } else {
-            // SAFETY: this segment owns the slice; it is never used again.
+            // SAFETY: this segment owns the slice; it is never used again. (With diagnostics on,
+            // `release` takes its slow path, which tells the diagnostics first.)
             unsafe { thread_cache::release(self.region, addr) };
         }
     }

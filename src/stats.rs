@@ -1,19 +1,37 @@
 //! What a pool reports about itself.
+//!
+//! Three byte counts describe a pool's memory, from the outside in:
+//!
+//! * **mapped**: address space the pool has `mmap`'d (regions, used or not, and dedicated
+//!   mappings). This is what the budget bounds. It costs address space and, for file backing,
+//!   disk blocks; it costs RAM only where it is resident.
+//! * **resident**: the part of the regions that occupies RAM right now (`mincore`). Pages a
+//!   segment never touched are not resident; pages a released segment touched stay resident
+//!   until their region is unmapped.
+//! * **in use**: bytes of segments the user holds right now. Free slices (on the regions' free
+//!   lists, or parked in thread caches) are mapped but not in use.
 
 use std::fmt;
 
 /// A snapshot of a pool's memory, taken by [`SegmentPool::stats`](crate::SegmentPool::stats).
 ///
 /// Counts are read one after another while other threads may allocate and release, so they are
-/// exact only when the pool is quiet; each one is exact for its own moment.
+/// exact only when the pool is quiet; each one is exact for its own moment. "Since the pool was
+/// built" counts only grow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct PoolStats {
     /// Bytes the pool has mapped right now: every region (used or not) plus every dedicated
-    /// mapping. This is what the budget bounds.
+    /// mapping. This is what the budget bounds. Under `Diagnostics::Full` it includes the guard
+    /// pages.
     pub mapped_bytes: usize,
+    /// Bytes of the pool's regions that are resident in RAM right now, measured with `mincore(2)`
+    /// over every live region when the snapshot is taken (dedicated mappings not included). Never
+    /// more than the regions' share of `mapped_bytes`.
+    pub resident_bytes: usize,
     /// Bytes of segments the user holds right now: the size of every live segment (its class size,
-    /// or its page-rounded size for a dedicated mapping).
+    /// or its page-rounded size for a dedicated mapping). Slices in thread caches are not in use.
     pub in_use_bytes: usize,
     /// Bytes of free slices parked in per-thread caches (free, but not available to other
     /// threads until given back; `trim()` makes them go back).
@@ -26,6 +44,11 @@ pub struct PoolStats {
     pub peak_in_use_bytes: usize,
     /// The highest `mapped_bytes` ever reached.
     pub peak_mapped_bytes: usize,
+    /// Segments handed out since the pool was built (every class, and dedicated mappings).
+    pub allocations: u64,
+    /// Segments released since the pool was built (every class, and dedicated mappings).
+    /// `allocations - releases` is the number of live segments.
+    pub releases: u64,
     /// Regions mapped right now (all classes; dedicated mappings not included).
     pub regions: usize,
     /// Regions mapped since the pool was built.
@@ -44,24 +67,39 @@ pub struct PoolStats {
     pub faulted_regions: usize,
     /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
     pub budget_waiters: usize,
+    /// File-backed regions whose file faulted (SIGBUS: lost pages, I/O error, disk full), counted
+    /// once per region when the pool found out (a faulted region hands out nothing more).
+    pub faults: u64,
+    /// Writes after release detected since the pool was built: slices handed out again whose
+    /// poison pattern was damaged. Only `Diagnostics::Full` checks; otherwise always 0.
+    pub write_after_release: u64,
     /// One entry per size class, smallest first.
     pub classes: Vec<ClassStats>,
 }
 
 /// The counts of one size class. Slices are `size` bytes each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ClassStats {
     /// The slice size of this class in bytes.
     pub size: usize,
     /// Slices held by the user as live segments.
     pub in_use: usize,
+    /// The highest number of slices of this class that were out of the regions' free lists at
+    /// once since the pool was built: live segments plus slices parked in thread caches (so an
+    /// upper bound of the peak of `in_use`).
+    pub peak_in_use: usize,
     /// Slices on the regions' free lists, available to any thread.
     pub free: usize,
     /// Free slices parked in per-thread caches.
     pub cached: usize,
     /// Regions of this class mapped right now.
     pub regions: usize,
+    /// Bytes of those regions (including guard pages under `Diagnostics::Full`).
+    pub mapped_bytes: usize,
+    /// Bytes of those regions resident in RAM right now (`mincore`).
+    pub resident_bytes: usize,
     /// Segments of this class handed out since the pool was built.
     pub allocations: u64,
     /// Segments of this class released since the pool was built.
@@ -85,9 +123,10 @@ impl fmt::Display for PoolStats {
         let budget = self.budget_bytes.map_or_else(|| "none".to_string(), mib);
         writeln!(
             f,
-            "mapped {} (peak {}), in use {} (peak {}), cached {}, budget {}",
+            "mapped {} (peak {}), resident {}, in use {} (peak {}), cached {}, budget {}",
             mib(self.mapped_bytes),
             mib(self.peak_mapped_bytes),
+            mib(self.resident_bytes),
             mib(self.in_use_bytes),
             mib(self.peak_in_use_bytes),
             mib(self.cached_bytes),
@@ -105,18 +144,35 @@ impl fmt::Display for PoolStats {
         )?;
         writeln!(
             f,
-            "{:>8} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
-            "class", "in use", "free", "cached", "regions", "allocations", "releases"
+            "allocations {}, releases {}, faults {}, writes after release {}",
+            self.allocations, self.releases, self.faults, self.write_after_release
+        )?;
+        writeln!(
+            f,
+            "{:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12} {:>12} {:>12}",
+            "class",
+            "in use",
+            "peak",
+            "free",
+            "cached",
+            "regions",
+            "mapped",
+            "resident",
+            "allocations",
+            "releases"
         )?;
         for c in &self.classes {
             writeln!(
                 f,
-                "{:>8} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12}",
+                "{:>8} {:>9} {:>9} {:>9} {:>8} {:>8} {:>12} {:>12} {:>12} {:>12}",
                 size_label(c.size),
                 c.in_use,
+                c.peak_in_use,
                 c.free,
                 c.cached,
                 c.regions,
+                mib(c.mapped_bytes),
+                mib(c.resident_bytes),
                 c.allocations,
                 c.releases
             )?;

@@ -202,8 +202,18 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
 }
 
 /// The fast path of `allocate`: a cached slice of `class` for `shared`, if this thread has one.
+/// `None` for a pool with diagnostics, whose allocations go through [`pop_diagnosed`].
 #[inline(always)]
 pub(crate) fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef)> {
+    if shared.diagnosed {
+        return None;
+    }
+    pop_diagnosed(shared, class)
+}
+
+/// [`pop`] for any pool, diagnostics or not.
+#[inline(always)]
+pub(crate) fn pop_diagnosed(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef)> {
     CACHES
         .try_with(|caches| {
             let mut caches = caches.try_borrow_mut().ok()?;
@@ -307,8 +317,9 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
             let entry = caches.first_mut()?;
             // One load tells both: the generation moved (give the cache back first), or a thread
             // waits for budget (release to the region so the waiter gets the slice).
+            // `r.diagnosed` is the one diagnostics branch of the release fast path.
             let now = entry.shared.signals();
-            if entry.shared.id != r.pool_id || now != entry.seen & !WAITER_MASK {
+            if entry.shared.id != r.pool_id || r.diagnosed || now != entry.seen & !WAITER_MASK {
                 return None;
             }
             let class = r.class as usize;
@@ -335,6 +346,10 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
 unsafe fn release_slow(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of the region, so it is alive.
     let r = unsafe { region.get() };
+    if r.diagnosed {
+        // SAFETY: forwarded from the caller, who owns the slice.
+        unsafe { crate::diagnostics::on_release_slice(r, addr, r.slice_size()) };
+    }
     let shared = Arc::clone(&r.pool);
     let class = r.class as usize;
     // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's

@@ -254,6 +254,45 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Bytes of this mapping resident in memory right now (`mincore(2)`, counted in whole pages).
+    pub(crate) fn resident_bytes(&self) -> io::Result<usize> {
+        let page = page_size();
+        let pages = self.len / page;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is this live mapping (page-aligned start, length a multiple of the
+        // page size) and `vec` has one byte per page; mincore only writes `vec`.
+        let r = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, vec.as_mut_ptr()) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() * page)
+    }
+
+    /// Makes `offset..offset + len` (page-aligned) inaccessible (`mprotect(PROT_NONE)`): any
+    /// access faults with SIGSEGV. Used for guard pages.
+    pub(crate) fn protect_none(&self, offset: usize, len: usize) -> io::Result<()> {
+        let page = page_size();
+        assert!(
+            offset % page == 0
+                && len % page == 0
+                && offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "guard range outside the mapping or not page-aligned"
+        );
+        // SAFETY: the range lies inside this mapping (asserted); removing access changes no
+        // contents, and callers only protect pages no Rust reference covers (guard pages between
+        // slices, never handed out).
+        unsafe {
+            mm::mprotect(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                mm::MprotectFlags::empty(),
+            )
+        }?;
+        Ok(())
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: by the type invariant this value owns the whole range and nobody else unmaps

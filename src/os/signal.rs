@@ -252,3 +252,57 @@ impl Drop for ErrnoGuard {
         unsafe { *libc::__errno_location() = self.0 };
     }
 }
+
+/// Installs `handler` as the process's SIGSEGV action with `SA_SIGINFO | SA_ONSTACK` (for the
+/// reasons given at [`install_sigbus`]) and returns the action it replaced.
+pub(crate) fn install_sigsegv(handler: SigInfoHandler) -> io::Result<SignalAction> {
+    // SAFETY: an all-zero `sigaction` is a valid value (SIG_DFL, no flags, empty mask); every
+    // field we rely on is then set explicitly.
+    let mut action: libc::sigaction = unsafe { MaybeUninit::zeroed().assume_init() };
+    action.sa_sigaction = handler as usize;
+    action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+    // SAFETY: `sa_mask` is a valid, owned sigset; sigemptyset only writes it.
+    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    let mut previous = MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: both pointers are valid for the call; `handler` is an `extern "C"` function with
+    // the SA_SIGINFO signature and lives for the whole program.
+    if unsafe { libc::sigaction(libc::SIGSEGV, &action, previous.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigaction succeeded, so it filled `previous`.
+    Ok(SignalAction(unsafe { previous.assume_init() }))
+}
+
+/// Makes `action` the SIGSEGV action again (a saved previous action). Async-signal-safe.
+pub(crate) fn restore_sigsegv(action: &SignalAction) {
+    // SAFETY: `action.0` is an action the kernel returned from sigaction(2); a null old-action
+    // pointer is allowed. sigaction(2) is async-signal-safe.
+    unsafe { libc::sigaction(libc::SIGSEGV, &action.0, std::ptr::null_mut()) };
+}
+
+/// Resets SIGSEGV to `SIG_DFL`. Async-signal-safe.
+pub(crate) fn reset_sigsegv_to_default() {
+    // SAFETY: an all-zero sigaction is SIG_DFL with no flags and an empty mask.
+    let action: libc::sigaction = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: valid pointer to a valid action; a null old-action pointer is allowed.
+    unsafe { libc::sigaction(libc::SIGSEGV, &action, std::ptr::null_mut()) };
+}
+
+/// Sends SIGSEGV to the calling thread. Async-signal-safe.
+pub(crate) fn raise_sigsegv() {
+    // SAFETY: raise(3) is async-signal-safe and has no memory-safety preconditions.
+    unsafe { libc::raise(libc::SIGSEGV) };
+}
+
+/// Writes `bytes` to standard error with `write(2)`, retrying short writes, ignoring errors.
+/// Async-signal-safe: no allocation, no lock, no buffering.
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid readable buffer of its length; write(2) only reads it.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
