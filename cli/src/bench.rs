@@ -1,4 +1,5 @@
-//! `segpool bench`: ns per allocate+release pair for segpool and its peers, side by side.
+//! `segpool bench`: ns per allocate+release pair for segpool and its peers, side by side; then
+//! the file I/O section (`bench_files`), unless `--only` picks one.
 //!
 //! Every cell of the table is measured in the same process, in the same run: for each run, every
 //! (pattern, size, allocator) cell is timed once, in a fixed order, so machine noise spreads over
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bench_files::{self, FileReport};
 use crate::peers::{self, Allocator};
 use crate::plot;
 
@@ -56,6 +58,28 @@ pub struct Args {
     /// The docs folder `--update-docs` writes to (default: the repository's docs/).
     #[arg(long, value_name = "DIR")]
     docs_dir: Option<PathBuf>,
+    /// Run only one section: `alloc` (allocate+release pairs) or `files` (file I/O against
+    /// pread/pwrite, read() and memmap2). Both run by default; `--update-docs` needs both.
+    #[arg(long, value_name = "SECTION", conflicts_with = "update_docs")]
+    only: Option<Section>,
+    /// Milliseconds each file I/O cell is timed for, per run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    files_run_ms: u64,
+    /// Length of the file the file I/O section reads and writes (whole MiB, at least 2 MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = crate::parse_size)]
+    file_size: usize,
+    /// Folder in which the file I/O section makes its temp folder (default: the current one).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    files_dir: PathBuf,
+}
+
+/// A section of `segpool bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// ns per allocate+release pair against glibc, mimalloc, jemalloc and mmap.
+    Alloc,
+    /// ns per file operation against pread/pwrite, read() and memmap2.
+    Files,
 }
 
 /// How threads use the allocator in a cell.
@@ -152,6 +176,9 @@ pub struct Report {
     pub allocators: Vec<String>,
     pub rows: Vec<Row>,
     pub targets: Vec<Target>,
+    /// The file I/O section, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileReport>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -170,6 +197,26 @@ pub fn run(args: Args) -> Result<(), Error> {
                 .map_err(|e| format!("{}: {e}", r.display()))?;
         }
     }
+    let (alloc, files) = match args.only {
+        None => (true, true),
+        Some(Section::Alloc) => (true, false),
+        Some(Section::Files) => (false, true),
+    };
+    if !alloc && args.plot.is_some() {
+        return Err("--plot draws the allocator section: drop --only files".into());
+    }
+    if files {
+        if args.file_size % (1 << 20) != 0 || args.file_size < 2 << 20 {
+            return Err(format!(
+                "--file-size {}: use whole MiB, at least 2M",
+                crate::bytes_text(args.file_size)
+            )
+            .into());
+        }
+        if !args.files_dir.is_dir() {
+            return Err(format!("--files-dir {}: not a folder", args.files_dir.display()).into());
+        }
+    }
     // Fail before a minute of measuring, not after.
     for p in [&args.json, &args.markdown, &args.plot]
         .into_iter()
@@ -181,7 +228,21 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
     }
     let started = Instant::now();
-    let rows = measure(args.runs, Duration::from_millis(args.run_ms))?;
+    let rows = if alloc {
+        measure(args.runs, Duration::from_millis(args.run_ms))?
+    } else {
+        Vec::new()
+    };
+    let files = if files {
+        Some(bench_files::measure(
+            &args.files_dir,
+            args.file_size as u64,
+            args.runs,
+            Duration::from_millis(args.files_run_ms),
+        )?)
+    } else {
+        None
+    };
     let mut report = Report {
         machine: machine(),
         command: command_line(),
@@ -192,18 +253,21 @@ pub fn run(args: Args) -> Result<(), Error> {
         allocators: COLUMNS.iter().map(|s| s.to_string()).collect(),
         rows,
         targets: Vec::new(),
+        files,
     };
-    report.targets = targets(&report.rows);
-
-    print!("{}", text_table(&report));
-    println!();
-    for t in &report.targets {
-        println!(
-            "{} {}: {}",
-            if t.holds { "holds " } else { "MISSED" },
-            t.target,
-            t.detail
-        );
+    if alloc {
+        report.targets = targets(&report.rows);
+        print!("{}", text_table(&report));
+        println!();
+        print_targets(&report.targets);
+    }
+    if let Some(f) = &report.files {
+        if alloc {
+            println!();
+        }
+        print!("{}", bench_files::text_table(f));
+        println!();
+        print_targets(&f.targets);
     }
     println!("measured in {:.1} s", report.seconds);
 
@@ -211,7 +275,17 @@ pub fn run(args: Args) -> Result<(), Error> {
         write(p, &serde_json::to_string_pretty(&report)?)?;
     }
     if let Some(p) = &args.markdown {
-        write(p, &markdown_table(&report))?;
+        let mut md = String::new();
+        if alloc {
+            md.push_str(&markdown_table(&report));
+        }
+        if let Some(f) = &report.files {
+            if alloc {
+                md.push('\n');
+            }
+            md.push_str(&bench_files::markdown_table(f));
+        }
+        write(p, &md)?;
     }
     if let Some(p) = &args.plot {
         plot::svg(&report, p)?;
@@ -234,6 +308,17 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn print_targets(targets: &[Target]) {
+    for t in targets {
+        println!(
+            "{} {}: {}",
+            if t.holds { "holds " } else { "MISSED" },
+            t.target,
+            t.detail
+        );
+    }
 }
 
 const README_BEGIN: &str = "<!-- bench:begin -->";
@@ -349,7 +434,7 @@ fn measure(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
     Ok(rows)
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -627,7 +712,8 @@ fn docs_page(r: &Report) -> String {
         "ns per allocate+release pair, memory untouched, median of {} runs of {} ms per cell; \
          in parentheses each peer's time divided by segpool's (above 1: segpool is faster). \
          Every buffer is page-aligned (4096). Rows under 100 ns vary by 20-30% between runs on \
-         a shared 2-core VM: compare ratios within one run.\n",
+         a shared 2-core VM: compare ratios within one run. The file I/O section (issue 4) \
+         follows the allocator targets.\n",
         r.runs, r.run_ms
     );
     let _ = writeln!(out, "## Machine\n");
@@ -667,6 +753,10 @@ fn docs_page(r: &Report) -> String {
             if t.holds { "holds" } else { "missed" },
             t.detail
         );
+    }
+    if let Some(f) = &r.files {
+        out.push('\n');
+        out.push_str(&bench_files::docs_section(f, &r.command));
     }
     let _ = writeln!(
         out,

@@ -4,7 +4,8 @@
 //!   segments to a mapped file under a memory budget, then verifying every record.
 //! * `segpool stress`: allocate/write/verify/release from many threads under a tight budget, and
 //!   optionally readers of mapped files that another thread truncates.
-//! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side.
+//! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side; and the file
+//!   layer against pread/pwrite, read() and a raw memmap2 copy.
 //!
 //! Every failure ends in one line on stderr and a non-zero exit, never a backtrace.
 
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_files;
 mod demo;
 mod peers;
 mod plot;
@@ -44,7 +46,8 @@ enum Command {
     /// Allocate/write/verify/release from many threads with trims and a tight budget;
     /// `--faults` adds readers of mapped files that another thread truncates.
     Stress(stress::Args),
-    /// ns per allocate+release pair for segpool and its peers, side by side (under a minute).
+    /// ns per allocate+release pair for segpool and its peers, and ns per file read/write
+    /// against pread/pwrite, read() and memmap2, side by side (under a minute).
     Bench(bench::Args),
 }
 
