@@ -85,17 +85,31 @@ pub(crate) struct ClassSnapshot {
     pub(crate) resident_bytes: usize,
 }
 
+/// How one class is laid out and when it gives memory back (computed by the builder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassConfig {
+    pub(crate) index: u8,
+    /// The slice size.
+    pub(crate) size: usize,
+    pub(crate) region_size: usize,
+    /// Distance between slices: the size, plus a guard page under `Diagnostics::Full`.
+    pub(crate) stride: usize,
+    pub(crate) cache_capacity: usize,
+    pub(crate) retain_empty: usize,
+    pub(crate) grace: std::time::Duration,
+}
+
 impl ClassPool {
-    pub(crate) fn new(
-        index: u8,
-        size: usize,
-        region_size: usize,
-        cache_capacity: usize,
-        retain_empty: usize,
-        grace: std::time::Duration,
-        clock: Clock,
-        stride: usize,
-    ) -> Self {
+    pub(crate) fn new(config: ClassConfig, clock: Clock) -> Self {
+        let ClassConfig {
+            index,
+            size,
+            region_size,
+            stride,
+            cache_capacity,
+            retain_empty,
+            grace,
+        } = config;
         debug_assert!(stride >= size && region_size % stride == 0);
         Self {
             index,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::budget::Budget;
-use crate::class_pool::{map_memory, ClassPool, Shortage};
+use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
 use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
@@ -244,16 +244,16 @@ impl SegmentPoolBuilder {
                 let retain = self
                     .retain_empty_regions
                     .unwrap_or((RETAINED_EMPTY_BYTES / region).max(1));
-                ClassPool::new(
-                    i as u8,
+                let config = ClassConfig {
+                    index: i as u8,
                     size,
-                    region,
-                    cache,
-                    retain,
-                    self.empty_region_grace,
-                    clock,
+                    region_size: region,
                     stride,
-                )
+                    cache_capacity: cache,
+                    retain_empty: retain,
+                    grace: self.empty_region_grace,
+                };
+                ClassPool::new(config, clock)
             })
             .collect::<Vec<_>>();
         let n = class_pools.len();
