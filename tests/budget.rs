@@ -9,6 +9,20 @@ use segpool::{Error, Segment, SegmentPool};
 
 const MIB: usize = 1 << 20;
 
+/// A 4 MiB pool whose pressure callback frees nothing and only counts its calls.
+fn pool_counting_pressure_calls() -> (SegmentPool, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let pool = SegmentPool::builder()
+        .budget(4 * MIB)
+        .on_pressure(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    (pool, calls)
+}
+
 fn four_mib_pool() -> SegmentPool {
     SegmentPool::builder().budget(4 * MIB).build().unwrap()
 }
@@ -121,17 +135,7 @@ fn the_pressure_callback_can_free_memory_and_the_allocation_then_succeeds() {
 
 #[test]
 fn a_pressure_callback_that_frees_nothing_leads_to_budget_exceeded() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let pool = {
-        let calls = Arc::clone(&calls);
-        SegmentPool::builder()
-            .budget(4 * MIB)
-            .on_pressure(move |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-            })
-            .build()
-            .unwrap()
-    };
+    let (pool, calls) = pool_counting_pressure_calls();
     let _segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).unwrap()).collect();
     assert!(matches!(
         pool.allocate(MIB),
@@ -142,17 +146,7 @@ fn a_pressure_callback_that_frees_nothing_leads_to_budget_exceeded() {
 
 #[test]
 fn requests_that_can_never_fit_fail_at_once() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let pool = {
-        let calls = Arc::clone(&calls);
-        SegmentPool::builder()
-            .budget(4 * MIB)
-            .on_pressure(move |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
-            })
-            .build()
-            .unwrap()
-    };
+    let (pool, calls) = pool_counting_pressure_calls();
     match pool.allocate(5 * MIB) {
         Err(Error::BudgetExceeded {
             requested,

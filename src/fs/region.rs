@@ -12,14 +12,14 @@ use crate::sync::Arc;
 ///
 /// # Invariants
 ///
-/// * `registration` covers exactly `map`, and is dropped before `map` (fields drop in
+/// * `_registration` (held only for its `Drop`, which deregisters the range) covers exactly `map`, and is dropped before `map` (fields drop in
 ///   declaration order), so the fault guard never recovers a fault in an address range that was
 ///   unmapped and maybe reused.
 /// * Every access to `map`'s memory runs inside [`FileFaultState::guarded`] of the file's state,
 ///   through raw pointers (the bytes may change under us: another handle, another process).
 #[derive(Debug)]
 pub(crate) struct Region {
-    registration: RangeRegistration,
+    _registration: RangeRegistration,
     map: Mapping,
     offset: u64,
 }
@@ -62,7 +62,7 @@ impl Region {
         let registration =
             unsafe { fault::register(map.as_ptr(), map.len(), state) }.map_err(io::Error::from)?;
         let region = Region {
-            registration,
+            _registration: registration,
             map,
             offset,
         };
@@ -116,11 +116,6 @@ impl Region {
     /// The mapping itself, for `msync` and `madvise`.
     pub(crate) fn mapping(&self) -> &Mapping {
         &self.map
-    }
-
-    #[allow(dead_code)]
-    pub(crate) fn registration(&self) -> &RangeRegistration {
-        &self.registration
     }
 }
 
