@@ -14,7 +14,7 @@ use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
 use crate::stats::{ClassStats, PoolStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
-use crate::thread_cache::{self, ThreadCounters};
+use crate::thread_cache::{self, ClassCache, ClassCounters};
 use crate::{Error, Result};
 
 /// Where a pool's memory comes from.
@@ -275,16 +275,18 @@ impl SegmentPoolBuilder {
             closed: AtomicBool::new(false),
             next_region_id: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
-            departed: ThreadCounters::new(n),
+            departed: (0..n).map(|_| ClassCounters::default()).collect(),
             out_bytes: AtomicUsize::new(0),
             peak_out_bytes: AtomicUsize::new(0),
             dedicated_segments: AtomicUsize::new(0),
             dedicated_bytes: AtomicUsize::new(0),
         };
+        let shared = Arc::new(shared);
         Ok(SegmentPool {
-            handle: Arc::new(PoolHandle {
-                shared: Arc::new(shared),
+            _handle: Arc::new(PoolHandle {
+                shared: Arc::clone(&shared),
             }),
+            shared,
         })
     }
 }
@@ -310,11 +312,11 @@ pub(crate) struct PoolShared {
     on_pressure: Option<Box<PressureFn>>,
     closed: AtomicBool,
     next_region_id: AtomicU64,
-    /// Counters of the threads that have a cache for this pool.
-    threads: Mutex<Vec<Arc<ThreadCounters>>>,
+    /// The caches of the threads that have one for this pool (read for their counters).
+    threads: Mutex<Vec<Arc<[ClassCache]>>>,
     /// Counts of threads that have exited, and of uncached allocations and releases (atomic
     /// read-modify-writes: these paths are not the fast path).
-    departed: ThreadCounters,
+    departed: Box<[ClassCounters]>,
     out_bytes: AtomicUsize,
     peak_out_bytes: AtomicUsize,
     dedicated_segments: AtomicUsize,
@@ -344,19 +346,17 @@ impl PoolShared {
         self.closed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn register_thread(&self) -> Arc<ThreadCounters> {
-        let c = Arc::new(ThreadCounters::new(self.classes.len()));
-        self.threads.lock().push(Arc::clone(&c));
-        c
+    pub(crate) fn register_thread(&self, caches: Arc<[ClassCache]>) {
+        self.threads.lock().push(caches);
     }
 
     /// Folds an exiting cache's counts into `departed` and forgets it.
-    pub(crate) fn unregister_thread(&self, counters: &Arc<ThreadCounters>) {
+    pub(crate) fn unregister_thread(&self, caches: &Arc<[ClassCache]>) {
         let mut threads = self.threads.lock();
-        if let Some(pos) = threads.iter().position(|t| Arc::ptr_eq(t, counters)) {
+        if let Some(pos) = threads.iter().position(|t| Arc::ptr_eq(t, caches)) {
             threads.swap_remove(pos);
         }
-        for (d, c) in self.departed.classes.iter().zip(counters.classes.iter()) {
+        for (d, c) in self.departed.iter().zip(caches.iter().map(|c| &c.counters)) {
             d.allocations
                 .fetch_add(c.allocations.load(Ordering::Relaxed), Ordering::Relaxed);
             d.releases
@@ -365,13 +365,13 @@ impl PoolShared {
     }
 
     pub(crate) fn count_direct_allocation(&self, class: usize) {
-        self.departed.classes[class]
+        self.departed[class]
             .allocations
             .fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count_direct_release(&self, class: usize) {
-        self.departed.classes[class]
+        self.departed[class]
             .releases
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -540,12 +540,16 @@ impl Drop for PoolHandle {
 /// last of those segments is released.
 #[derive(Clone)]
 pub struct SegmentPool {
-    handle: Arc<PoolHandle>,
+    /// The pool's state, reached in one step by the fast path (the same `Arc` as
+    /// `handle.shared`).
+    shared: Arc<PoolShared>,
+    /// Counts the user's handles: the last one closes the pool.
+    _handle: Arc<PoolHandle>,
 }
 
 impl fmt::Debug for SegmentPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.handle.shared, f)
+        fmt::Debug::fmt(&*self.shared, f)
     }
 }
 
@@ -569,8 +573,9 @@ impl SegmentPool {
         Self::builder().build()
     }
 
+    #[inline(always)]
     pub(crate) fn shared(&self) -> &Arc<PoolShared> {
-        &self.handle.shared
+        &self.shared
     }
 
     /// A segment of at least `size` bytes: the smallest class that fits, or a dedicated mapping
@@ -604,11 +609,12 @@ impl SegmentPool {
             return Err(Error::ZeroSize);
         }
         if let Some(class) = shared.size_classes.class_of(size) {
-            // `pop` refuses pools with diagnostics (its one extra branch): they take the slow
-            // path, which pops the thread cache itself and then records the allocation.
-            if let Some((addr, region)) = thread_cache::pop(shared, class) {
-                let len = shared.classes[class].size;
-                // SAFETY: the cache handed this slice to us alone; it belongs to `region`.
+            // A pool with diagnostics is never on the fast path: it takes the slow path, which
+            // pops the thread cache itself and then records the allocation.
+            // SAFETY: `class_of` gives a class of this pool.
+            if let Some((addr, region, len)) = unsafe { thread_cache::pop(shared, class) } {
+                // SAFETY: the cache handed this slice to us alone; it belongs to `region`, whose
+                // class size is `len`.
                 let seg = unsafe { Segment::from_slice(addr, region, len) };
                 return Ok((seg, addr & ZERO_TAG != 0));
             }
@@ -685,7 +691,7 @@ impl SegmentPool {
         let mut classes: Vec<ClassStats> = shared
             .classes
             .iter()
-            .zip(shared.departed.classes.iter())
+            .zip(shared.departed.iter())
             .map(|(c, d)| ClassStats {
                 size: c.size,
                 allocations: d.allocations.load(Ordering::Relaxed),
@@ -694,7 +700,7 @@ impl SegmentPool {
             })
             .collect();
         for t in shared.threads.lock().iter() {
-            for (s, c) in classes.iter_mut().zip(t.classes.iter()) {
+            for (s, c) in classes.iter_mut().zip(t.iter().map(|c| &c.counters)) {
                 s.allocations += c.allocations.load(Ordering::Relaxed);
                 s.releases += c.releases.load(Ordering::Relaxed);
                 s.cached += c.cached();
@@ -753,7 +759,7 @@ impl SegmentPool {
         let cached = shared
             .size_classes
             .class_of(size)
-            .and_then(|class| Some((class, thread_cache::pop_diagnosed(shared, class)?)));
+            .and_then(|class| Some((class, thread_cache::pop_slow(shared, class)?)));
         let (seg, zero) = match cached {
             Some((class, (addr, region))) => (
                 // SAFETY: the cache handed this slice to us alone; it belongs to `region`.
@@ -891,14 +897,14 @@ impl SegmentPool {
 fn leaks(shared: &PoolShared) -> LeakReport {
     let mut outstanding = shared.dedicated_segments.load(Ordering::Relaxed);
     let mut per_class = vec![0u64; shared.classes.len()];
-    for (p, d) in per_class.iter_mut().zip(shared.departed.classes.iter()) {
+    for (p, d) in per_class.iter_mut().zip(shared.departed.iter()) {
         *p = d
             .allocations
             .load(Ordering::Relaxed)
             .wrapping_sub(d.releases.load(Ordering::Relaxed));
     }
     for t in shared.threads.lock().iter() {
-        for (p, c) in per_class.iter_mut().zip(t.classes.iter()) {
+        for (p, c) in per_class.iter_mut().zip(t.iter().map(|c| &c.counters)) {
             *p = p
                 .wrapping_add(c.allocations.load(Ordering::Relaxed))
                 .wrapping_sub(c.releases.load(Ordering::Relaxed));

@@ -42,7 +42,8 @@ impl Segment {
     #[inline(always)]
     pub(crate) unsafe fn from_slice(addr: usize, region: RegionRef, len: usize) -> Self {
         Self {
-            ptr: NonNull::new((addr & !ZERO_TAG) as *mut u8).expect("slice address is never null"),
+            // SAFETY: slices lie inside mappings, never at address zero (the caller's slice).
+            ptr: unsafe { NonNull::new_unchecked((addr & !ZERO_TAG) as *mut u8) },
             len,
             region,
         }

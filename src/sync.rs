@@ -51,6 +51,14 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// An `Arc<[T]>` of `items` (loom's `Arc` is built from a std one).
+pub(crate) fn arc_slice<T>(items: Vec<T>) -> Arc<[T]> {
+    #[cfg(loom)]
+    return Arc::from_std(items.into());
+    #[cfg(not(loom))]
+    items.into()
+}
+
 /// Epoch-based reclamation: region metadata that another thread may have loaded from a shared
 /// list is freed only after every thread pinned at the time has unpinned.
 pub(crate) mod epoch {

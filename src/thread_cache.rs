@@ -19,22 +19,36 @@
 //! * A thread that never calls the pool again keeps its cached slices until it exits: at most the
 //!   bound above per class, and they are counted in `PoolStats::cached_bytes`.
 //!
+//! # Layout of the fast path
+//!
+//! A thread's caches for one pool are one allocation, `Arc<[ClassCache]>`, shared with the pool's
+//! registry (which reads only the counters, for `stats()`). The thread's `Vec<PoolCache>` owns
+//! them; the pool it used last on a slow path is at the front and is mirrored in [`FAST`], a
+//! `const` thread-local without a destructor (so reaching it is a plain TLS access): the pool's
+//! address, the signals word seen, and the address of its class caches. An allocation compares the
+//! pool's address and the signals word, then pops from `classes[class]`; a release does the same
+//! with the pool its region names. Nothing else is read, no shared line is written.
+//!
 //! Allocation and release counts are kept per thread, in counters only that thread writes (plain
-//! loads and stores, no read-modify-write); `stats()` sums them. The fast path writes one counter
-//! per operation; how many slices a cache holds is derived, not stored:
-//! `cached = releases - allocations + adjust`, where `adjust` changes only on the slow paths
-//! (plus the slices a refill brought in, minus the slices a flush gave back).
+//! loads and stores, no read-modify-write); `stats()` sums them. How many slices a cache holds is
+//! not stored but derived from them, so the count `stats()` reports is the cache's own length:
+//! `len = releases - allocations + adjust`, where `adjust` changes only on the slow paths (plus
+//! the slices a refill brought in, minus the slices a flush gave back).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::ptr::{self, NonNull};
 
-use crate::budget::{Signals, WAITER_MASK};
+use crate::budget::WAITER_MASK;
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
+use crate::size_class::CACHE_MAX_SLICES;
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{const_thread_local, epoch, Arc};
+use crate::sync::{arc_slice, const_thread_local, epoch, Arc};
 
-/// Counters of one thread for one pool; written by that thread only.
+/// Allocation and release counts of one class. In a thread's [`ClassCache`] only that thread
+/// writes them (a load and a store); in a pool's `departed` counts, any thread adds to them with
+/// read-modify-writes.
 #[derive(Debug, Default)]
 pub(crate) struct ClassCounters {
     pub(crate) allocations: AtomicU64,
@@ -46,7 +60,7 @@ pub(crate) struct ClassCounters {
 
 impl ClassCounters {
     /// Slices in the cache, as far as a reader on another thread can tell (exact when the owner is
-    /// quiet).
+    /// quiet; for the owner, the cache's length).
     pub(crate) fn cached(&self) -> usize {
         let r = self.releases.load(Ordering::Relaxed);
         let a = self.allocations.load(Ordering::Relaxed);
@@ -56,89 +70,209 @@ impl ClassCounters {
     }
 }
 
-#[inline]
-fn bump(c: &AtomicU64) {
-    add(c, 1);
-}
-
-#[inline]
+/// Adds `n` to a single-writer counter: a load and a store, no locked instruction.
+#[inline(always)]
 fn add(c: &AtomicU64, n: u64) {
-    // Single writer: a load and a store, no locked instruction.
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
-/// One thread's counters for one pool.
-#[derive(Debug)]
-pub(crate) struct ThreadCounters {
-    pub(crate) classes: Box<[Arc<ClassCounters>]>,
+/// A cached slice: its address (with `ZERO_TAG` when known zero) and its region.
+type Slot = (usize, RegionRef);
+
+/// What an unused slot holds (never read as a slice).
+const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
+
+/// One thread's cache of one size class of one pool.
+///
+/// # Invariants
+///
+/// * Its length is `counters.cached()` (derived, module docs), and `length <= cap <=
+///   CACHE_MAX_SLICES`.
+/// * `slots[..length]` are slices of this class of this pool, each counted in its region and
+///   owned by the cache alone.
+/// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or writes the
+///   counters. Other threads (the pool's registry, for `stats()`) only load the counters.
+pub(crate) struct ClassCache {
+    pub(crate) counters: ClassCounters,
+    cap: usize,
+    /// The class's slice size (what a segment's `len()` is).
+    size: usize,
+    slots: UnsafeCell<[Slot; CACHE_MAX_SLICES]>,
 }
 
-impl ThreadCounters {
-    pub(crate) fn new(classes: usize) -> Self {
-        Self {
-            classes: (0..classes)
-                .map(|_| Arc::new(ClassCounters::default()))
-                .collect(),
-        }
+// SAFETY: a `RegionRef` is `Send`; the cache moves between threads only inside an `Arc` whose
+// other holders read the counters alone (invariants above).
+unsafe impl Send for ClassCache {}
+// SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` is read
+// and written by the owning thread alone (invariants above).
+unsafe impl Sync for ClassCache {}
+
+impl std::fmt::Debug for ClassCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassCache")
+            .field("counters", &self.counters)
+            .field("cap", &self.cap)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug)]
-struct ClassCache {
-    /// Slice addresses (with `ZERO_TAG` when known zero) and their regions.
-    slices: Vec<(usize, RegionRef)>,
-    cap: usize,
-    /// This thread's counters for the class (also in the pool's registry, for `stats()`).
-    counters: Arc<ClassCounters>,
+impl ClassCache {
+    fn new(size: usize, cap: usize) -> Self {
+        Self {
+            counters: ClassCounters::default(),
+            cap: cap.min(CACHE_MAX_SLICES),
+            size,
+            slots: UnsafeCell::new([NO_SLOT; CACHE_MAX_SLICES]),
+        }
+    }
+
+    /// The owner's view of the length (and the release count it was derived from).
+    #[inline(always)]
+    fn len_and_releases(&self) -> (usize, u64) {
+        let c = &self.counters;
+        let r = c.releases.load(Ordering::Relaxed);
+        let len = r
+            .wrapping_sub(c.allocations.load(Ordering::Relaxed))
+            .wrapping_add(c.adjust.load(Ordering::Relaxed));
+        (len as usize, r)
+    }
+
+    /// Takes the most recently cached slice.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache.
+    #[inline(always)]
+    unsafe fn pop(&self) -> Option<Slot> {
+        let c = &self.counters;
+        let a = c.allocations.load(Ordering::Relaxed);
+        let len = c
+            .releases
+            .load(Ordering::Relaxed)
+            .wrapping_sub(a)
+            .wrapping_add(c.adjust.load(Ordering::Relaxed)) as usize;
+        // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
+        let slots = unsafe { &*self.slots.get() };
+        // One comparison covers both "empty" (wraps to usize::MAX) and the bound.
+        let slot = *slots.get(len.wrapping_sub(1))?;
+        c.allocations.store(a.wrapping_add(1), Ordering::Relaxed);
+        Some(slot)
+    }
+
+    /// Caches `slot` if there is room.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache, and `slot` is a slice of its class and pool that the
+    ///   caller owns (the cache owns it after `true`).
+    #[inline(always)]
+    unsafe fn push(&self, slot: Slot) -> bool {
+        let (len, r) = self.len_and_releases();
+        if len >= self.cap {
+            return false;
+        }
+        // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
+        let slots = unsafe { &mut *self.slots.get() };
+        let Some(s) = slots.get_mut(len) else {
+            return false;
+        };
+        *s = slot;
+        self.counters
+            .releases
+            .store(r.wrapping_add(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Caches slices a slow path brought in from `region` (the caller checked the room).
+    ///
+    /// # Safety
+    ///
+    /// * As for [`push`](Self::push), for every address; `len + addrs.len() <= cap`.
+    unsafe fn stash(&self, addrs: &[usize], region: RegionRef) {
+        let (len, _) = self.len_and_releases();
+        // SAFETY: the caller owns the cache.
+        let slots = unsafe { &mut *self.slots.get() };
+        for (s, &a) in slots[len..len + addrs.len()].iter_mut().zip(addrs) {
+            *s = (a, region);
+        }
+        add(&self.counters.adjust, addrs.len() as u64);
+    }
+
+    /// Gives the oldest `n` cached slices back to their regions and keeps the rest.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache; `n <=` its length.
+    unsafe fn give_back_oldest(&self, shared: &PoolShared, n: usize) {
+        let (len, _) = self.len_and_releases();
+        // SAFETY: the caller owns the cache.
+        let slots = unsafe { &mut *self.slots.get() };
+        give_back_batch(shared, &mut slots[..n]);
+        slots.copy_within(n..len, 0);
+        add(&self.counters.adjust, (n as u64).wrapping_neg());
+    }
+
+    /// Gives every cached slice back.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache.
+    unsafe fn give_back_all(&self, shared: &PoolShared) {
+        let (len, _) = self.len_and_releases();
+        // SAFETY: forwarded.
+        unsafe { self.give_back_oldest(shared, len) };
+    }
+
+    /// Counts an allocation a slow path served from slices it brought in itself.
+    fn count_slow_allocation(&self) {
+        add(&self.counters.allocations, 1);
+        add(&self.counters.adjust, 1);
+    }
 }
 
+/// One thread's caches for one pool, owned by that thread's [`CACHES`].
 #[derive(Debug)]
 struct PoolCache {
     shared: Arc<PoolShared>,
-    /// The signals word when this cache last synchronised (see `Signals`).
+    /// The signals word when this cache last synchronised, waiter count masked out (see
+    /// `Signals`).
     seen: u64,
-    classes: Box<[ClassCache]>,
-    counters: Arc<ThreadCounters>,
+    /// One per class; shared with the pool's registry, which reads only the counters.
+    classes: Arc<[ClassCache]>,
 }
 
 impl PoolCache {
     fn new(shared: &Arc<PoolShared>) -> Self {
-        let counters = shared.register_thread();
-        Self {
-            shared: Arc::clone(shared),
-            seen: shared.signals(),
-            classes: shared
+        let classes = arc_slice(
+            shared
                 .classes
                 .iter()
-                .zip(counters.classes.iter())
-                .map(|(c, k)| ClassCache {
-                    slices: Vec::with_capacity(c.cache_capacity),
-                    cap: c.cache_capacity,
-                    counters: Arc::clone(k),
-                })
+                .map(|c| ClassCache::new(c.size, c.cache_capacity))
                 .collect(),
-            counters,
+        );
+        shared.register_thread(Arc::clone(&classes));
+        Self {
+            shared: Arc::clone(shared),
+            seen: shared.signals() & !WAITER_MASK,
+            classes,
         }
     }
 
     fn give_back_all(&mut self) {
-        for (i, c) in self.classes.iter_mut().enumerate() {
-            give_back_batch(&self.shared, &mut c.slices);
-            add(
-                &self.counters.classes[i].adjust,
-                (c.slices.len() as u64).wrapping_neg(),
-            );
-            c.slices.clear();
+        for c in self.classes.iter() {
+            // SAFETY: this thread owns its `PoolCache`, hence the class caches.
+            unsafe { c.give_back_all(&self.shared) };
         }
     }
 
     /// Catches up with the pool's trim generation; false if the pool is closed (drop the entry).
     fn sync(&mut self) -> bool {
         let now = self.shared.signals();
-        if !Signals::same_generation(now, self.seen) {
+        if !crate::budget::Signals::same_generation(now, self.seen) {
             self.give_back_all();
         }
-        self.seen = now;
+        self.seen = now & !WAITER_MASK;
         !self.shared.is_closed()
     }
 }
@@ -146,17 +280,93 @@ impl PoolCache {
 impl Drop for PoolCache {
     fn drop(&mut self) {
         self.give_back_all();
-        self.shared.unregister_thread(&self.counters);
+        self.shared.unregister_thread(&self.classes);
+    }
+}
+
+/// The fast path's view of the thread's front cache entry.
+///
+/// # Invariants
+///
+/// When `pool` is non-null: the thread's `CACHES` is not borrowed, and its first entry is the
+/// cache of the pool at `pool` (so it holds an `Arc` of it: the pool is alive), with its class
+/// array at `classes` and `seen` as its signals word; that pool has no diagnostics. Any code that
+/// borrows `CACHES` clears `pool` first ([`CachesBorrow`]); null is always a safe state (every
+/// call then takes the slow path).
+struct Fast {
+    pool: Cell<*const PoolShared>,
+    seen: Cell<u64>,
+    classes: Cell<*const ClassCache>,
+}
+
+impl Fast {
+    const fn empty() -> Self {
+        Self {
+            pool: Cell::new(ptr::null()),
+            seen: Cell::new(0),
+            classes: Cell::new(ptr::null()),
+        }
+    }
+
+    /// Mirrors `entry` (or nothing, for a pool with diagnostics, which always takes the slow
+    /// paths so that every allocation and release is recorded).
+    fn install(&self, entry: Option<&PoolCache>) {
+        match entry {
+            Some(e) if !e.shared.diagnosed => {
+                self.seen.set(e.seen);
+                self.classes.set(e.classes.as_ptr());
+                self.pool.set(&*e.shared as *const PoolShared);
+            }
+            _ => self.pool.set(ptr::null()),
+        }
+    }
+}
+
+/// The thread's caches; dropped at thread exit, which gives every cached slice back.
+struct Caches(RefCell<Vec<PoolCache>>);
+
+impl Drop for Caches {
+    fn drop(&mut self) {
+        // The entries are about to go: nothing may reach them through `FAST` any more.
+        let _ = FAST.try_with(|f| f.pool.set(ptr::null()));
     }
 }
 
 const_thread_local! {
-    static CACHES: RefCell<Vec<PoolCache>> = RefCell::new(Vec::new());
+    /// No destructor, so reaching it is a plain thread-local access.
+    static FAST: Fast = Fast::empty();
+}
+
+const_thread_local! {
+    static CACHES: Caches = Caches(RefCell::new(Vec::new()));
+}
+
+/// A mutable borrow of the thread's caches that keeps `FAST` out of the way: cleared while the
+/// borrow lives, re-pointed at the front entry when it ends (unless unwinding).
+struct CachesBorrow<'a>(std::cell::RefMut<'a, Vec<PoolCache>>);
+
+impl<'a> CachesBorrow<'a> {
+    /// `None` when the caches are borrowed already (a re-entrant call, from a pressure callback
+    /// that releases segments).
+    fn new(caches: &'a Caches) -> Option<Self> {
+        let b = caches.0.try_borrow_mut().ok()?;
+        let _ = FAST.try_with(|f| f.pool.set(ptr::null()));
+        Some(Self(b))
+    }
+}
+
+impl Drop for CachesBorrow<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let front = self.0.first();
+            let _ = FAST.try_with(|f| f.install(front));
+        }
+    }
 }
 
 /// Gives cached slices back to their regions, one batch per region (reorders `items`; the caller
 /// forgets them afterwards).
-fn give_back_batch(shared: &PoolShared, items: &mut [(usize, RegionRef)]) {
+fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
     if items.is_empty() {
         return;
     }
@@ -201,35 +411,37 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     shared.budget.notify();
 }
 
-/// The fast path of `allocate`: a cached slice of `class` for `shared`, if this thread has one.
-/// `None` for a pool with diagnostics, whose allocations go through [`pop_diagnosed`].
+/// The fast path of `allocate`: a cached slice of `class` for `shared`, if this thread has one,
+/// with the class's size. `None` sends the caller to the slow path (which also serves pools with
+/// diagnostics: they are never on the fast path).
+///
+/// # Safety
+///
+/// * `class` is a class of `shared` (`class < shared.classes.len()`).
 #[inline(always)]
-pub(crate) fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef)> {
-    if shared.diagnosed {
-        return None;
-    }
-    pop_diagnosed(shared, class)
+pub(crate) unsafe fn pop(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef, usize)> {
+    FAST.try_with(|f| {
+        if !ptr::eq(f.pool.get(), shared) || shared.signals() != f.seen.get() {
+            return None;
+        }
+        // SAFETY: `FAST` describes `shared`'s cache (its invariants), whose class array has one
+        // entry per class of `shared`, and `class` is one (the caller).
+        let cache = unsafe { &*f.classes.get().add(class) };
+        // SAFETY: this thread owns the caches `FAST` points at.
+        let (addr, region) = unsafe { cache.pop() }?;
+        Some((addr, region, cache.size))
+    })
+    .ok()
+    .flatten()
 }
 
-/// [`pop`] for any pool, diagnostics or not.
-#[inline(always)]
-pub(crate) fn pop_diagnosed(shared: &PoolShared, class: usize) -> Option<(usize, RegionRef)> {
-    CACHES
-        .try_with(|caches| {
-            let mut caches = caches.try_borrow_mut().ok()?;
-            let entry = caches.first_mut()?;
-            if entry.shared.id != shared.id
-                || !Signals::same_generation(entry.seen, shared.signals())
-            {
-                return None;
-            }
-            let cache = &mut entry.classes[class];
-            let s = cache.slices.pop()?;
-            bump(&cache.counters.allocations);
-            Some(s)
-        })
-        .ok()
-        .flatten()
+/// [`pop`] on the slow path (any pool, diagnostics or not).
+pub(crate) fn pop_slow(shared: &Arc<PoolShared>, class: usize) -> Option<(usize, RegionRef)> {
+    with_entry(shared, |entry| {
+        // SAFETY: this thread owns its entries.
+        entry.classes.get(class).and_then(|c| unsafe { c.pop() })
+    })
+    .flatten()
 }
 
 /// Runs `f` on this thread's cache for `shared` (created on first use, moved to the front, synced
@@ -238,10 +450,11 @@ pub(crate) fn pop_diagnosed(shared: &PoolShared, class: usize) -> Option<(usize,
 fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) -> Option<R> {
     CACHES
         .try_with(|caches| {
-            let mut caches = caches.try_borrow_mut().ok()?;
+            let mut caches = CachesBorrow::new(caches)?;
+            let caches = &mut caches.0;
             // Drop entries of closed pools (giving their slices back) while we are here.
-            caches.retain_mut(|e| e.shared.id == shared.id || e.sync());
-            let pos = match caches.iter().position(|e| e.shared.id == shared.id) {
+            caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            let pos = match caches.iter().position(|e| ptr::eq(&*e.shared, &**shared)) {
                 Some(p) => p,
                 None => {
                     if shared.is_closed() {
@@ -262,27 +475,31 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
         .flatten()
 }
 
-/// The slow path of `allocate`: refills this thread's cache of `class` with one batch from a
-/// region (mapping one if needed) and returns one slice of it.
+/// The slow path of `allocate`: a slice from this thread's cache of `class`, refilled with one
+/// batch from a region (mapping one if needed) when it is empty.
 pub(crate) fn refill(
     shared: &Arc<PoolShared>,
     class: usize,
 ) -> Result<(usize, RegionRef), Shortage> {
     let taken = with_entry(shared, |entry| {
-        let cap = entry.classes[class].cap;
-        if cap == 0 {
+        let cache = &entry.classes[class];
+        if cache.cap == 0 {
             return None;
         }
-        let want = (cap / 2).max(1) + 1;
+        // SAFETY: this thread owns its entries.
+        if let Some(slot) = unsafe { cache.pop() } {
+            // The fast path missed for another reason (a budget waiter, a new generation).
+            return Some(Ok(slot));
+        }
+        let want = (cache.cap / 2).max(1) + 1;
         let mut buf = [0usize; MAX_BATCH];
         let guard = epoch::pin();
         let result = shared.classes[class].take(shared, &mut buf[..want.min(MAX_BATCH)], &guard);
         Some(result.map(|(region, n)| {
-            let cache = &mut entry.classes[class];
-            cache.slices.extend(buf[1..n].iter().map(|&a| (a, region)));
-            let counters = &cache.counters;
-            bump(&counters.allocations);
-            add(&counters.adjust, n as u64);
+            // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
+            // the region handed these slices to us.
+            unsafe { cache.stash(&buf[1..n], region) };
+            cache.count_slow_allocation();
             (buf[0], region)
         }))
     })
@@ -311,29 +528,23 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of the region, so it is alive.
     let r = unsafe { region.get() };
     let addr = addr & !ZERO_TAG;
-    let cached = CACHES
-        .try_with(|caches| {
-            let mut caches = caches.try_borrow_mut().ok()?;
-            let entry = caches.first_mut()?;
+    let pool: &PoolShared = &r.pool;
+    let cached = FAST
+        .try_with(|f| {
             // One load tells both: the generation moved (give the cache back first), or a thread
-            // waits for budget (release to the region so the waiter gets the slice).
-            // `r.diagnosed` is the one diagnostics branch of the release fast path.
-            let now = entry.shared.signals();
-            if entry.shared.id != r.pool_id || r.diagnosed || now != entry.seen & !WAITER_MASK {
-                return None;
+            // waits for budget (release to the region so the waiter gets the slice). A pool with
+            // diagnostics is never in `FAST`, so its releases take the slow path.
+            if !ptr::eq(f.pool.get(), pool) || pool.signals() != f.seen.get() {
+                return false;
             }
-            let class = r.class as usize;
-            let cache = &mut entry.classes[class];
-            if cache.slices.len() >= cache.cap {
-                return None;
-            }
-            cache.slices.push((addr, region));
-            bump(&cache.counters.releases);
-            Some(())
+            // SAFETY: `FAST` describes this pool's cache (its invariants), with one entry per
+            // class; a class region's `class` is a class of its pool.
+            let cache = unsafe { &*f.classes.get().add(r.class as usize) };
+            // SAFETY: this thread owns the cache; the caller hands us the slice.
+            unsafe { cache.push((addr, region)) }
         })
-        .ok()
-        .flatten();
-    if cached.is_none() {
+        .unwrap_or(false);
+    if !cached {
         // SAFETY: forwarded from the caller.
         unsafe { release_slow(region, addr) };
     }
@@ -343,6 +554,7 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
 ///
 /// As for [`release`].
 #[cold]
+#[inline(never)]
 unsafe fn release_slow(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of the region, so it is alive.
     let r = unsafe { region.get() };
@@ -355,20 +567,20 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
     // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's
     // trim bumps it), so a waiter also gets the slices this thread had cached.
     let cached = with_entry(&shared, |entry| {
-        let cache = &mut entry.classes[class];
+        let cache = &entry.classes[class];
         if cache.cap == 0 || entry.shared.budget.has_waiters() {
             return false;
         }
-        let counters = &cache.counters;
-        if cache.slices.len() >= cache.cap {
-            let spill = cache.slices.len() - cache.cap / 2;
-            give_back_batch(&entry.shared, &mut cache.slices[..spill]);
-            cache.slices.drain(..spill);
-            add(&counters.adjust, (spill as u64).wrapping_neg());
+        // SAFETY: this thread owns the cache; the caller hands us the slice.
+        if unsafe { cache.push((addr, region)) } {
+            return true;
         }
-        cache.slices.push((addr, region));
-        bump(&counters.releases);
-        true
+        // Full: give the older half back in one batch, then cache this one.
+        let (len, _) = cache.len_and_releases();
+        // SAFETY: this thread owns the cache; `len - cap / 2 <= len`.
+        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 2) };
+        // SAFETY: as above; there is room now (`cap / 2 < cap`).
+        unsafe { cache.push((addr, region)) }
     })
     .unwrap_or(false);
     if !cached {
@@ -380,8 +592,8 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
 /// Gives this thread's cached slices of `shared` back to their regions now.
 pub(crate) fn flush_current_thread(shared: &PoolShared) {
     let _ = CACHES.try_with(|caches| {
-        if let Ok(mut caches) = caches.try_borrow_mut() {
-            for e in caches.iter_mut().filter(|e| e.shared.id == shared.id) {
+        if let Some(mut caches) = CachesBorrow::new(caches) {
+            for e in caches.0.iter_mut().filter(|e| ptr::eq(&*e.shared, shared)) {
                 e.give_back_all();
             }
         }
