@@ -380,11 +380,15 @@ impl PoolShared {
     /// thread cache or a segment).
     pub(crate) fn note_taken(&self, class: u8, bytes: usize) {
         let now = self.out_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
+        if now > self.peak_out_bytes.load(Ordering::Relaxed) {
+            self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
+        }
         if let Some(c) = self.classes.get(class as usize) {
             let slices = bytes / c.size;
             let now = c.out.fetch_add(slices, Ordering::Relaxed) + slices;
-            c.peak_out.fetch_max(now, Ordering::Relaxed);
+            if now > c.peak_out.load(Ordering::Relaxed) {
+                c.peak_out.fetch_max(now, Ordering::Relaxed);
+            }
         }
     }
 

@@ -62,9 +62,11 @@ pub(crate) struct RegionMemory {
 #[derive(Debug)]
 pub(crate) struct Region {
     state: CachePadded<AtomicUsize>,
-    free: FreeStack,
+    /// Written by every take and give-back: on its own cache lines, away from the read-mostly
+    /// fields every release reads (`class`, `pool`).
+    free: CachePadded<FreeStack>,
     /// Slices with an index at or above this mark were never handed out (so they are zero).
-    fresh_mark: AtomicU32,
+    fresh_mark: CachePadded<AtomicU32>,
     base: usize,
     slice_shift: u32,
     /// Distance between the starts of two slices: `1 << slice_shift`, or under
@@ -143,8 +145,8 @@ impl Region {
         };
         Self {
             state: CachePadded::new(AtomicUsize::new(if born_retired { RETIRED | 1 } else { 0 })),
-            free,
-            fresh_mark: AtomicU32::new(fresh_mark),
+            free: CachePadded::new(free),
+            fresh_mark: CachePadded::new(AtomicU32::new(fresh_mark)),
             base: memory.mapping.as_ptr() as usize,
             slice_shift: slice_size.trailing_zeros(),
             stride,
@@ -238,7 +240,14 @@ impl Region {
         let popped = self.free.pop_into(&mut idx[..n]);
         assert_eq!(popped, n, "region free stack shorter than its reservation");
         let max = idx[..n].iter().copied().max().unwrap_or(0);
-        let fresh_from = self.fresh_mark.fetch_max(max + 1, Ordering::AcqRel);
+        // The mark only grows; write it only when this batch moves it (most takes reuse slices
+        // below it, and a read-modify-write would take the line from every other core).
+        let mark = self.fresh_mark.load(Ordering::Acquire);
+        let fresh_from = if max < mark {
+            mark
+        } else {
+            self.fresh_mark.fetch_max(max + 1, Ordering::AcqRel)
+        };
         for (o, &i) in out.iter_mut().zip(&idx[..n]) {
             let tag = if i >= fresh_from { ZERO_TAG } else { 0 };
             *o = (self.base + i as usize * self.stride) | tag;

@@ -92,6 +92,9 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 ///   owned by the cache alone.
 /// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or writes the
 ///   counters. Other threads (the pool's registry, for `stats()`) only load the counters.
+// Aligned to two cache lines (the adjacent-line prefetcher's unit): the caches of two threads
+// never share a line, whatever the allocator places next to them.
+#[repr(align(128))]
 pub(crate) struct ClassCache {
     pub(crate) counters: ClassCounters,
     cap: usize,
