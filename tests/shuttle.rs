@@ -115,3 +115,76 @@ fn whole_pool_random_schedules_unmapping_every_empty_region() {
 fn whole_pool_pct_schedules() {
     shuttle::check_pct(|| scenario(0), iterations(), 3);
 }
+
+/// Thread caches at full size (no budget): one thread allocates and hands every segment to
+/// another, which releases it (so its cache fills and spills while the first one's empties and
+/// refills), while a third allocates and releases its own and trims. Every range is checked for
+/// overlap while live; at the end every cache has gone back (threads exited) and a trim unmaps
+/// everything.
+fn cross_thread_scenario() {
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096])
+        .region_size(16 << 10)
+        .retain_empty_regions(0)
+        .empty_region_grace(std::time::Duration::ZERO)
+        .huge_pages(false)
+        .build()
+        .unwrap();
+    let live = Arc::new(Live::default());
+    let handoff: Arc<Mutex<Vec<(Segment, u8)>>> = Arc::default();
+    let producer = {
+        let (pool, live, handoff) = (pool.clone(), live.clone(), handoff.clone());
+        thread::spawn(move || {
+            for i in 0..10u8 {
+                let mut seg = pool.allocate(4096).unwrap();
+                live.insert(&seg);
+                seg[0] = i | 0x80;
+                handoff.lock().unwrap().push((seg, i | 0x80));
+            }
+        })
+    };
+    let consumer = {
+        let (live, handoff) = (live.clone(), handoff.clone());
+        thread::spawn(move || {
+            let mut released = 0;
+            while released < 10 {
+                let batch: Vec<_> = std::mem::take(&mut *handoff.lock().unwrap());
+                for (seg, tag) in batch {
+                    assert_eq!(seg[0], tag);
+                    live.remove(&seg);
+                    drop(seg);
+                    released += 1;
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    let own = {
+        let (pool, live) = (pool.clone(), live.clone());
+        thread::spawn(move || {
+            for i in 0..4u8 {
+                let mut seg = pool.allocate(4096).unwrap();
+                live.insert(&seg);
+                seg[4095] = i;
+                if i % 2 == 1 {
+                    pool.trim();
+                }
+                assert_eq!(seg[4095], i);
+                live.remove(&seg);
+            }
+        })
+    };
+    for h in [producer, consumer, own] {
+        h.join().unwrap();
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+    assert_eq!(stats.cached_bytes, 0, "every thread exited: {stats}");
+    pool.trim();
+    assert_eq!(pool.stats().mapped_bytes, 0, "{}", pool.stats());
+}
+
+#[test]
+fn thread_caches_across_threads_random_schedules() {
+    shuttle::check_random(cross_thread_scenario, iterations());
+}
