@@ -48,10 +48,13 @@ fn truncated_file_read_and_write_return_faulted_and_poison_the_file() {
     let Err(Error::Faulted { addr, .. }) = s1.check() else {
         panic!("not poisoned")
     };
-    assert_eq!(
-        addr,
-        m1.map.as_ptr() as usize + 5 * PAGE,
-        "first fault address is the first byte read"
+    // The faulting address lies in the range read (which byte `memcpy` touches first depends on
+    // how it was compiled: an optimized copy may load the tail first).
+    let start = m1.map.as_ptr() as usize + 5 * PAGE;
+    assert!(
+        (start..start + buf.len()).contains(&addr),
+        "fault address {addr:#x} outside the range read ({start:#x}, {} bytes)",
+        buf.len()
     );
 
     // Fail fast: a read of a page that is still there, and a write into the lost range, are

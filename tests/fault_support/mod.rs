@@ -108,7 +108,10 @@ impl Guarded {
                     buf.as_mut_ptr(),
                     buf.len(),
                 )
-            }
+            };
+            // Callers often drop `buf` unread: without this an optimized build may skip the
+            // copy (a dead store), and with it the fault the test is about.
+            std::hint::black_box(&mut *buf);
         })
     }
 
@@ -123,7 +126,10 @@ impl Guarded {
                     buf.as_mut_ptr(),
                     buf.len(),
                 )
-            }
+            };
+            // Callers often drop `buf` unread: without this an optimized build may skip the
+            // copy (a dead store), and with it the fault the test is about.
+            std::hint::black_box(&mut *buf);
         })
     }
 
