@@ -373,7 +373,9 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
     if items.is_empty() {
         return;
     }
-    items.sort_unstable_by_key(|&(_, r)| r.0.as_ptr() as usize);
+    // By region, then by address: each region gets one chain in index order, so whoever walks it
+    // next reads its links from as few cache lines as possible, in ascending order.
+    items.sort_unstable_by_key(|&(a, r)| (r.0.as_ptr() as usize, a));
     let guard = epoch::pin();
     let mut addrs = [0usize; MAX_BATCH];
     for group in items.chunk_by(|a, b| a.1 == b.1) {
