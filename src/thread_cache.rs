@@ -103,9 +103,6 @@ pub(crate) struct ClassCache {
     slots: UnsafeCell<[Slot; CACHE_MAX_SLICES]>,
 }
 
-// SAFETY: a `RegionRef` is `Send`; the cache moves between threads only inside an `Arc` whose
-// other holders read the counters alone (invariants above).
-unsafe impl Send for ClassCache {}
 // SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` is read
 // and written by the owning thread alone (invariants above).
 unsafe impl Sync for ClassCache {}
