@@ -104,6 +104,8 @@ pub struct MappedFile {
     /// The registry entry, also reachable through `core`; kept here too so the read path
     /// reaches it in one load instead of two.
     entry: Arc<FileEntry>,
+    /// The entry's fault state, kept here for the same reason (one load instead of two).
+    fault: Arc<FileFaultState>,
     mode: MapMode,
     sync: SyncMode,
     cfg: MapConfig,
@@ -168,6 +170,7 @@ impl MappedFile {
             _flush: flush,
             view,
             entry: Arc::clone(&core.reg.entry),
+            fault: Arc::clone(&core.reg.entry.fault),
             core,
             mode,
             sync: cfg.sync,
@@ -187,7 +190,7 @@ impl MappedFile {
     }
 
     fn fault(&self) -> &Arc<FileFaultState> {
-        &self.entry.fault
+        &self.fault
     }
 
     fn fail_fast(&self) -> io::Result<()> {
@@ -410,7 +413,7 @@ impl MappedFile {
                     let n = (buf.len() as u64).min(limit - offset) as usize;
                     if offset + n as u64 <= cap as u64 {
                         let dst = buf.as_mut_ptr();
-                        let r = entry.fault.guarded_read(|| {
+                        let r = self.fault.guarded_read(|| {
                             // SAFETY: `offset + n <= cap` (checked above), and the mapping at
                             // `base` stays mapped while `gate` is held; `dst..dst + n` lies in
                             // `buf`, a `&mut` that cannot overlap memory we only hand out as

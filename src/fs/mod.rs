@@ -26,7 +26,7 @@
 mod config;
 mod file;
 mod flusher;
-mod gate;
+pub(crate) mod gate;
 mod path;
 mod region;
 mod registry;
@@ -45,6 +45,22 @@ pub use shm::SharedMemory;
 
 use crate::sync::Arc;
 use flusher::Flusher;
+
+/// How many reader slots the access gates handed out, and how many of them live threads own
+/// (tests: a slot is given back when its thread exits and reused by the next).
+#[doc(hidden)]
+#[cfg(not(any(loom, shuttle)))]
+pub fn reader_slots() -> (usize, usize) {
+    gate::reader_slots()
+}
+
+/// Whether the access gates use `membarrier(2)`, so a fast-path access has no hardware fence
+/// (false on kernels or sandboxes without it: full fences then). Benchmarks and tests.
+#[doc(hidden)]
+#[cfg(not(any(loom, shuttle)))]
+pub fn gate_uses_membarrier() -> bool {
+    gate::uses_membarrier()
+}
 
 /// A directory whose files are opened as memory-mapped [`MappedFile`]s.
 ///
