@@ -1,0 +1,121 @@
+//! Reader slots of the access gate across thread exits: a thread's slot is given back when it
+//! exits and reused by the next thread, and accesses from thread-local destructors (before or
+//! after the slot was given back) still work. One test in this binary, so the slot counts are
+//! this test's alone.
+
+use std::cell::RefCell;
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// Reads 64 bytes at `off` from a thread-local destructor and sends them.
+struct ReadAtExit {
+    file: Arc<MappedFile>,
+    off: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Drop for ReadAtExit {
+    fn drop(&mut self) {
+        let mut buf = vec![0u8; 64];
+        let n = self.file.read_at(&mut buf, self.off).unwrap();
+        buf.truncate(n);
+        self.tx.send(buf).unwrap();
+    }
+}
+
+thread_local! {
+    static AT_EXIT: RefCell<Option<ReadAtExit>> = const { RefCell::new(None) };
+}
+
+#[test]
+fn slots_are_given_back_at_thread_exit_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = MmapFs::new(
+        dir.path(),
+        MapConfig {
+            mode: MapMode::ReadWrite,
+            ..MapConfig::default()
+        },
+    )
+    .unwrap();
+    let data = pattern(1 << 16);
+    let f = Arc::new(fs.create("t").unwrap());
+    f.write_all_at(&data, 0).unwrap();
+    let mut buf = [0u8; 64];
+    f.read_exact_at(&mut buf, 0).unwrap(); // this thread's slot
+    let (registered, owned) = segpool::fs::reader_slots();
+    assert!(registered >= 1 && owned >= 1);
+
+    // Threads one after the other: each takes a slot and gives it back when it exits.
+    for t in 0..20u64 {
+        let f = Arc::clone(&f);
+        let got = thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            f.read_exact_at(&mut buf, t * 64).unwrap();
+            buf
+        })
+        .join()
+        .unwrap();
+        assert_eq!(&got[..], &data[t as usize * 64..][..64]);
+        assert_eq!(segpool::fs::reader_slots(), (registered + 1, owned));
+    }
+
+    // Accesses from a thread-local destructor: with the reader slot taken before the
+    // thread-local is set (so its owner may outlive the destructor) and after (its owner may be
+    // gone first: the access then takes the counted path), and with no access before at all.
+    for (case, off) in [(0, 640u64), (1, 1280), (2, 1920)] {
+        let (tx, rx) = mpsc::channel();
+        let f2 = Arc::clone(&f);
+        thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            if case == 0 {
+                f2.read_exact_at(&mut buf, 0).unwrap();
+            }
+            AT_EXIT.with(|a| {
+                *a.borrow_mut() = Some(ReadAtExit {
+                    file: Arc::clone(&f2),
+                    off,
+                    tx,
+                })
+            });
+            if case == 1 {
+                f2.read_exact_at(&mut buf, 0).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        let got = rx.recv().unwrap();
+        assert_eq!(&got[..], &data[off as usize..][..64], "case {case}");
+        assert_eq!(segpool::fs::reader_slots().1, owned, "case {case}");
+    }
+
+    // Threads alive at once hold distinct slots; all come back.
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let (f, barrier) = (Arc::clone(&f), Arc::clone(&barrier));
+            thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                f.read_exact_at(&mut buf, 64).unwrap();
+                barrier.wait();
+                let owned_now = segpool::fs::reader_slots().1;
+                // No thread exits before every one has counted.
+                barrier.wait();
+                owned_now
+            })
+        })
+        .collect();
+    for h in hs {
+        assert!(h.join().unwrap() >= owned + 4);
+    }
+    let (reg_after, owned_after) = segpool::fs::reader_slots();
+    assert_eq!(owned_after, owned);
+    assert!(reg_after <= registered + 4);
+    assert!(!f.fault_state().is_faulted());
+}
