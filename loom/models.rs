@@ -235,7 +235,7 @@ mod gate_models {
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
             gate: Gate::default(),
-            slots: [ReaderSlot::default(), ReaderSlot::default()],
+            slots: [ReaderSlot::fenced(), ReaderSlot::fenced()],
             mapping: UnsafeCell::new(0),
         })
     }

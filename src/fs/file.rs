@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
+use super::copy::copy_out;
 use super::flusher::{FlushRegistration, Flusher};
 use super::gate::{self, ScopedAccess};
 use super::region::Region;
@@ -185,6 +186,7 @@ impl MappedFile {
         })
     }
 
+    #[inline]
     fn entry(&self) -> &FileEntry {
         &self.entry
     }
@@ -198,6 +200,7 @@ impl MappedFile {
     }
 
     /// The length this handle reads up to.
+    #[inline]
     fn limit(&self) -> u64 {
         self.entry().len().min(self.cow_len)
     }
@@ -404,31 +407,29 @@ impl MappedFile {
         // handles a whole-file mapping that already covers the range, with no resize running;
         // everything else (windows, the end of the file, remaps, errors) takes the general path.
         if let View::Whole(w) = &self.view {
-            let entry = self.entry();
-            if let Some(gate) = entry.gate.try_enter() {
+            let fault = &*self.fault;
+            let done = self.entry.gate.run_fast(|| {
                 let limit = self.limit();
-                // SAFETY: `gate` is an access of the file's gate, held until after the copy.
+                // SAFETY: we are inside an access of the file's gate until the closure returns.
                 let (base, cap) = unsafe { w.base_and_cap() };
-                if offset < limit && !buf.is_empty() {
-                    let n = (buf.len() as u64).min(limit - offset) as usize;
-                    if offset + n as u64 <= cap as u64 {
-                        let dst = buf.as_mut_ptr();
-                        let r = self.fault.guarded_read(|| {
-                            // SAFETY: `offset + n <= cap` (checked above), and the mapping at
-                            // `base` stays mapped while `gate` is held; `dst..dst + n` lies in
-                            // `buf`, a `&mut` that cannot overlap memory we only hand out as
-                            // `&[u8]`.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(base.add(offset as usize), dst, n)
-                            }
-                        });
-                        drop(gate);
-                        return match r {
-                            Ok(()) => Ok(n),
-                            Err(e) => Err(e.into()),
-                        };
-                    }
+                if offset >= limit || buf.is_empty() {
+                    return None;
                 }
+                let n = (buf.len() as u64).min(limit - offset) as usize;
+                if offset + n as u64 > cap as u64 {
+                    return None;
+                }
+                let dst = buf.as_mut_ptr();
+                let r = fault.guarded_read(|| {
+                    // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base`
+                    // stays mapped while the access lasts; `dst..dst + n` lies in `buf`, a
+                    // `&mut` that cannot overlap memory we only hand out as `&[u8]`.
+                    unsafe { copy_out(base.add(offset as usize), dst, n) }
+                });
+                Some(r.map(|()| n))
+            });
+            if let Some(Some(r)) = done {
+                return r.map_err(io::Error::from);
             }
         }
         self.read_at_general(buf, offset)

@@ -11,26 +11,34 @@
 //! So an access does no locked read-modify-write on shared memory; the resizer pays instead, like
 //! the readers and the writer of userspace RCU with `membarrier`.
 //!
-//! * Every thread owns a [`ReaderSlot`], one cache line that only it writes, listed in a
-//!   process-wide registry. The slot says which gate the thread is inside, or 0.
+//! * Every thread owns a [`ReaderSlot`], a thread-local word that only it writes, listed in a
+//!   process-wide registry while the thread lives. The slot says which gate the thread is
+//!   inside on the fast path, or that it is free.
 //! * **Enter** (fast path, the thread's slot free): store the gate's address in the slot
 //!   (`Relaxed`); a *reader fence*; load the gate's `state` (`Acquire`). If `RESIZING` is set,
-//!   clear the slot, wake the resizer and take the slow path; else the access runs.
-//! * **Leave**: store 0 in the slot (`Release`: the access's loads and stores come first); a
-//!   reader fence; load `state`; if `RESIZING` is set, wake the resizer (lock, notify).
+//!   free the slot, wake the resizer and take the slow path; else the access runs.
+//! * **Leave**: free the slot (`Release`: the access's loads and stores come first); a reader
+//!   fence; load `state`; if `RESIZING` is set, wake the resizer (lock, notify).
 //! * **Resize**: set `RESIZING` in `state`; a *resizer barrier*; then, under the gate's mutex,
 //!   wait (condition variable, with a timed re-check) until no slot names this gate and the
 //!   count of counted accesses (below) is 0; mark the resize `ACTIVE` (a compare-exchange from
 //!   "pending, count 0"); act; clear both bits and wake waiters.
 //!
-//! The two fences come in two forms, chosen once per process (`barrier::asymmetric`):
+//! The two fences come in two forms, chosen once per process (`barrier::init`) and recorded in
+//! each thread's slot when it registers (the free value says which), so the fast path reads no
+//! global flag:
 //!
 //! * with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (registered once per process): the
 //!   reader fence is a compiler fence only, and the resizer barrier is the `membarrier` call,
 //!   which runs a full memory barrier on every CPU running a thread of the process (and a
 //!   thread that is not running passes one at its next context switch);
 //! * without it (an old kernel, a seccomp filter, the loom and shuttle models): both are
-//!   `fence(SeqCst)`.
+//!   `fence(SeqCst)`. The loom model checks the protocol in this form; the `membarrier` form is
+//!   the same protocol with the reader's fence promoted to a full barrier by the resizer's call
+//!   (the argument below).
+//!
+//! [`Gate::run_fast`] is the fast path in one inlined piece (for `read_at`, where every
+//! instruction counts); [`Gate::try_enter`] the same with a guard.
 //!
 //! Why a resize never acts while a fast-path access runs. Take a reader whose slot store `S`
 //! precedes its state load `L` in program order (the compiler fence keeps that order in the
@@ -65,7 +73,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{thread_local, Condvar, Mutex};
 
 /// Set in `state` while a resize is pending or running.
@@ -82,28 +90,41 @@ thread_local! {
     static SCOPED_DEPTH: Cell<usize> = Cell::new(0);
 }
 
-/// One thread's announcement of the gate it is inside on the fast path.
+/// What a [`ReaderSlot`] holds when it names no gate (a gate's address is never this small).
+/// Free, and this thread's fences are compiler fences (the process uses `membarrier`).
+const FREE: usize = 0;
+/// Free, and this thread's fences are `fence(SeqCst)` (no `membarrier`).
+const FREE_FENCED: usize = 1;
+/// The thread has not entered a gate yet: the slot is not in the registry.
+const UNREGISTERED: usize = 2;
+/// The thread is exiting and its slot left the registry: accesses are counted.
+const RETIRED: usize = 3;
+
+/// One thread's announcement of the gate it is inside on the fast path. Each thread's slot is a
+/// thread-local (one load from the thread pointer on the fast path, no pointer to chase), listed
+/// in a process-wide registry while the thread lives.
 ///
 /// # Invariants
 ///
-/// * Only the owning thread writes `gate` (the owner changes only when a thread has exited and
-///   a new one claims the slot). `gate` is 0, or the address of the [`Gate`] the owner is inside:
-///   from its store in [`Gate::try_enter_in`] to the store of 0 when that access leaves (or when
-///   the enter backs out). Other threads (resizers) only load it.
-/// * `owned` is true while a thread owns the slot.
-#[derive(Debug, Default)]
+/// * Only the owning thread writes `gate`; other threads (resizers) only load it, through the
+///   registry.
+/// * `gate` is the address of the [`Gate`] the owner is inside on the fast path, from its store
+///   in [`Gate::try_enter_in`] to the store that ends that access (or backs out of the entry);
+///   otherwise it is [`FREE`] or [`FREE_FENCED`] (which fence the owner uses, chosen at
+///   registration), or [`UNREGISTERED`] / [`RETIRED`] (the slot is not in the registry and the
+///   owner only makes counted accesses).
+#[derive(Debug)]
 pub(crate) struct ReaderSlot {
     gate: AtomicUsize,
-    // The models own their slots and have no registry.
-    #[cfg_attr(any(loom, shuttle), allow(dead_code))]
-    owned: AtomicBool,
 }
 
 impl ReaderSlot {
-    /// Whether the owner is inside no gate on the fast path (owner only: it wrote the value).
-    #[inline]
-    fn is_free(&self) -> bool {
-        self.gate.load(Ordering::Relaxed) == 0
+    /// A free slot whose owner uses `fence(SeqCst)` (the loom model owns such slots).
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn fenced() -> Self {
+        ReaderSlot {
+            gate: AtomicUsize::new(FREE_FENCED),
+        }
     }
 
     /// Whether a thread announces being inside the gate at `addr`. `Acquire`: if the slot was
@@ -136,6 +157,8 @@ pub(crate) struct AccessGuard<'a> {
     gate: &'a Gate,
     /// The slot that announces this access, or `None` for a counted access.
     slot: Option<&'a ReaderSlot>,
+    /// The value the slot goes back to ([`FREE`] or [`FREE_FENCED`]).
+    free: usize,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -154,32 +177,83 @@ impl Gate {
     /// takes a path that waits).
     #[inline]
     pub(crate) fn try_enter(&self) -> Option<AccessGuard<'_>> {
-        match readers::current() {
-            Some(slot) if slot.is_free() => self.try_enter_in(slot),
-            _ => self.try_enter_counted(),
+        if let Some(slot) = readers::current() {
+            let free = slot.gate.load(Ordering::Relaxed);
+            if free <= FREE_FENCED {
+                return self.enter_announced(slot, free);
+            }
+            if free == UNREGISTERED {
+                return self.register_and_enter(slot);
+            }
         }
+        // Nested in another access of this thread, or the thread is exiting.
+        self.try_enter_counted()
     }
 
-    /// The fast path, announced in `slot` (see the module docs).
+    #[cold]
+    #[inline(never)]
+    fn register_and_enter<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
+        readers::register(slot);
+        self.try_enter()
+    }
+
+    /// Runs `access` inside an access of the gate if the fast path can enter at once (this
+    /// thread's slot is free and no resize is pending), else returns `None` without running it
+    /// and the caller takes a path that enters with [`enter`](Self::enter) (which also registers
+    /// the thread's slot the first time).
     ///
-    /// `slot` must be the calling thread's own slot, free; the guard must be dropped on the
-    /// calling thread (it is not `Send`). Crate-visible for the loom model, which owns its slots.
-    #[inline]
-    pub(crate) fn try_enter_in<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
-        debug_assert!(slot.is_free(), "one fast-path access per thread");
+    /// The same protocol as [`try_enter`](Self::try_enter), in one inlined piece with no guard
+    /// to move around, for the read path, whose cost is counted in instructions.
+    #[inline(always)]
+    pub(crate) fn run_fast<R>(&self, access: impl FnOnce() -> R) -> Option<R> {
+        let slot = readers::current()?;
+        let free = slot.gate.load(Ordering::Relaxed);
+        if free > FREE_FENCED {
+            return None;
+        }
         slot.gate.store(self.addr(), Ordering::Relaxed);
-        barrier::reader();
+        barrier::reader(free);
+        if self.state.load(Ordering::Acquire) & RESIZING != 0 {
+            slot.gate.store(free, Ordering::Release);
+            self.wake_resizer();
+            return None;
+        }
+        // Leaves the gate also if `access` unwinds.
+        let _leave = SlotLeave {
+            gate: self,
+            slot,
+            free,
+        };
+        Some(access())
+    }
+
+    /// The fast path, announced in `slot`, which must be the calling thread's own slot and
+    /// free; the guard must be dropped on the calling thread (it is not `Send`). For the loom
+    /// model, which owns its slots.
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn try_enter_in<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
+        let free = slot.gate.load(Ordering::Relaxed);
+        assert!(free <= FREE_FENCED, "one fast-path access per slot");
+        self.enter_announced(slot, free)
+    }
+
+    /// The fast path (module docs); `free` is the slot's value now.
+    #[inline]
+    fn enter_announced<'a>(&'a self, slot: &'a ReaderSlot, free: usize) -> Option<AccessGuard<'a>> {
+        slot.gate.store(self.addr(), Ordering::Relaxed);
+        barrier::reader(free);
         // Acquire: pairs with the `Release` that ends a resize, so the mapping and length a
         // finished resize installed are what the access reads.
         if self.state.load(Ordering::Acquire) & RESIZING == 0 {
             return Some(AccessGuard {
                 gate: self,
                 slot: Some(slot),
+                free,
                 _not_send: PhantomData,
             });
         }
         // A resize is pending: the resizer may have seen the slot and wait for it.
-        slot.gate.store(0, Ordering::Release);
+        slot.gate.store(free, Ordering::Release);
         self.wake_resizer();
         None
     }
@@ -219,9 +293,9 @@ impl Gate {
     }
 
     #[inline]
-    fn leave_slot(&self, slot: &ReaderSlot) {
-        slot.gate.store(0, Ordering::Release);
-        barrier::reader();
+    fn leave_slot(&self, slot: &ReaderSlot, free: usize) {
+        slot.gate.store(free, Ordering::Release);
+        barrier::reader(free);
         if self.state.load(Ordering::Relaxed) & RESIZING != 0 {
             self.wake_resizer();
         }
@@ -291,6 +365,7 @@ impl<'a> AccessGuard<'a> {
         AccessGuard {
             gate,
             slot: None,
+            free: FREE,
             _not_send: PhantomData,
         }
     }
@@ -300,9 +375,23 @@ impl Drop for AccessGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         match self.slot {
-            Some(slot) => self.gate.leave_slot(slot),
+            Some(slot) => self.gate.leave_slot(slot, self.free),
             None => self.gate.leave_counted(),
         }
+    }
+}
+
+/// The end of a [`Gate::run_fast`] access.
+struct SlotLeave<'a> {
+    gate: &'a Gate,
+    slot: &'a ReaderSlot,
+    free: usize,
+}
+
+impl Drop for SlotLeave<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.gate.leave_slot(self.slot, self.free);
     }
 }
 
@@ -324,22 +413,16 @@ mod barrier {
     use core::sync::atomic::compiler_fence;
     use std::sync::OnceLock;
 
-    use super::{fence, AtomicBool, Ordering};
+    use super::{fence, Ordering, FREE};
     use crate::os;
 
-    /// Whether the process registered for `membarrier` and readers may use compiler fences.
-    /// Only [`init`] sets it, and only from false to true.
-    static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
-
-    /// Chooses the form once per process; returns whether it is `membarrier`.
+    /// Chooses the form once per process; returns whether it is `membarrier`. A thread's slot
+    /// records the answer when it registers ([`FREE`] or `FREE_FENCED`), so the fast path reads
+    /// no global flag; every resizer asks here, and gets the same answer.
     pub(super) fn init() -> bool {
         static CHOSEN: OnceLock<bool> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let ok = os::membarrier::register_private_expedited();
-            // Set before any resizer can read `CHOSEN` as true, so a reader that sees it true
-            // meets a resizer that calls `membarrier`. A reader that still sees false uses a
-            // real fence, which is correct with either resizer barrier.
-            ASYMMETRIC.store(ok, Ordering::Relaxed);
             if !ok {
                 tracing::debug!("membarrier unavailable: mapped-file accesses use full fences");
             }
@@ -347,11 +430,10 @@ mod barrier {
         })
     }
 
-    /// The reader fence: between the slot store and the state load, and between the slot
-    /// clear and the state check. Relaxed load of a flag that is set once: a predictable branch.
+    /// The reader fence, in the form the thread's slot records (`free`).
     #[inline(always)]
-    pub(super) fn reader() {
-        if ASYMMETRIC.load(Ordering::Relaxed) {
+    pub(super) fn reader(free: usize) {
+        if free == FREE {
             compiler_fence(Ordering::SeqCst);
         } else {
             fence(Ordering::SeqCst);
@@ -379,7 +461,7 @@ mod barrier {
     use super::{fence, Ordering};
 
     #[inline]
-    pub(super) fn reader() {
+    pub(super) fn reader(_free: usize) {
         fence(Ordering::SeqCst);
     }
 
@@ -388,121 +470,96 @@ mod barrier {
     }
 }
 
-/// The registry of reader slots: one per live thread that entered a gate, reused after the
-/// thread exits (slots are never freed, so the registry is as long as the most threads that
-/// used mapped files at once).
+/// The registry of reader slots: the slot of every live thread that entered a gate.
 #[cfg(not(any(loom, shuttle)))]
 mod readers {
     use std::cell::Cell;
-    use std::ptr;
     use std::sync::OnceLock;
 
-    use crossbeam_utils::CachePadded;
-
-    use super::{barrier, Ordering, ReaderSlot};
+    use super::UNREGISTERED;
+    use super::{barrier, AtomicUsize, Ordering, ReaderSlot, FREE, FREE_FENCED, RETIRED};
     use crate::sync::Mutex;
 
-    /// Every slot ever handed out (owned or free for reuse), each on its own cache line.
-    fn registry() -> &'static Mutex<Vec<&'static ReaderSlot>> {
-        static REGISTRY: OnceLock<Mutex<Vec<&'static ReaderSlot>>> = OnceLock::new();
+    /// A registered slot: a pointer into a live thread's thread-local storage.
+    struct Registered(*const ReaderSlot);
+
+    // SAFETY: the pointer is only dereferenced under the registry's lock, and a thread removes
+    // its slot (under that lock) before its thread-local storage is freed (`Owner`'s drop runs
+    // first), so the pointee is alive whichever thread holds the lock.
+    unsafe impl Send for Registered {}
+
+    fn registry() -> &'static Mutex<Vec<Registered>> {
+        static REGISTRY: OnceLock<Mutex<Vec<Registered>>> = OnceLock::new();
         REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
     }
 
-    /// Stands for the slot of a thread that is exiting (or whose registration failed): never
-    /// free, so such a thread takes the counted path. No thread owns it and it is not in the
-    /// registry.
-    static EXITED: ReaderSlot = ReaderSlot {
-        gate: super::AtomicUsize::new(usize::MAX),
-        owned: super::AtomicBool::new(true),
-    };
-
     std::thread_local! {
-        /// This thread's slot: null until the first access, then a slot from the registry, or
-        /// `EXITED` once the thread's `OWNER` is dropped. No destructor, so usable at any time,
-        /// also from other thread-locals' destructors.
-        static SLOT: Cell<*const ReaderSlot> = const { Cell::new(ptr::null()) };
-        /// Gives the slot back when the thread exits.
-        static OWNER: Owner = const { Owner(Cell::new(None)) };
+        /// This thread's slot. No destructor, so usable at any time, also from other
+        /// thread-locals' destructors; its storage lives until the thread is gone.
+        static SLOT: ReaderSlot = const {
+            ReaderSlot {
+                gate: AtomicUsize::new(UNREGISTERED),
+            }
+        };
+        /// Takes the slot out of the registry when the thread exits.
+        static OWNER: Owner = const { Owner(Cell::new(false)) };
     }
 
-    struct Owner(Cell<Option<&'static ReaderSlot>>);
+    struct Owner(Cell<bool>);
 
     impl Drop for Owner {
         fn drop(&mut self) {
-            if let Some(slot) = self.0.take() {
-                SLOT.with(|s| s.set(&EXITED));
-                debug_assert!(slot.is_free(), "a thread exits inside an access");
-                slot.owned.store(false, Ordering::Release);
+            if self.0.get() {
+                SLOT.with(|slot| {
+                    debug_assert!(
+                        slot.gate.load(Ordering::Relaxed) <= FREE_FENCED,
+                        "a thread exits inside an access"
+                    );
+                    // From here on this thread's accesses are counted: nobody scans the slot.
+                    slot.gate.store(RETIRED, Ordering::Relaxed);
+                    let me: *const ReaderSlot = slot;
+                    registry().lock().retain(|r| r.0 != me);
+                });
             }
         }
     }
 
     /// This thread's slot.
     #[inline]
-    pub(super) fn current() -> Option<&'static ReaderSlot> {
-        let p = SLOT.with(Cell::get);
-        if p.is_null() {
-            return Some(register());
-        }
-        // SAFETY: `SLOT` holds null, a pointer to a leaked slot of the registry or to `EXITED`:
-        // never freed, so valid for `'static`.
+    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
+        let p: *const ReaderSlot = SLOT.with(|s| s as *const ReaderSlot);
+        // SAFETY: a thread-local's storage lives as long as its thread, and the reference does
+        // not leave the thread: it goes into an `AccessGuard`, which is not `Send` and borrows
+        // the gate for no longer than the caller's access (which ends before the thread does).
         Some(unsafe { &*p })
     }
 
-    #[cold]
-    #[inline(never)]
-    fn register() -> &'static ReaderSlot {
-        barrier::init();
-        let slot = {
-            let mut all = registry().lock();
-            match all.iter().find(|s| {
-                s.owned
-                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            }) {
-                Some(s) => *s,
-                None => {
-                    let padded: &'static CachePadded<ReaderSlot> =
-                        Box::leak(Box::new(CachePadded::new(ReaderSlot {
-                            gate: super::AtomicUsize::new(0),
-                            owned: super::AtomicBool::new(true),
-                        })));
-                    let s: &'static ReaderSlot = padded;
-                    all.push(s);
-                    s
-                }
+    /// Puts this thread's slot (`slot`, from [`current`]) in the registry and frees it.
+    pub(super) fn register(slot: &ReaderSlot) {
+        let free = if barrier::init() { FREE } else { FREE_FENCED };
+        match OWNER.try_with(|o| o.0.set(true)) {
+            Ok(()) => {
+                registry().lock().push(Registered(slot));
+                slot.gate.store(free, Ordering::Relaxed);
             }
-        };
-        let slot = match OWNER.try_with(|o| o.0.set(Some(slot))) {
-            Ok(()) => slot,
-            Err(_) => {
-                // Called from a thread-local destructor after `OWNER` is gone: nobody would
-                // give the slot back.
-                slot.owned.store(false, Ordering::Release);
-                &EXITED
-            }
-        };
-        SLOT.with(|s| s.set(slot));
-        slot
+            // Called from a thread-local destructor after `OWNER` is gone: nobody would take
+            // the slot out of the registry again, so it never goes in.
+            Err(_) => slot.gate.store(RETIRED, Ordering::Relaxed),
+        }
     }
 
     /// Whether any registered slot names the gate at `addr`.
     pub(super) fn any_names(addr: usize) -> bool {
-        registry().lock().iter().any(|s| s.names(addr))
+        registry().lock().iter().any(|r| {
+            // SAFETY: registered slots are alive while they are in the registry (see
+            // `Registered`), and we hold its lock.
+            unsafe { &*r.0 }.names(addr)
+        })
     }
 
     /// How many slots the registry holds (tests).
     pub(super) fn registered() -> usize {
         registry().lock().len()
-    }
-
-    /// How many registered slots a live thread owns (tests).
-    pub(super) fn owned() -> usize {
-        registry()
-            .lock()
-            .iter()
-            .filter(|s| s.owned.load(Ordering::Acquire))
-            .count()
     }
 }
 
@@ -513,19 +570,21 @@ mod readers {
     use super::ReaderSlot;
 
     #[inline]
-    pub(super) fn current() -> Option<&'static ReaderSlot> {
+    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
         None
     }
+
+    pub(super) fn register(_slot: &ReaderSlot) {}
 
     pub(super) fn any_names(_addr: usize) -> bool {
         false
     }
 }
 
-/// How many reader slots the registry holds, and how many of them live threads own (tests).
+/// How many reader slots the registry holds: one per live thread that entered a gate (tests).
 #[cfg(not(any(loom, shuttle)))]
-pub(crate) fn reader_slots() -> (usize, usize) {
-    (readers::registered(), readers::owned())
+pub(crate) fn reader_slots() -> usize {
+    readers::registered()
 }
 
 /// Whether the gates use `membarrier` (compiler fences on the fast path) rather than full

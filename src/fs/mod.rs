@@ -24,6 +24,7 @@
 //! ```
 
 mod config;
+mod copy;
 mod file;
 mod flusher;
 pub(crate) mod gate;
@@ -46,11 +47,11 @@ pub use shm::SharedMemory;
 use crate::sync::Arc;
 use flusher::Flusher;
 
-/// How many reader slots the access gates handed out, and how many of them live threads own
-/// (tests: a slot is given back when its thread exits and reused by the next).
+/// How many reader slots the access gates have registered: one per live thread that accessed a
+/// mapped file (tests: a slot leaves the registry when its thread exits).
 #[doc(hidden)]
 #[cfg(not(any(loom, shuttle)))]
-pub fn reader_slots() -> (usize, usize) {
+pub fn reader_slots() -> usize {
     gate::reader_slots()
 }
 
