@@ -402,13 +402,44 @@ impl MappedFile {
     /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` at or past the end of the file.
     #[inline]
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        // The hot path, kept short on purpose: small random reads are bound by memory latency,
-        // and the fewer instructions each read takes, the more of them the CPU overlaps. It
-        // handles a whole-file mapping that already covers the range, with no resize running;
-        // everything else (windows, the end of the file, remaps, errors) takes the general path.
-        if let View::Whole(w) = &self.view {
-            let fault = &*self.fault;
-            let done = self.entry.gate.run_fast(|| {
+        match self.read_fast::<true>(buf, offset) {
+            Some(r) => r,
+            None => self.read_at_general(buf, offset),
+        }
+    }
+
+    /// [`read_at`](Self::read_at) without the fault guard on its fast path, for measuring what
+    /// the guard costs (`benches/fault_guard.rs`, `segpool bench`). Not for use: a fault during
+    /// the copy is not reported, and the bytes read may then be zeros.
+    #[cfg(feature = "bench-internals")]
+    #[doc(hidden)]
+    #[inline]
+    pub fn read_at_unguarded(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self.read_fast::<false>(buf, offset) {
+            Some(r) => r,
+            None => self.read_at_general(buf, offset),
+        }
+    }
+
+    /// The hot path of `read_at`, kept short on purpose: small random reads are bound by memory
+    /// latency, and the fewer instructions each read takes, the more of them the CPU overlaps.
+    /// It handles a whole-file mapping that already covers the range, with no resize running
+    /// and this thread in no other access (`Gate::run_fast`); everything else (windows, the end
+    /// of the file, remaps, nested accesses, errors) returns `None` for the general path.
+    /// `GUARDED` is false only for [`read_at_unguarded`](Self::read_at_unguarded).
+    #[inline(always)]
+    fn read_fast<const GUARDED: bool>(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Option<io::Result<usize>> {
+        let View::Whole(w) = &self.view else {
+            return None;
+        };
+        let fault = &*self.fault;
+        self.entry
+            .gate
+            .run_fast(|| {
                 let limit = self.limit();
                 // SAFETY: we are inside an access of the file's gate until the closure returns.
                 let (base, cap) = unsafe { w.base_and_cap() };
@@ -420,19 +451,23 @@ impl MappedFile {
                     return None;
                 }
                 let dst = buf.as_mut_ptr();
-                let r = fault.guarded_read(|| {
-                    // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base`
-                    // stays mapped while the access lasts; `dst..dst + n` lies in `buf`, a
-                    // `&mut` that cannot overlap memory we only hand out as `&[u8]`.
-                    unsafe { copy_out(base.add(offset as usize), dst, n) }
-                });
-                Some(r.map(|()| n))
-            });
-            if let Some(Some(r)) = done {
-                return r.map_err(io::Error::from);
-            }
-        }
-        self.read_at_general(buf, offset)
+                // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays
+                // mapped while the access lasts; `dst..dst + n` lies in `buf`, a `&mut` that
+                // cannot overlap memory we only hand out as `&[u8]`.
+                let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
+                if GUARDED {
+                    Some(
+                        fault
+                            .guarded_read(copy)
+                            .map(|()| n)
+                            .map_err(io::Error::from),
+                    )
+                } else {
+                    copy();
+                    Some(Ok(n))
+                }
+            })
+            .flatten()
     }
 
     #[inline(never)]
