@@ -33,7 +33,7 @@ thread_local! {
 }
 
 #[test]
-fn slots_are_given_back_at_thread_exit_and_reused() {
+fn slots_leave_the_registry_at_thread_exit() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(
         dir.path(),

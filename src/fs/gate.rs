@@ -420,7 +420,6 @@ mod barrier {
     /// records the answer when it registers ([`FREE`] or `FREE_FENCED`), so the fast path reads
     /// no global flag; every resizer asks here, and gets the same answer.
     pub(super) fn init() -> bool {
-        static CHOSEN: OnceLock<bool> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
             let ok = os::membarrier::register_private_expedited();
             if !ok {
@@ -428,6 +427,14 @@ mod barrier {
             }
             ok
         })
+    }
+
+    static CHOSEN: OnceLock<bool> = OnceLock::new();
+
+    /// Chooses the fence form (as without `membarrier`) if no form was chosen yet; returns
+    /// whether the gates use fences now.
+    pub(super) fn choose_fences() -> bool {
+        !*CHOSEN.get_or_init(|| false)
     }
 
     /// The reader fence, in the form the thread's slot records (`free`).
@@ -592,6 +599,13 @@ pub(crate) fn reader_slots() -> usize {
 #[cfg(not(any(loom, shuttle)))]
 pub(crate) fn uses_membarrier() -> bool {
     barrier::init()
+}
+
+/// Makes the gates use fences, as on a kernel without `membarrier`, if the process has not
+/// chosen yet; returns whether they use fences.
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) fn choose_fences() -> bool {
+    barrier::choose_fences()
 }
 
 /// Whether the current thread runs inside a `with_bytes` closure. Such a thread holds an

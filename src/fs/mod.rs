@@ -63,6 +63,15 @@ pub fn gate_uses_membarrier() -> bool {
     gate::uses_membarrier()
 }
 
+/// Makes the access gates use full fences instead of `membarrier(2)`, as on a kernel or sandbox
+/// without it, provided no mapped file was accessed yet in the process (the form is chosen once);
+/// returns whether the gates use fences. For tests of that form.
+#[doc(hidden)]
+#[cfg(not(any(loom, shuttle)))]
+pub fn gates_without_membarrier() -> bool {
+    gate::choose_fences()
+}
+
 /// A directory whose files are opened as memory-mapped [`MappedFile`]s.
 ///
 /// Cloning is cheap and shares the root, the configuration and the periodic flusher.
