@@ -98,6 +98,7 @@ const FREE_FENCED: usize = 1;
 /// The thread has not entered a gate yet: the slot is not in the registry.
 const UNREGISTERED: usize = 2;
 /// The thread is exiting and its slot left the registry: accesses are counted.
+#[cfg_attr(any(loom, shuttle), allow(dead_code))]
 const RETIRED: usize = 3;
 
 /// One thread's announcement of the gate it is inside on the fast path. Each thread's slot is a
@@ -120,7 +121,7 @@ pub(crate) struct ReaderSlot {
 
 impl ReaderSlot {
     /// A free slot whose owner uses `fence(SeqCst)` (the loom model owns such slots).
-    #[cfg_attr(not(loom), allow(dead_code))]
+    #[cfg_attr(not(all(loom, test)), allow(dead_code))]
     pub(crate) fn fenced() -> Self {
         ReaderSlot {
             gate: AtomicUsize::new(FREE_FENCED),
@@ -230,7 +231,7 @@ impl Gate {
     /// The fast path, announced in `slot`, which must be the calling thread's own slot and
     /// free; the guard must be dropped on the calling thread (it is not `Send`). For the loom
     /// model, which owns its slots.
-    #[cfg_attr(not(loom), allow(dead_code))]
+    #[cfg_attr(not(all(loom, test)), allow(dead_code))]
     pub(crate) fn try_enter_in<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
         let free = slot.gate.load(Ordering::Relaxed);
         assert!(free <= FREE_FENCED, "one fast-path access per slot");
