@@ -150,8 +150,19 @@ pub struct FileReport {
     /// Contender names in column order.
     pub contenders: Vec<String>,
     pub rows: Vec<FileRow>,
+    /// The fault guard's cost on a warm 64-byte `read_at` (issue 5): [`GUARD_CELLS`], in order.
+    #[serde(default)]
+    pub guard: Vec<FileCell>,
     pub targets: Vec<crate::bench::Target>,
 }
+
+/// The two cells of the guard comparison: `MappedFile::read_at` with the fault guard, and the
+/// same path without it (`read_at_unguarded`, from the `bench-internals` feature).
+pub const GUARD_CELLS: [&str; 2] = ["read_at", "read_at, no guard"];
+
+/// Bytes per warm read, and the span of the file the warm reads walk (cache- and TLB-warm).
+const WARM_BLOCK: usize = 64;
+const WARM_SPAN: u64 = 64 * 1024;
 
 /// A page-aligned buffer (an anonymous mapping): a copy whose destination is a few bytes off
 /// the source modulo 4096 can hit a slow `rep movsb` path, which would measure the buffer's
@@ -271,6 +282,14 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
                 .collect(),
         })
         .collect();
+    let mut guard: Vec<FileCell> = GUARD_CELLS
+        .iter()
+        .map(|c| FileCell {
+            contender: c.to_string(),
+            median_ns: 0.0,
+            runs_ns: Vec::new(),
+        })
+        .collect();
     let mut buf = page_buf(MIB)?;
     for run in 0..runs {
         eprint!("\rfiles: run {}/{runs}", run + 1);
@@ -283,16 +302,26 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
                 row.cells[i].runs_ns.push(ns);
             }
         }
+        for k in 0..GUARD_CELLS.len() {
+            let i = (k + run as usize) % GUARD_CELLS.len();
+            let ns = time_warm_read(&s.mapped, i == 0, &mut buf[..WARM_BLOCK], per_cell)
+                .map_err(|e| format!("{} (warm 64 B read_at): {e}", GUARD_CELLS[i]))?;
+            guard[i].runs_ns.push(ns);
+        }
     }
     eprintln!();
-    for cell in rows.iter_mut().flat_map(|r| r.cells.iter_mut()) {
+    for cell in rows
+        .iter_mut()
+        .flat_map(|r| r.cells.iter_mut())
+        .chain(guard.iter_mut())
+    {
         cell.median_ns = crate::bench::median(&cell.runs_ns);
     }
     let filesystem = filesystem_of(tmp.path());
     drop(s);
     drop(fs);
     tmp.close()?;
-    let targets = targets(&rows);
+    let targets = targets(&rows, &guard);
     Ok(FileReport {
         file_len: len,
         filesystem,
@@ -301,8 +330,53 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
         seconds: started.elapsed().as_secs_f64(),
         contenders: COLUMNS.iter().map(|s| s.to_string()).collect(),
         rows,
+        guard,
         targets,
     })
+}
+
+/// ns per warm 64-byte `read_at` (offsets walking the first 64 KiB of the file), with the
+/// fault guard or without it, timed for about `per_cell`.
+fn time_warm_read(
+    f: &MappedFile,
+    guarded: bool,
+    buf: &mut [u8],
+    per_cell: Duration,
+) -> Result<f64, Error> {
+    // Both called through an opaque function pointer: neither is inlined into this loop (the
+    // compiler would inline one and not the other), so the comparison is the guard alone.
+    type ReadAt = fn(&MappedFile, &mut [u8], u64) -> std::io::Result<usize>;
+    let read: ReadAt = black_box(if guarded {
+        MappedFile::read_at
+    } else {
+        MappedFile::read_at_unguarded
+    });
+    let mut i = 0u64;
+    let mut one = |buf: &mut [u8]| -> Result<(), Error> {
+        i += 1;
+        // A stride of 7 blocks: every line of the span in turn, not one line over and over.
+        let o = (i * 7 * WARM_BLOCK as u64) % (WARM_SPAN - WARM_BLOCK as u64);
+        let n = read(f, buf, black_box(o))?;
+        black_box(n);
+        black_box(&mut *buf);
+        Ok(())
+    };
+    const BATCH: u64 = 1024;
+    for _ in 0..BATCH {
+        one(buf)?;
+    }
+    let t0 = Instant::now();
+    let mut done = 0u64;
+    loop {
+        for _ in 0..BATCH {
+            one(buf)?;
+        }
+        done += BATCH;
+        let el = t0.elapsed();
+        if el >= per_cell {
+            return Ok(el.as_nanos() as f64 / done as f64);
+        }
+    }
 }
 
 /// ns per operation of `who` doing `op`, timed for about `per_cell`.
@@ -424,7 +498,7 @@ fn filesystem_of(path: &Path) -> String {
         .map_or_else(|| "unknown".into(), |(_, ty)| ty)
 }
 
-fn targets(rows: &[FileRow]) -> Vec<crate::bench::Target> {
+fn targets(rows: &[FileRow], guard: &[FileCell]) -> Vec<crate::bench::Target> {
     use crate::bench::Target;
     let nan = f64::NAN;
     let row = |op: Op| rows.iter().find(|r| r.op == op);
@@ -473,7 +547,44 @@ fn targets(rows: &[FileRow]) -> Vec<crate::bench::Target> {
         holds: x <= 1.10,
         detail: format!("worst segpool/memmap2 {x:.2}x ({})", op.label()),
     });
+    if let Some((on, off)) = guard_ns(guard) {
+        out.push(Target {
+            target: "warm 64 B read_at: the fault guard within 10% of the same read_at without it"
+                .into(),
+            holds: on <= off * 1.10,
+            detail: format!(
+                "guarded {} / unguarded {} = {:.2}x",
+                num(on),
+                num(off),
+                on / off
+            ),
+        });
+    }
     out
+}
+
+/// (guarded, unguarded) ns of the warm 64-byte `read_at`, if measured.
+fn guard_ns(guard: &[FileCell]) -> Option<(f64, f64)> {
+    let ns = |name: &str| {
+        guard
+            .iter()
+            .find(|c| c.contender == name)
+            .map(|c| c.median_ns)
+    };
+    Some((ns(GUARD_CELLS[0])?, ns(GUARD_CELLS[1])?))
+}
+
+/// The guard comparison as one sentence (empty if not measured).
+fn guard_line(r: &FileReport) -> String {
+    match guard_ns(&r.guard) {
+        Some((on, off)) => format!(
+            "warm 64 B read_at (fault guard, issue 5): guarded {}, unguarded {} (guarded/unguarded {:.2}x)",
+            num(on),
+            num(off),
+            on / off
+        ),
+        None => String::new(),
+    }
 }
 
 fn num(ns: f64) -> String {
@@ -551,6 +662,10 @@ pub fn text_table(r: &FileReport) -> String {
             let _ = writeln!(out, "{}: {t}", row.op.label());
         }
     }
+    let g = guard_line(r);
+    if !g.is_empty() {
+        let _ = writeln!(out, "{g}");
+    }
     out
 }
 
@@ -566,6 +681,10 @@ pub fn markdown_table(r: &FileReport) -> String {
         if !t.is_empty() {
             let _ = writeln!(out, "\n{}: {t}.", row.op.label());
         }
+    }
+    let g = guard_line(r);
+    if !g.is_empty() {
+        let _ = writeln!(out, "\n{g}.");
     }
     out
 }
@@ -593,6 +712,7 @@ pub fn docs_section(r: &FileReport, command: &str) -> String {
     let _ = writeln!(out, "- **pread/pwrite**: `std::fs::File` with `std::os::unix::fs::FileExt::read_at`/`write_at`.");
     let _ = writeln!(out, "- **read()**: `std::io::Read::read` on a second `std::fs::File`, 1 MiB at a time, sequentially (sequential row only).");
     let _ = writeln!(out, "- **memmap2**: `ptr::copy_nonoverlapping` from/to a `memmap2::MmapMut` of the same file: the copy alone, no checks, no guard.\n");
+    let _ = writeln!(out, "- **warm 64 B read_at** (below the table): `MappedFile::read_at` of 64 bytes at offsets walking the first 64 KiB of the file (cache- and TLB-warm), with the fault guard, against the same path without it (`read_at_unguarded`, a hidden entry point of the `bench-internals` feature): what the guard costs (issue 5).\n");
     let _ = writeln!(out, "The file is written, then read once through each of the three (page cache and both mappings' page tables warm). Random offsets come from a fixed-seed xorshift64*, aligned to the block size; every contender gets the same offsets in the same order within a run; the sequential row reads 1 MiB after 1 MiB and wraps at the end. Every buffer is page-aligned. The contenders of a row take turns going first from one run to the next.\n");
     let _ = writeln!(out, "### Table\n");
     out.push_str(&markdown_table(r));
@@ -639,8 +759,12 @@ mod tests {
             assert_eq!(row.cells.len(), row.op.contenders().len());
             assert!(row.cells.iter().all(|c| c.median_ns > 0.0));
         }
-        assert_eq!(r.targets.len(), 4);
-        assert!(docs_section(&r, "x").contains("| random 64 B read |"));
+        assert_eq!(r.targets.len(), 5);
+        assert_eq!(r.guard.len(), GUARD_CELLS.len());
+        assert!(r.guard.iter().all(|c| c.median_ns > 0.0));
+        let docs = docs_section(&r, "x");
+        assert!(docs.contains("| random 64 B read |"));
+        assert!(docs.contains("warm 64 B read_at (fault guard, issue 5): guarded"));
         // The temp folder is gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

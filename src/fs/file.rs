@@ -10,6 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
+use super::copy::copy_out;
 use super::flusher::{FlushRegistration, Flusher};
 use super::gate::{self, ScopedAccess};
 use super::region::Region;
@@ -104,6 +105,8 @@ pub struct MappedFile {
     /// The registry entry, also reachable through `core`; kept here too so the read path
     /// reaches it in one load instead of two.
     entry: Arc<FileEntry>,
+    /// The entry's fault state, kept here for the same reason (one load instead of two).
+    fault: Arc<FileFaultState>,
     mode: MapMode,
     sync: SyncMode,
     cfg: MapConfig,
@@ -168,6 +171,7 @@ impl MappedFile {
             _flush: flush,
             view,
             entry: Arc::clone(&core.reg.entry),
+            fault: Arc::clone(&core.reg.entry.fault),
             core,
             mode,
             sync: cfg.sync,
@@ -182,12 +186,13 @@ impl MappedFile {
         })
     }
 
+    #[inline]
     fn entry(&self) -> &FileEntry {
         &self.entry
     }
 
     fn fault(&self) -> &Arc<FileFaultState> {
-        &self.entry.fault
+        &self.fault
     }
 
     fn fail_fast(&self) -> io::Result<()> {
@@ -195,6 +200,7 @@ impl MappedFile {
     }
 
     /// The length this handle reads up to.
+    #[inline]
     fn limit(&self) -> u64 {
         self.entry().len().min(self.cow_len)
     }
@@ -396,39 +402,72 @@ impl MappedFile {
     /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` at or past the end of the file.
     #[inline]
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        // The hot path, kept short on purpose: small random reads are bound by memory latency,
-        // and the fewer instructions each read takes, the more of them the CPU overlaps. It
-        // handles a whole-file mapping that already covers the range, with no resize running;
-        // everything else (windows, the end of the file, remaps, errors) takes the general path.
-        if let View::Whole(w) = &self.view {
-            let entry = self.entry();
-            if let Some(gate) = entry.gate.try_enter() {
-                let limit = self.limit();
-                // SAFETY: `gate` is an access of the file's gate, held until after the copy.
-                let (base, cap) = unsafe { w.base_and_cap() };
-                if offset < limit && !buf.is_empty() {
-                    let n = (buf.len() as u64).min(limit - offset) as usize;
-                    if offset + n as u64 <= cap as u64 {
-                        let dst = buf.as_mut_ptr();
-                        let r = entry.fault.guarded_read(|| {
-                            // SAFETY: `offset + n <= cap` (checked above), and the mapping at
-                            // `base` stays mapped while `gate` is held; `dst..dst + n` lies in
-                            // `buf`, a `&mut` that cannot overlap memory we only hand out as
-                            // `&[u8]`.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(base.add(offset as usize), dst, n)
-                            }
-                        });
-                        drop(gate);
-                        return match r {
-                            Ok(()) => Ok(n),
-                            Err(e) => Err(e.into()),
-                        };
-                    }
-                }
-            }
+        match self.read_fast::<true>(buf, offset) {
+            Some(r) => r,
+            None => self.read_at_general(buf, offset),
         }
-        self.read_at_general(buf, offset)
+    }
+
+    /// [`read_at`](Self::read_at) without the fault guard on its fast path, for measuring what
+    /// the guard costs (`benches/fault_guard.rs`, `segpool bench`). Not for use: a fault during
+    /// the copy is not reported, and the bytes read may then be zeros.
+    #[cfg(feature = "bench-internals")]
+    #[doc(hidden)]
+    #[inline]
+    pub fn read_at_unguarded(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self.read_fast::<false>(buf, offset) {
+            Some(r) => r,
+            None => self.read_at_general(buf, offset),
+        }
+    }
+
+    /// The hot path of `read_at`, kept short on purpose: small random reads are bound by memory
+    /// latency, and the fewer instructions each read takes, the more of them the CPU overlaps.
+    /// It handles a whole-file mapping that already covers the range, with no resize running
+    /// and this thread in no other access (`Gate::run_fast`); everything else (windows, the end
+    /// of the file, remaps, nested accesses, errors) returns `None` for the general path.
+    /// `GUARDED` is false only for [`read_at_unguarded`](Self::read_at_unguarded).
+    #[inline(always)]
+    fn read_fast<const GUARDED: bool>(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Option<io::Result<usize>> {
+        let View::Whole(w) = &self.view else {
+            return None;
+        };
+        let fault = &*self.fault;
+        self.entry
+            .gate
+            .run_fast(|| {
+                let limit = self.limit();
+                // SAFETY: we are inside an access of the file's gate until the closure returns.
+                let (base, cap) = unsafe { w.base_and_cap() };
+                if offset >= limit || buf.is_empty() {
+                    return None;
+                }
+                let n = (buf.len() as u64).min(limit - offset) as usize;
+                if offset + n as u64 > cap as u64 {
+                    return None;
+                }
+                let dst = buf.as_mut_ptr();
+                // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays
+                // mapped while the access lasts; `dst..dst + n` lies in `buf`, a `&mut` that
+                // cannot overlap memory we only hand out as `&[u8]`.
+                let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
+                if GUARDED {
+                    Some(
+                        fault
+                            .guarded_read(copy)
+                            .map(|()| n)
+                            .map_err(io::Error::from),
+                    )
+                } else {
+                    copy();
+                    Some(Ok(n))
+                }
+            })
+            .flatten()
     }
 
     #[inline(never)]

@@ -3,24 +3,85 @@
 //!
 //! Why it exists: cutting a file under a running copy makes that copy fault (SIGBUS), which
 //! poisons the file for every handle; and a mapping may only be unmapped once nobody copies
-//! through it. Accesses are the hot path, so entering is one atomic add and leaving one atomic
-//! subtract (no lock); only a resize takes the mutex and waits.
+//! through it.
 //!
-//! Re-entrancy: a `with_bytes` closure runs inside an access and may start another access on
-//! the same file. If a resize is waiting, that nested access must not wait for it (the resize
-//! waits for the outer access: a deadlock), so a thread inside `with_bytes` enters even while a
-//! resize is pending. That is safe because the resize only acts once the count is zero. A resize
-//! from inside `with_bytes` is refused with an error for the same reason.
+//! # The protocol: an asymmetric fence
+//!
+//! Accesses are the hot path (a warm 64-byte `read_at` is a few ns of copying), resizes are rare.
+//! So an access does no locked read-modify-write on shared memory; the resizer pays instead, like
+//! the readers and the writer of userspace RCU with `membarrier`.
+//!
+//! * Every thread owns a [`ReaderSlot`], a thread-local word that only it writes, listed in a
+//!   process-wide registry while the thread lives. The slot says which gate the thread is
+//!   inside on the fast path, or that it is free.
+//! * **Enter** (fast path, the thread's slot free): store the gate's address in the slot
+//!   (`Relaxed`); a *reader fence*; load the gate's `state` (`Acquire`). If `RESIZING` is set,
+//!   free the slot, wake the resizer and take the slow path; else the access runs.
+//! * **Leave**: free the slot (`Release`: the access's loads and stores come first); a reader
+//!   fence; load `state`; if `RESIZING` is set, wake the resizer (lock, notify).
+//! * **Resize**: set `RESIZING` in `state`; a *resizer barrier*; then, under the gate's mutex,
+//!   wait (condition variable, with a timed re-check) until no slot names this gate and the
+//!   count of counted accesses (below) is 0; mark the resize `ACTIVE` (a compare-exchange from
+//!   "pending, count 0"); act; clear both bits and wake waiters.
+//!
+//! The two fences come in two forms, chosen once per process (`barrier::init`) and recorded in
+//! each thread's slot when it registers (the free value says which), so the fast path reads no
+//! global flag:
+//!
+//! * with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (registered once per process): the
+//!   reader fence is a compiler fence only, and the resizer barrier is the `membarrier` call,
+//!   which runs a full memory barrier on every CPU running a thread of the process (and a
+//!   thread that is not running passes one at its next context switch);
+//! * without it (an old kernel, a seccomp filter, the loom and shuttle models): both are
+//!   `fence(SeqCst)`. The loom model checks the protocol in this form; the `membarrier` form is
+//!   the same protocol with the reader's fence promoted to a full barrier by the resizer's call
+//!   (the argument below).
+//!
+//! [`Gate::run_fast`] is the fast path in one inlined piece (for `read_at`, where every
+//! instruction counts); [`Gate::try_enter`] the same with a guard.
+//!
+//! Why a resize never acts while a fast-path access runs. Take a reader whose slot store `S`
+//! precedes its state load `L` in program order (the compiler fence keeps that order in the
+//! code). With `membarrier`, the reader executes a full barrier at some point `B` while the
+//! resizer is inside the call. If `B` comes after `S`, `S` is visible to every load the resizer
+//! makes after the call returns: the scan sees the slot and waits for the leave. If `B` comes
+//! before `S`, then `L` comes after `B`, and `B` comes after the resizer's `RESIZING` store
+//! (made before the call, whose entry is a full barrier): `L` sees `RESIZING` and the reader
+//! backs out before touching the mapping. With fences, it is the store-buffering pattern with a
+//! `SeqCst` fence on each side: the scan sees `S`, or `L` sees `RESIZING`, or both.
+//!
+//! Why a leave never leaves the resizer asleep: the same argument with `S` the store of 0 and
+//! `L` the check for `RESIZING`: either the resizer's scan (after the barrier; it rescans under
+//! the mutex before each wait) sees the slot free, or the leaving reader sees `RESIZING` and
+//! notifies under the mutex, which orders the notification after the resizer's
+//! check-then-wait. The timed re-check is a second line only.
+//!
+//! # Nested accesses
+//!
+//! A thread whose slot is taken (an access inside a `with_bytes` closure, maybe on another file)
+//! uses the *counted* path: `fetch_add` on `state`, `fetch_sub` when leaving, as before. A
+//! `with_bytes` closure may start another access; if a resize is pending, that nested access
+//! must not wait for it (the resize waits for the outer access: a deadlock), so a thread inside
+//! `with_bytes` enters even while a resize is pending, unless that resize is already `ACTIVE`
+//! (then the thread holds no access on this gate, the resize waits for nothing it holds, and
+//! waiting is safe). A resize only becomes active while the count is 0, in one compare-exchange
+//! on `state`, so such an entry is either counted before (and the resize waits for it) or sees
+//! `ACTIVE`. A resize from inside `with_bytes` is refused with an error for the same reason.
 
 use std::cell::Cell;
 use std::io;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{thread_local, Condvar, Mutex};
 
 /// Set in `state` while a resize is pending or running.
 const RESIZING: u64 = 1 << 63;
+/// Set in `state` (with `RESIZING`) once the resize saw no access and acts.
+const ACTIVE: u64 = 1 << 62;
+/// The bits of `state` that count the running counted accesses.
+const COUNT: u64 = !(RESIZING | ACTIVE);
 
 thread_local! {
     /// How many `with_bytes` closures this thread is inside.
@@ -29,11 +90,60 @@ thread_local! {
     static SCOPED_DEPTH: Cell<usize> = Cell::new(0);
 }
 
+/// What a [`ReaderSlot`] holds when it names no gate (a gate's address is never this small).
+/// Free, and this thread's fences are compiler fences (the process uses `membarrier`).
+const FREE: usize = 0;
+/// Free, and this thread's fences are `fence(SeqCst)` (no `membarrier`).
+const FREE_FENCED: usize = 1;
+/// The thread has not entered a gate yet: the slot is not in the registry.
+const UNREGISTERED: usize = 2;
+/// The thread is exiting and its slot left the registry: accesses are counted.
+#[cfg_attr(any(loom, shuttle), allow(dead_code))]
+const RETIRED: usize = 3;
+
+/// One thread's announcement of the gate it is inside on the fast path. Each thread's slot is a
+/// thread-local (one load from the thread pointer on the fast path, no pointer to chase), listed
+/// in a process-wide registry while the thread lives.
+///
 /// # Invariants
 ///
-/// `state & !RESIZING` counts the accesses that are running (entered and not yet left). While a
-/// resize holds [`ResizeGuard`], that count is zero and stays zero except for nested accesses
-/// of a thread that itself holds an access (which the resize never is, see the module docs).
+/// * Only the owning thread writes `gate`; other threads (resizers) only load it, through the
+///   registry.
+/// * `gate` is the address of the [`Gate`] the owner is inside on the fast path, from its store
+///   in [`Gate::try_enter_in`] to the store that ends that access (or backs out of the entry);
+///   otherwise it is [`FREE`] or [`FREE_FENCED`] (which fence the owner uses, chosen at
+///   registration), or [`UNREGISTERED`] / [`RETIRED`] (the slot is not in the registry and the
+///   owner only makes counted accesses).
+#[derive(Debug)]
+pub(crate) struct ReaderSlot {
+    gate: AtomicUsize,
+}
+
+impl ReaderSlot {
+    /// A free slot whose owner uses `fence(SeqCst)` (the loom model owns such slots).
+    #[cfg_attr(not(all(loom, test)), allow(dead_code))]
+    pub(crate) fn fenced() -> Self {
+        ReaderSlot {
+            gate: AtomicUsize::new(FREE_FENCED),
+        }
+    }
+
+    /// Whether a thread announces being inside the gate at `addr`. `Acquire`: if the slot was
+    /// cleared by a leave, that access's loads and stores happen before what the caller does
+    /// next.
+    #[cfg_attr(any(loom, shuttle), allow(dead_code))]
+    pub(crate) fn names(&self, addr: usize) -> bool {
+        self.gate.load(Ordering::Acquire) == addr
+    }
+}
+
+/// # Invariants
+///
+/// `state & COUNT` counts the counted accesses that are running (entered and not yet left);
+/// `RESIZING` is set while a resize is pending or running, `ACTIVE` only with `RESIZING`, once
+/// the resize saw the count at 0 and no [`ReaderSlot`] naming this gate after the resizer
+/// barrier (see the module docs). While `ACTIVE` is set no access runs: fast-path entries back
+/// out on `RESIZING`, counted entries on `RESIZING` (or, inside `with_bytes`, on `ACTIVE`).
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     state: AtomicU64,
@@ -41,10 +151,16 @@ pub(crate) struct Gate {
     cv: Condvar,
 }
 
-/// One running access; leaves the gate when dropped.
+/// One running access; leaves the gate when dropped. Not `Send`: a fast-path access is
+/// announced in the entering thread's slot, which only that thread may clear.
 #[derive(Debug)]
 pub(crate) struct AccessGuard<'a> {
     gate: &'a Gate,
+    /// The slot that announces this access, or `None` for a counted access.
+    slot: Option<&'a ReaderSlot>,
+    /// The value the slot goes back to ([`FREE`] or [`FREE_FENCED`]).
+    free: usize,
+    _not_send: PhantomData<*const ()>,
 }
 
 /// An exclusive resize: no access runs while it lives.
@@ -54,26 +170,120 @@ pub(crate) struct ResizeGuard<'a> {
 }
 
 impl Gate {
+    fn addr(&self) -> usize {
+        self as *const Gate as usize
+    }
+
     /// Enters an access unless a resize is pending or running (then `None`, and the caller
     /// takes a path that waits).
     #[inline]
     pub(crate) fn try_enter(&self) -> Option<AccessGuard<'_>> {
+        if let Some(slot) = readers::current() {
+            let free = slot.gate.load(Ordering::Relaxed);
+            if free <= FREE_FENCED {
+                return self.enter_announced(slot, free);
+            }
+            if free == UNREGISTERED {
+                return self.register_and_enter(slot);
+            }
+        }
+        // Nested in another access of this thread, or the thread is exiting.
+        self.try_enter_counted()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn register_and_enter<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
+        readers::register(slot);
+        self.try_enter()
+    }
+
+    /// Runs `access` inside an access of the gate if the fast path can enter at once (this
+    /// thread's slot is free and no resize is pending), else returns `None` without running it
+    /// and the caller takes a path that enters with [`enter`](Self::enter) (which also registers
+    /// the thread's slot the first time).
+    ///
+    /// The same protocol as [`try_enter`](Self::try_enter), in one inlined piece with no guard
+    /// to move around, for the read path, whose cost is counted in instructions.
+    #[inline(always)]
+    pub(crate) fn run_fast<R>(&self, access: impl FnOnce() -> R) -> Option<R> {
+        let slot = readers::current()?;
+        let free = slot.gate.load(Ordering::Relaxed);
+        if free > FREE_FENCED {
+            return None;
+        }
+        slot.gate.store(self.addr(), Ordering::Relaxed);
+        barrier::reader(free);
+        if self.state.load(Ordering::Acquire) & RESIZING != 0 {
+            slot.gate.store(free, Ordering::Release);
+            self.wake_resizer();
+            return None;
+        }
+        // Leaves the gate also if `access` unwinds.
+        let _leave = SlotLeave {
+            gate: self,
+            slot,
+            free,
+        };
+        Some(access())
+    }
+
+    /// The fast path, announced in `slot`, which must be the calling thread's own slot and
+    /// free; the guard must be dropped on the calling thread (it is not `Send`). For the loom
+    /// model, which owns its slots.
+    #[cfg_attr(not(all(loom, test)), allow(dead_code))]
+    pub(crate) fn try_enter_in<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
+        let free = slot.gate.load(Ordering::Relaxed);
+        assert!(free <= FREE_FENCED, "one fast-path access per slot");
+        self.enter_announced(slot, free)
+    }
+
+    /// The fast path (module docs); `free` is the slot's value now.
+    #[inline]
+    fn enter_announced<'a>(&'a self, slot: &'a ReaderSlot, free: usize) -> Option<AccessGuard<'a>> {
+        slot.gate.store(self.addr(), Ordering::Relaxed);
+        barrier::reader(free);
+        // Acquire: pairs with the `Release` that ends a resize, so the mapping and length a
+        // finished resize installed are what the access reads.
+        if self.state.load(Ordering::Acquire) & RESIZING == 0 {
+            return Some(AccessGuard {
+                gate: self,
+                slot: Some(slot),
+                free,
+                _not_send: PhantomData,
+            });
+        }
+        // A resize is pending: the resizer may have seen the slot and wait for it.
+        slot.gate.store(free, Ordering::Release);
+        self.wake_resizer();
+        None
+    }
+
+    #[inline]
+    fn try_enter_counted(&self) -> Option<AccessGuard<'_>> {
         let s = self.state.fetch_add(1, Ordering::Acquire);
         if s & RESIZING == 0 {
-            return Some(AccessGuard { gate: self });
+            return Some(AccessGuard::counted(self));
         }
-        self.leave();
+        self.leave_counted();
         None
     }
 
     /// Enters an access, waiting while a resize runs.
     pub(crate) fn enter(&self) -> AccessGuard<'_> {
         loop {
-            let s = self.state.fetch_add(1, Ordering::Acquire);
-            if s & RESIZING == 0 || SCOPED_DEPTH.with(Cell::get) > 0 {
-                return AccessGuard { gate: self };
+            if let Some(g) = self.try_enter() {
+                return g;
             }
-            self.leave();
+            if in_scoped_access() {
+                // Nested in a `with_bytes` closure, which may hold an access on this gate that
+                // the pending resize waits for: enter anyway unless the resize already acts.
+                let s = self.state.fetch_add(1, Ordering::Acquire);
+                if s & ACTIVE == 0 {
+                    return AccessGuard::counted(self);
+                }
+                self.leave_counted();
+            }
             let mut g = self.lock.lock();
             while self.state.load(Ordering::Acquire) & RESIZING != 0 {
                 g = self
@@ -84,52 +294,319 @@ impl Gate {
     }
 
     #[inline]
-    fn leave(&self) {
+    fn leave_slot(&self, slot: &ReaderSlot, free: usize) {
+        slot.gate.store(free, Ordering::Release);
+        barrier::reader(free);
+        if self.state.load(Ordering::Relaxed) & RESIZING != 0 {
+            self.wake_resizer();
+        }
+    }
+
+    #[inline]
+    fn leave_counted(&self) {
         let s = self.state.fetch_sub(1, Ordering::Release);
-        if s & RESIZING != 0 && s & !RESIZING == 1 {
+        if s & RESIZING != 0 && s & COUNT == 1 {
             self.wake_resizer();
         }
     }
 
     #[cold]
     fn wake_resizer(&self) {
-        {
-            // The last access left while a resize waits: wake it. Taking the lock orders this
-            // notification after the resizer's check-then-wait (it checks under the lock).
-            let _g = self.lock.lock();
-            self.cv.notify_all();
-        }
+        // An access left (or backed out) while a resize waits: wake it. Taking the lock orders
+        // this notification after the resizer's check-then-wait (it checks under the lock).
+        let _g = self.lock.lock();
+        self.cv.notify_all();
     }
 
     /// Waits until no access runs and keeps new ones out until the guard is dropped. Callers
     /// serialise resizes among themselves (the registry entry's resize mutex).
     pub(crate) fn resize(&self) -> io::Result<ResizeGuard<'_>> {
+        self.resize_with(readers::any_names)
+    }
+
+    /// [`resize`](Self::resize), with `any_names(addr)` saying whether a reader slot names the
+    /// gate at `addr` (all registered slots; the loom model passes its own).
+    pub(crate) fn resize_with(
+        &self,
+        any_names: impl Fn(usize) -> bool,
+    ) -> io::Result<ResizeGuard<'_>> {
         refuse_in_scoped_access()?;
-        let prev = self.state.fetch_or(RESIZING, Ordering::AcqRel);
+        let prev = self.state.fetch_or(RESIZING, Ordering::SeqCst);
         debug_assert_eq!(prev & RESIZING, 0, "resizes are serialised by the caller");
+        // From here on the guard clears the bits again, also if the barrier panics.
+        let guard = ResizeGuard { gate: self };
+        // After the `RESIZING` store, before any scan (the module docs' argument).
+        barrier::resizer();
         let mut g = self.lock.lock();
-        while self.state.load(Ordering::Acquire) & !RESIZING != 0 {
+        loop {
+            if !any_names(self.addr())
+                && self
+                    .state
+                    .compare_exchange(
+                        RESIZING,
+                        RESIZING | ACTIVE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                break;
+            }
             g = self
                 .cv
                 .wait_until(&self.lock, g, Instant::now() + Duration::from_millis(50));
         }
-        Ok(ResizeGuard { gate: self })
+        drop(g);
+        Ok(guard)
+    }
+}
+
+impl<'a> AccessGuard<'a> {
+    fn counted(gate: &'a Gate) -> Self {
+        AccessGuard {
+            gate,
+            slot: None,
+            free: FREE,
+            _not_send: PhantomData,
+        }
     }
 }
 
 impl Drop for AccessGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.gate.leave();
+        match self.slot {
+            Some(slot) => self.gate.leave_slot(slot, self.free),
+            None => self.gate.leave_counted(),
+        }
+    }
+}
+
+/// The end of a [`Gate::run_fast`] access.
+struct SlotLeave<'a> {
+    gate: &'a Gate,
+    slot: &'a ReaderSlot,
+    free: usize,
+}
+
+impl Drop for SlotLeave<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.gate.leave_slot(self.slot, self.free);
     }
 }
 
 impl Drop for ResizeGuard<'_> {
     fn drop(&mut self) {
-        self.gate.state.fetch_and(!RESIZING, Ordering::Release);
+        self.gate
+            .state
+            .fetch_and(!(RESIZING | ACTIVE), Ordering::Release);
         let _g = self.gate.lock.lock();
         self.gate.cv.notify_all();
     }
+}
+
+/// The two fences of the protocol (module docs), and the choice between their forms.
+#[cfg(not(any(loom, shuttle)))]
+mod barrier {
+    // A compiler fence is no synchronisation a model checker tracks (the models use real
+    // fences), so it comes from core, not from the `crate::sync` shim.
+    use core::sync::atomic::compiler_fence;
+    use std::sync::OnceLock;
+
+    use super::{fence, Ordering, FREE};
+    use crate::os;
+
+    /// Chooses the form once per process; returns whether it is `membarrier`. A thread's slot
+    /// records the answer when it registers ([`FREE`] or `FREE_FENCED`), so the fast path reads
+    /// no global flag; every resizer asks here, and gets the same answer.
+    pub(super) fn init() -> bool {
+        *CHOSEN.get_or_init(|| {
+            let ok = os::membarrier::register_private_expedited();
+            if !ok {
+                tracing::debug!("membarrier unavailable: mapped-file accesses use full fences");
+            }
+            ok
+        })
+    }
+
+    static CHOSEN: OnceLock<bool> = OnceLock::new();
+
+    /// Chooses the fence form (as without `membarrier`) if no form was chosen yet; returns
+    /// whether the gates use fences now.
+    pub(super) fn choose_fences() -> bool {
+        !*CHOSEN.get_or_init(|| false)
+    }
+
+    /// The reader fence, in the form the thread's slot records (`free`).
+    #[inline(always)]
+    pub(super) fn reader(free: usize) {
+        if free == FREE {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// The resizer barrier: after the `RESIZING` store, before the scan of the slots.
+    pub(super) fn resizer() {
+        if init() {
+            // Registered, so the call cannot fail (EPERM is "not registered"); if it still did,
+            // readers relying on it would be unprotected: stop here (the resize guard reopens
+            // the gate while the panic unwinds).
+            if let Err(e) = os::membarrier::private_expedited() {
+                panic!("membarrier failed after registration: {e}");
+            }
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+}
+
+/// Under the models there is no `membarrier`: both fences are `fence(SeqCst)`.
+#[cfg(any(loom, shuttle))]
+mod barrier {
+    use super::{fence, Ordering};
+
+    #[inline]
+    pub(super) fn reader(_free: usize) {
+        fence(Ordering::SeqCst);
+    }
+
+    pub(super) fn resizer() {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The registry of reader slots: the slot of every live thread that entered a gate.
+#[cfg(not(any(loom, shuttle)))]
+mod readers {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+
+    use super::UNREGISTERED;
+    use super::{barrier, AtomicUsize, Ordering, ReaderSlot, FREE, FREE_FENCED, RETIRED};
+    use crate::sync::Mutex;
+
+    /// A registered slot: a pointer into a live thread's thread-local storage.
+    struct Registered(*const ReaderSlot);
+
+    // SAFETY: the pointer is only dereferenced under the registry's lock, and a thread removes
+    // its slot (under that lock) before its thread-local storage is freed (`Owner`'s drop runs
+    // first), so the pointee is alive whichever thread holds the lock.
+    unsafe impl Send for Registered {}
+
+    fn registry() -> &'static Mutex<Vec<Registered>> {
+        static REGISTRY: OnceLock<Mutex<Vec<Registered>>> = OnceLock::new();
+        REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
+    }
+
+    std::thread_local! {
+        /// This thread's slot. No destructor, so usable at any time, also from other
+        /// thread-locals' destructors; its storage lives until the thread is gone.
+        static SLOT: ReaderSlot = const {
+            ReaderSlot {
+                gate: AtomicUsize::new(UNREGISTERED),
+            }
+        };
+        /// Takes the slot out of the registry when the thread exits.
+        static OWNER: Owner = const { Owner(Cell::new(false)) };
+    }
+
+    struct Owner(Cell<bool>);
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            if self.0.get() {
+                SLOT.with(|slot| {
+                    debug_assert!(
+                        slot.gate.load(Ordering::Relaxed) <= FREE_FENCED,
+                        "a thread exits inside an access"
+                    );
+                    // From here on this thread's accesses are counted: nobody scans the slot.
+                    slot.gate.store(RETIRED, Ordering::Relaxed);
+                    let me: *const ReaderSlot = slot;
+                    registry().lock().retain(|r| r.0 != me);
+                });
+            }
+        }
+    }
+
+    /// This thread's slot.
+    #[inline]
+    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
+        let p: *const ReaderSlot = SLOT.with(|s| s as *const ReaderSlot);
+        // SAFETY: a thread-local's storage lives as long as its thread, and the reference does
+        // not leave the thread: it goes into an `AccessGuard`, which is not `Send` and borrows
+        // the gate for no longer than the caller's access (which ends before the thread does).
+        Some(unsafe { &*p })
+    }
+
+    /// Puts this thread's slot (`slot`, from [`current`]) in the registry and frees it.
+    pub(super) fn register(slot: &ReaderSlot) {
+        let free = if barrier::init() { FREE } else { FREE_FENCED };
+        match OWNER.try_with(|o| o.0.set(true)) {
+            Ok(()) => {
+                registry().lock().push(Registered(slot));
+                slot.gate.store(free, Ordering::Relaxed);
+            }
+            // Called from a thread-local destructor after `OWNER` is gone: nobody would take
+            // the slot out of the registry again, so it never goes in.
+            Err(_) => slot.gate.store(RETIRED, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether any registered slot names the gate at `addr`.
+    pub(super) fn any_names(addr: usize) -> bool {
+        registry().lock().iter().any(|r| {
+            // SAFETY: registered slots are alive while they are in the registry (see
+            // `Registered`), and we hold its lock.
+            unsafe { &*r.0 }.names(addr)
+        })
+    }
+
+    /// How many slots the registry holds (tests).
+    pub(super) fn registered() -> usize {
+        registry().lock().len()
+    }
+}
+
+/// Under the models every access is counted; the loom model drives the fast path with slots of
+/// its own through [`Gate::try_enter_in`] and [`Gate::resize_with`].
+#[cfg(any(loom, shuttle))]
+mod readers {
+    use super::ReaderSlot;
+
+    #[inline]
+    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
+        None
+    }
+
+    pub(super) fn register(_slot: &ReaderSlot) {}
+
+    pub(super) fn any_names(_addr: usize) -> bool {
+        false
+    }
+}
+
+/// How many reader slots the registry holds: one per live thread that entered a gate (tests).
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) fn reader_slots() -> usize {
+    readers::registered()
+}
+
+/// Whether the gates use `membarrier` (compiler fences on the fast path) rather than full
+/// fences; chooses the form on the first call.
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) fn uses_membarrier() -> bool {
+    barrier::init()
+}
+
+/// Makes the gates use fences, as on a kernel without `membarrier`, if the process has not
+/// chosen yet; returns whether they use fences.
+#[cfg(not(any(loom, shuttle)))]
+pub(crate) fn choose_fences() -> bool {
+    barrier::choose_fences()
 }
 
 /// Whether the current thread runs inside a `with_bytes` closure. Such a thread holds an

@@ -43,6 +43,7 @@ pub(crate) struct FileEntry {
 }
 
 impl FileEntry {
+    #[inline]
     pub(crate) fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)
     }

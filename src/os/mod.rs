@@ -9,6 +9,7 @@
 //! `posix_fallocate` semantics as Linux defines them.
 
 pub(crate) mod file;
+pub(crate) mod membarrier;
 pub(crate) mod signal;
 
 use std::io;
