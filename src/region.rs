@@ -24,8 +24,6 @@
 
 use std::ptr::NonNull;
 
-use crossbeam_utils::CachePadded;
-
 use crate::fault::{FileFaultState, RangeRegistration};
 use crate::free_stack::FreeStack;
 use crate::os::Mapping;
@@ -51,6 +49,17 @@ pub(crate) struct RegionMemory {
     pub(crate) mapping: Mapping,
 }
 
+/// The fields of a region that takes and give-backs write, on their own 128-byte block (two
+/// cache lines: the adjacent-line prefetcher's unit).
+#[derive(Debug)]
+#[repr(C, align(128))]
+struct Hot {
+    state: AtomicUsize,
+    free: FreeStack,
+    /// Slices with an index at or above this mark were never handed out (so they are zero).
+    fresh_mark: AtomicU32,
+}
+
 /// One mapped region of one size class.
 ///
 /// # Invariants
@@ -61,12 +70,10 @@ pub(crate) struct RegionMemory {
 /// * The `Region` allocation itself lives until an epoch grace period after it was destroyed.
 #[derive(Debug)]
 pub(crate) struct Region {
-    state: CachePadded<AtomicUsize>,
-    /// Written by every take and give-back: on its own cache lines, away from the read-mostly
-    /// fields every release reads (`class`, `pool`).
-    free: CachePadded<FreeStack>,
-    /// Slices with an index at or above this mark were never handed out (so they are zero).
-    fresh_mark: CachePadded<AtomicU32>,
+    /// What every take and give-back writes, together (one line to move between cores per
+    /// batch, not one per field) and away from the read-mostly fields every release reads
+    /// (`class`, `pool`).
+    hot: Hot,
     base: usize,
     slice_shift: u32,
     /// Distance between the starts of two slices: `1 << slice_shift`, or under
@@ -144,9 +151,11 @@ impl Region {
             0
         };
         Self {
-            state: CachePadded::new(AtomicUsize::new(if born_retired { RETIRED | 1 } else { 0 })),
-            free: CachePadded::new(free),
-            fresh_mark: CachePadded::new(AtomicU32::new(fresh_mark)),
+            hot: Hot {
+                state: AtomicUsize::new(if born_retired { RETIRED | 1 } else { 0 }),
+                free,
+                fresh_mark: AtomicU32::new(fresh_mark),
+            },
             base: memory.mapping.as_ptr() as usize,
             slice_shift: slice_size.trailing_zeros(),
             stride,
@@ -181,7 +190,7 @@ impl Region {
 
     /// Slices outside the free stack right now (a snapshot).
     pub(crate) fn in_use(&self) -> usize {
-        self.state.load(Ordering::Acquire) & !RETIRED
+        self.hot.state.load(Ordering::Acquire) & !RETIRED
     }
 
     /// Bytes of this region resident in memory (`mincore`); 0 once it was unmapped.
@@ -212,7 +221,7 @@ impl Region {
             self.report_fault();
             return (0, false);
         }
-        let mut cur = self.state.load(Ordering::Relaxed);
+        let mut cur = self.hot.state.load(Ordering::Relaxed);
         let n = loop {
             if cur & RETIRED != 0 {
                 return (0, false);
@@ -221,7 +230,7 @@ impl Region {
             if n == 0 {
                 return (0, false);
             }
-            match self.state.compare_exchange_weak(
+            match self.hot.state.compare_exchange_weak(
                 cur,
                 cur + n,
                 Ordering::AcqRel,
@@ -237,16 +246,16 @@ impl Region {
         // Every reservation can pop: at all times the free stack holds at least
         // `slices - count + (slices pushed but not yet decremented)` entries, and a reservation
         // only takes what `slices - count` allowed.
-        let popped = self.free.pop_into(&mut idx[..n]);
+        let popped = self.hot.free.pop_into(&mut idx[..n]);
         assert_eq!(popped, n, "region free stack shorter than its reservation");
         let max = idx[..n].iter().copied().max().unwrap_or(0);
         // The mark only grows; write it only when this batch moves it (most takes reuse slices
         // below it, and a read-modify-write would take the line from every other core).
-        let mark = self.fresh_mark.load(Ordering::Acquire);
+        let mark = self.hot.fresh_mark.load(Ordering::Acquire);
         let fresh_from = if max < mark {
             mark
         } else {
-            self.fresh_mark.fetch_max(max + 1, Ordering::AcqRel)
+            self.hot.fresh_mark.fetch_max(max + 1, Ordering::AcqRel)
         };
         for (o, &i) in out.iter_mut().zip(&idx[..n]) {
             let tag = if i >= fresh_from { ZERO_TAG } else { 0 };
@@ -280,7 +289,8 @@ impl Region {
     /// Retires the region if it is empty: CAS `0 → RETIRED | 1`. On success the caller owns one
     /// reference and must unlink the region, then [`Region::drop_ref`] it.
     pub(crate) fn try_retire_empty(&self) -> bool {
-        self.state
+        self.hot
+            .state
             .compare_exchange(0, RETIRED | 1, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
@@ -289,7 +299,7 @@ impl Region {
     /// caller's own. Returns whether it was empty. Must not be called twice on one region (only
     /// the class, under its lock, retires, and it unlinks what it retired).
     pub(crate) fn retire(&self) -> bool {
-        let prev = self.state.fetch_add(RETIRED | 1, Ordering::AcqRel);
+        let prev = self.hot.state.fetch_add(RETIRED | 1, Ordering::AcqRel);
         assert_eq!(prev & RETIRED, 0, "region retired twice");
         prev == 0
     }
@@ -321,7 +331,7 @@ pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard
         for (o, &a) in idx.iter_mut().zip(chunk) {
             *o = r.index_of(a);
         }
-        r.free.push_all(&idx[..chunk.len()]);
+        r.hot.free.push_all(&idx[..chunk.len()]);
     }
     r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
     // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
@@ -339,7 +349,7 @@ pub(crate) unsafe fn drop_ref(region: RegionRef, n: usize, guard: &Guard) -> Rel
     // SAFETY: the caller's references keep the region alive until the decrement, and its pin keeps
     // the metadata readable after it.
     let r = unsafe { region.get() };
-    let prev = r.state.fetch_sub(n, Ordering::AcqRel);
+    let prev = r.hot.state.fetch_sub(n, Ordering::AcqRel);
     debug_assert!(prev & !RETIRED >= n, "region count underflow");
     let now = prev - n;
     if now == RETIRED {

@@ -416,14 +416,20 @@ fn measure(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
                         runs_ns: vec![ns],
                     }),
                 };
-            cell("segpool", time(&segpool, p, s, per_cell)?);
-            cell("floor", time(&floor, p, s, per_cell)?);
-            cell("glibc", time(&glibc, p, s, per_cell)?);
-            cell("mimalloc", time(&mimalloc, p, s, per_cell)?);
-            cell("jemalloc", time(&jemalloc, p, s, per_cell)?);
-            cell("mmap", time(&mmap, p, s, per_cell)?);
-            if p == Pattern::ProducerConsumer {
-                cell("channel", time(&channel, p, s, per_cell)?);
+            // The contenders take turns going first from one run to the next, so whatever the
+            // previous cell leaves behind (caches, frequency, the other core's state) favours
+            // none of them.
+            let n = if p == Pattern::ProducerConsumer { 7 } else { 6 };
+            for k in 0..n {
+                match (k + run as usize) % n {
+                    0 => cell("segpool", time(&segpool, p, s, per_cell)?),
+                    1 => cell("floor", time(&floor, p, s, per_cell)?),
+                    2 => cell("glibc", time(&glibc, p, s, per_cell)?),
+                    3 => cell("mimalloc", time(&mimalloc, p, s, per_cell)?),
+                    4 => cell("jemalloc", time(&jemalloc, p, s, per_cell)?),
+                    5 => cell("mmap", time(&mmap, p, s, per_cell)?),
+                    _ => cell("channel", time(&channel, p, s, per_cell)?),
+                }
             }
         }
     }
@@ -711,7 +717,8 @@ fn docs_page(r: &Report) -> String {
         out,
         "ns per allocate+release pair, memory untouched, median of {} runs of {} ms per cell; \
          in parentheses each peer's time divided by segpool's (above 1: segpool is faster). \
-         Every buffer is page-aligned (4096). Rows under 100 ns vary by 20-30% between runs on \
+         Every buffer is page-aligned (4096); the contenders of a row take turns going first \
+         from one run to the next. Rows under 100 ns vary by 20-30% between runs on \
          a shared 2-core VM: compare ratios within one run. The file I/O section (issue 4) \
          follows the allocator targets.\n",
         r.runs, r.run_ms
