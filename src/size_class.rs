@@ -17,7 +17,7 @@ pub(crate) const MAX_DEFAULT_REGION: usize = 32 << 20;
 pub(crate) const SLICES_PER_REGION: usize = 32;
 
 /// Largest number of slices one thread may hold cached per class.
-pub(crate) const CACHE_MAX_SLICES: usize = 32;
+pub(crate) const CACHE_MAX_SLICES: usize = 64;
 /// Bytes one thread may hold cached per class (at least one slice is always allowed unless the
 /// budget is small, see [`SizeClasses::cache_capacity`]).
 pub(crate) const CACHE_MAX_BYTES: usize = 1 << 20;

@@ -8,7 +8,7 @@
 //! # Bounds and give-back
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
-//!   slices (32 slices or 1 MiB, whichever is less, at least one; under a budget at most 1/16 of
+//!   slices (64 slices or 1 MiB, whichever is less, at least one; under a budget at most 1/16 of
 //!   it). A full cache gives half of itself back to the regions in one batch; an empty one takes
 //!   half a cache from one region in one batch.
 //! * `trim()`, a budget shortage and closing the pool bump the pool's trim generation; every

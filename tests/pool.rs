@@ -281,9 +281,10 @@ fn thread_caches_are_bounded_counted_and_returned_at_thread_exit() {
         stats.cached_bytes > 0,
         "released slices stay in the thread's cache: {stats}"
     );
+    // The bound: min(64 slices, 1 MiB) per class; 200 released, so the cache is full.
     assert!(
-        stats.classes[0].cached <= 32,
-        "cache bound is 32 slices of 4 KiB: {stats}"
+        stats.classes[0].cached > 0 && stats.classes[0].cached <= 64,
+        "cache bound is 64 slices of 4 KiB: {stats}"
     );
     assert_eq!(stats.classes[0].in_use, 0);
     go_tx.send(()).unwrap();
