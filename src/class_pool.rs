@@ -11,7 +11,8 @@ use std::io;
 use crate::os::Mapping;
 use crate::pool::PoolShared;
 use crate::region::{drop_ref, RegionMemory, RegionRef, Released};
-use crate::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use crate::stats::PeakCounter;
+use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use crate::sync::epoch::{self, Atomic, Guard, Owned};
 use crate::sync::{Arc, Mutex};
 
@@ -70,8 +71,7 @@ pub(crate) struct ClassPool {
     pub(crate) regions_unmapped: AtomicU64,
     /// Slices of this class out of the regions' free lists right now (segments and cached
     /// slices), and the highest that ever was. Updated per batch, on the slow paths only.
-    pub(crate) out: AtomicUsize,
-    pub(crate) peak_out: AtomicUsize,
+    pub(crate) out: PeakCounter,
 }
 
 /// What [`ClassPool::snapshot`] reports.
@@ -126,8 +126,7 @@ impl ClassPool {
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
-            out: AtomicUsize::new(0),
-            peak_out: AtomicUsize::new(0),
+            out: PeakCounter::default(),
         }
     }
 

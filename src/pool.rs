@@ -11,7 +11,7 @@ use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
-use crate::stats::{ClassStats, PoolStats};
+use crate::stats::{ClassStats, PeakCounter, PoolStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
 use crate::thread_cache::{self, ClassCache, ClassCounters};
@@ -276,8 +276,7 @@ impl SegmentPoolBuilder {
             next_region_id: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
             departed: (0..n).map(|_| ClassCounters::default()).collect(),
-            out_bytes: AtomicUsize::new(0),
-            peak_out_bytes: AtomicUsize::new(0),
+            out_bytes: PeakCounter::default(),
             dedicated_segments: AtomicUsize::new(0),
             dedicated_bytes: AtomicUsize::new(0),
         };
@@ -317,8 +316,8 @@ pub(crate) struct PoolShared {
     /// Counts of threads that have exited, and of uncached allocations and releases (atomic
     /// read-modify-writes: these paths are not the fast path).
     departed: Box<[ClassCounters]>,
-    out_bytes: AtomicUsize,
-    peak_out_bytes: AtomicUsize,
+    /// Bytes out of the free lists (segments, cached slices, dedicated mappings) and their peak.
+    out_bytes: PeakCounter,
     dedicated_segments: AtomicUsize,
     dedicated_bytes: AtomicUsize,
 }
@@ -379,24 +378,17 @@ impl PoolShared {
     /// Slices of `class` (`NO_CLASS`: a dedicated mapping) left the free lists (taken by a
     /// thread cache or a segment).
     pub(crate) fn note_taken(&self, class: u8, bytes: usize) {
-        let now = self.out_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if now > self.peak_out_bytes.load(Ordering::Relaxed) {
-            self.peak_out_bytes.fetch_max(now, Ordering::Relaxed);
-        }
+        self.out_bytes.add(bytes);
         if let Some(c) = self.classes.get(class as usize) {
-            let slices = bytes / c.size;
-            let now = c.out.fetch_add(slices, Ordering::Relaxed) + slices;
-            if now > c.peak_out.load(Ordering::Relaxed) {
-                c.peak_out.fetch_max(now, Ordering::Relaxed);
-            }
+            c.out.add(bytes / c.size);
         }
     }
 
     /// Slices came back to the free lists.
     pub(crate) fn note_returned(&self, class: u8, bytes: usize) {
-        self.out_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.out_bytes.sub(bytes);
         if let Some(c) = self.classes.get(class as usize) {
-            c.out.fetch_sub(bytes / c.size, Ordering::Relaxed);
+            c.out.sub(bytes / c.size);
         }
     }
 
@@ -714,7 +706,7 @@ impl SegmentPool {
             budget_bytes: shared.budget.limit(),
             mapped_bytes: shared.budget.mapped(),
             peak_mapped_bytes: shared.budget.peak_mapped(),
-            peak_in_use_bytes: shared.peak_out_bytes.load(Ordering::Relaxed),
+            peak_in_use_bytes: shared.out_bytes.peak(),
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),
@@ -730,7 +722,7 @@ impl SegmentPool {
             s.in_use = s.allocations.saturating_sub(s.releases) as usize;
             s.regions = snap.regions;
             s.free = snap.slices.saturating_sub(snap.out);
-            s.peak_in_use = c.peak_out.load(Ordering::Relaxed);
+            s.peak_in_use = c.out.peak();
             s.mapped_bytes = snap.mapped_bytes;
             s.resident_bytes = snap.resident_bytes;
             stats.resident_bytes += snap.resident_bytes;
@@ -801,15 +793,9 @@ impl SegmentPool {
         let Some(on_pressure) = &shared.on_pressure else {
             return Err(self.budget_error(size, needed));
         };
-        let (mapped, in_use) = (
-            shared.budget.mapped(),
-            shared.out_bytes.load(Ordering::Relaxed),
-        );
+        let (mapped, in_use) = (shared.budget.mapped(), shared.out_bytes.now());
         on_pressure(needed);
-        let (mapped_after, in_use_after) = (
-            shared.budget.mapped(),
-            shared.out_bytes.load(Ordering::Relaxed),
-        );
+        let (mapped_after, in_use_after) = (shared.budget.mapped(), shared.out_bytes.now());
         tracing::info!(
             target: "segpool",
             needed,

@@ -180,3 +180,38 @@ impl fmt::Display for PoolStats {
         Ok(())
     }
 }
+
+/// A count that goes up and down, with the highest value it reached. Written by the slow paths
+/// of every thread (one batch at a time), so it sits on its own 128-byte block: its writes never
+/// take a line that the fast paths read (the size-class table, a class's region list) from
+/// another core.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct PeakCounter {
+    now: crate::sync::atomic::AtomicUsize,
+    peak: crate::sync::atomic::AtomicUsize,
+}
+
+impl PeakCounter {
+    /// Adds `n`; moves the peak if this passed it (no write to the peak otherwise).
+    pub(crate) fn add(&self, n: usize) {
+        use crate::sync::atomic::Ordering::Relaxed;
+        let now = self.now.fetch_add(n, Relaxed) + n;
+        if now > self.peak.load(Relaxed) {
+            self.peak.fetch_max(now, Relaxed);
+        }
+    }
+
+    pub(crate) fn sub(&self, n: usize) {
+        self.now
+            .fetch_sub(n, crate::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn now(&self) -> usize {
+        self.now.load(crate::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(crate::sync::atomic::Ordering::Relaxed)
+    }
+}
