@@ -84,7 +84,10 @@ impl FileFaultState {
     }
 
     /// The error every operation on a poisoned file returns.
+    // Never inlined: the guarded fast paths call it only on failure, and building it inline
+    // would cost them registers (spills) on every successful access.
     #[cold]
+    #[inline(never)]
     pub fn error(&self) -> Error {
         Error::Faulted {
             path: self.path.clone(),

@@ -456,12 +456,10 @@ impl MappedFile {
                 // cannot overlap memory we only hand out as `&[u8]`.
                 let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
                 if GUARDED {
-                    Some(
-                        fault
-                            .guarded_read(copy)
-                            .map(|()| n)
-                            .map_err(io::Error::from),
-                    )
+                    Some(match fault.guarded_read(copy) {
+                        Ok(()) => Ok(n),
+                        Err(e) => Err(fault_to_io(e)),
+                    })
                 } else {
                     copy();
                     Some(Ok(n))
@@ -969,4 +967,12 @@ impl Seek for MappedFile {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         (&*self).seek(pos)
     }
+}
+
+/// The `io::Error` of a fault, out of line: the read fast path pays nothing for it until it
+/// happens.
+#[cold]
+#[inline(never)]
+fn fault_to_io(e: crate::Error) -> io::Error {
+    io::Error::from(e)
 }
