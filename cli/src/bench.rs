@@ -744,8 +744,9 @@ fn docs_page(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "- **channel**: the bare cost of the bounded `std::sync::mpsc::sync_channel` (capacity {}) that carries buffers in the producer/consumer pattern, measured alone.\n",
-        r.channel_bound
+        "- **channel**: the bare cost of the bounded `std::sync::mpsc::sync_channel` (capacity {}) that carries buffers in the producer/consumer pattern, measured alone, with messages as large as a `Segment` ({} bytes): the channel that carries a segment.\n",
+        r.channel_bound,
+        std::mem::size_of::<segpool::Segment>()
     );
     let _ = writeln!(out, "Patterns: *1 thread* allocates and releases at once; *2 threads, each own* is the same on two threads at once (ns per pair per thread); *producer/consumer* allocates on one thread and releases on another (ns per pair, channel included). {} is above the largest class (a dedicated mapping in segpool).\n", size_text(ABOVE_LARGEST));
     let _ = writeln!(out, "## Table\n");

@@ -197,25 +197,34 @@ impl Allocator for Segpool {
 }
 
 /// No allocation at all: the cost of whatever carries the "buffer" (the bare channel, in the
-/// producer/consumer pattern).
+/// producer/consumer pattern). Its message is as large as a `Segment`, so the channel it measures
+/// is the one that carries a segment (a smaller message would move fewer bytes between the cores
+/// than the segpool cell's channel does).
 #[derive(Debug, Default)]
 pub struct Nothing;
 
+/// A message of a `Segment`'s size.
+pub type SegmentSized = [usize; std::mem::size_of::<Segment>() / std::mem::size_of::<usize>()];
+
+const _: () = assert!(std::mem::size_of::<SegmentSized>() == std::mem::size_of::<Segment>());
+
 impl Allocator for Nothing {
-    type Buf = usize;
+    type Buf = SegmentSized;
     fn name(&self) -> &'static str {
         "channel"
     }
     #[inline]
-    fn alloc(&self, size: usize) -> Result<usize, String> {
-        Ok(std::hint::black_box(size))
+    fn alloc(&self, size: usize) -> Result<SegmentSized, String> {
+        Ok(std::hint::black_box(
+            [size; std::mem::size_of::<SegmentSized>() / std::mem::size_of::<usize>()],
+        ))
     }
     #[inline]
-    fn addr(buf: &usize) -> usize {
-        *buf
+    fn addr(buf: &SegmentSized) -> usize {
+        buf[0]
     }
     #[inline]
-    fn release(&self, buf: usize, _size: usize) {
+    fn release(&self, buf: SegmentSized, _size: usize) {
         std::hint::black_box(buf);
     }
 }
