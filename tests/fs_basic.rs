@@ -4,18 +4,8 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 
 use segpool::fs::{MapConfig, MapMode, MmapFs, SyncMode};
 
-fn rw() -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        ..MapConfig::default()
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+mod common;
+use common::{pattern, rw};
 
 #[test]
 fn read_at_end_and_past_end_is_zero() {

@@ -1,6 +1,7 @@
 //! The access gate of mapped files, in the fence form the process chooses (`membarrier` where
 //! the kernel has it). The scenarios are in `fs_gate_support`.
 
+mod common;
 mod fs_gate_support;
 
 #[test]

@@ -2,6 +2,7 @@
 //! sandbox without `membarrier(2)`. One test in this binary, so the form is chosen before any
 //! mapped file is touched.
 
+mod common;
 mod fs_gate_support;
 
 #[test]

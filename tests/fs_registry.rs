@@ -2,14 +2,10 @@
 
 use std::sync::Arc;
 
-use segpool::fs::{MapConfig, MapMode, MmapFs};
+use segpool::fs::{MapConfig, MmapFs};
 
-fn rw() -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        ..MapConfig::default()
-    }
-}
+mod common;
+use common::rw;
 
 #[test]
 fn handles_on_one_file_share_generation_and_fault_state_whatever_the_path() {

@@ -60,3 +60,18 @@ pub fn is_mapped(addr: usize) -> bool {
         (a..b).contains(&addr)
     })
 }
+
+/// A `MapConfig` for reading and writing through the shared mapping (everything else default).
+pub fn rw() -> segpool::fs::MapConfig {
+    segpool::fs::MapConfig {
+        mode: segpool::fs::MapMode::ReadWrite,
+        ..segpool::fs::MapConfig::default()
+    }
+}
+
+/// `len` bytes of a pattern that differs with `seed` and with the offset.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}

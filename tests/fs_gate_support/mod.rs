@@ -10,20 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 
-use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
+use segpool::fs::{MappedFile, MmapFs};
 
-fn rw() -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        ..MapConfig::default()
-    }
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+use crate::common::{pattern, rw};
 
 fn file(fs: &MmapFs, name: &str, len: usize, seed: u8) -> MappedFile {
     let f = fs.create(name).unwrap();
