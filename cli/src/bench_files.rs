@@ -403,9 +403,24 @@ fn time(
         (&s.reader).seek(SeekFrom::Start(0))?;
     }
     let raw = s.raw.as_ptr() as *mut u8;
-    let mut one = |offs: &mut Offsets, seq: &mut u64| -> Result<(), Error> {
-        match (op, who) {
-            (Op::Sequential1mRead, Contender::Read) => {
+    let batch = op.batch();
+    // The next offset of a read: walking the file, or random.
+    let mut next = || {
+        if op == Op::Sequential1mRead {
+            next_seq(&mut seq)
+        } else {
+            offs.next()
+        }
+    };
+    // One closure, and so one loop of its own, per contender, with the closure inlined into its
+    // loop: each is compiled (and its registers allocated) as a program doing only that would
+    // be, whatever the compiler's inlining heuristics make of closures of different sizes.
+    match (op, who) {
+        (Op::Sequential1mRead, Contender::Read) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
                 let mut got = 0;
                 while got < block {
                     match (&s.reader).read(&mut buf[got..])? {
@@ -415,66 +430,96 @@ fn time(
                         n => got += n,
                     }
                 }
-            }
-            (_, Contender::Read) => return Err("read() only runs the sequential row".into()),
-            (Op::Random4kWrite, who) => {
-                let o = offs.next();
-                match who {
-                    Contender::Segpool => {
-                        black_box(s.mapped.write_at(buf, o)?);
-                    }
-                    Contender::Pread => {
-                        black_box(s.std.write_at(buf, o)?);
-                    }
-                    _ => {
-                        // SAFETY: `o + block <= len`, the mapping's length; `buf` is not in it.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.add(o as usize), block)
-                        };
-                        black_box(raw);
-                    }
-                }
-            }
-            (op, who) => {
-                let o = if op == Op::Sequential1mRead {
-                    next_seq(seq)
-                } else {
-                    offs.next()
-                };
-                match who {
-                    Contender::Segpool => {
-                        black_box(s.mapped.read_at(buf, o)?);
-                    }
-                    Contender::Pread => {
-                        black_box(s.std.read_at(buf, o)?);
-                    }
-                    _ => {
-                        // SAFETY: `o + block <= len`, the mapping's length; `buf` is not in it.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                raw.add(o as usize),
-                                buf.as_mut_ptr(),
-                                block,
-                            )
-                        };
-                    }
-                }
                 black_box(&mut *buf);
-            }
-        }
-        Ok(())
-    };
-    // Warm-up batch, then time whole batches until `per_cell` has passed.
-    for _ in 0..op.batch() {
-        one(&mut offs, &mut seq)?;
+                Ok(())
+            },
+        ),
+        (_, Contender::Read) => Err("read() only runs the sequential row".into()),
+        (Op::Random4kWrite, Contender::Segpool) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                black_box(s.mapped.write_at(buf, offs.next())?);
+                Ok(())
+            },
+        ),
+        (Op::Random4kWrite, Contender::Pread) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                black_box(s.std.write_at(buf, offs.next())?);
+                Ok(())
+            },
+        ),
+        (Op::Random4kWrite, Contender::Memmap2) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                let o = offs.next();
+                // SAFETY: `o + block <= len`, the mapping's length; `buf` is not in it.
+                unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), raw.add(o as usize), block) };
+                black_box(raw);
+                Ok(())
+            },
+        ),
+        (_, Contender::Segpool) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                black_box(s.mapped.read_at(buf, next())?);
+                black_box(&mut *buf);
+                Ok(())
+            },
+        ),
+        (_, Contender::Pread) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                black_box(s.std.read_at(buf, next())?);
+                black_box(&mut *buf);
+                Ok(())
+            },
+        ),
+        (_, Contender::Memmap2) => timed(
+            batch,
+            per_cell,
+            #[inline(always)]
+            || {
+                let o = next();
+                // SAFETY: `o + block <= len`, the mapping's length; `buf` is not in it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(raw.add(o as usize), buf.as_mut_ptr(), block)
+                };
+                black_box(&mut *buf);
+                Ok(())
+            },
+        ),
+    }
+}
+
+/// ns per call of `one`: a warm-up batch, then whole batches of `batch` calls until `per_cell`
+/// has passed. Not inlined: every contender's closure gets a loop of its own.
+#[inline(never)]
+fn timed(
+    batch: u64,
+    per_cell: Duration,
+    mut one: impl FnMut() -> Result<(), Error>,
+) -> Result<f64, Error> {
+    for _ in 0..batch {
+        one()?;
     }
     let t0 = Instant::now();
     let mut done = 0u64;
     loop {
-        for _ in 0..op.batch() {
-            one(&mut offs, &mut seq)?;
+        for _ in 0..batch {
+            one()?;
         }
-        done += op.batch();
+        done += batch;
         let el = t0.elapsed();
         if el >= per_cell {
             return Ok(el.as_nanos() as f64 / done as f64);

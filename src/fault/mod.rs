@@ -155,6 +155,19 @@ impl FileFaultState {
         self.finish(r)
     }
 
+    /// [`guarded_read`](Self::guarded_read) for a hot path that only needs to know whether the
+    /// access is good: `false` if the file was poisoned before or during it (the caller then
+    /// reports the error on a slower path). No error value is built here.
+    #[inline(always)]
+    pub(crate) fn guarded_read_ok(&self, access: impl FnOnce()) -> bool {
+        if self.faults.load(Ordering::Acquire) != 0 {
+            return false;
+        }
+        access();
+        fence(Ordering::Acquire);
+        self.faults.load(Ordering::Relaxed) == 0
+    }
+
     /// The after-access check: the counter was 0 before the access, so any fault on this file
     /// since then (caught by the handler, or reported with `poison`) shows as non-zero.
     #[inline]

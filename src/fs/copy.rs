@@ -1,18 +1,72 @@
 //! Copying bytes out of a file mapping.
 //!
 //! Small random reads are bound by memory latency, and how many of them the CPU overlaps depends
-//! on how many instructions each one takes (they all wait in the reorder buffer behind the
-//! oldest miss). A call to `memcpy` for 64 bytes costs the call, its size dispatch and, in the
-//! caller, the registers saved around the call; copies of 16 to 64 bytes are therefore done
-//! inline with two or four overlapping 16-byte loads and stores. Everything else goes to
-//! `memcpy`, which has the best routine for the CPU (and for large copies, its own choice of
-//! streaming stores).
+//! on how many instructions, above all how many stores, each one takes (they all wait in the
+//! reorder buffer and the store queue behind the oldest miss). A call to `memcpy` for 64 bytes
+//! costs the call, its size dispatch and, in the caller, the registers saved around the call;
+//! copies of up to [`SMALL`] bytes are therefore done inline with at most four overlapping
+//! loads and stores, and with no call, so the read path that uses them needs no stack frame.
+//! Everything else goes to `memcpy`, which has the best routine for the CPU (and for large
+//! copies, its own choice of streaming stores).
 
 use std::ptr;
 
-type Chunk = [u8; 16];
+/// The largest copy [`copy_small`] makes.
+pub(crate) const SMALL: usize = 64;
 
-/// Copies `n` bytes from `src` to `dst`.
+/// Copies `n <= SMALL` bytes from `src` to `dst` inline: two (or four) overlapping chunks of
+/// the largest width that fits, each stored right after it is loaded (the ranges do not
+/// overlap, so the order is free, and one live register per chunk keeps the copy out of the
+/// stack).
+///
+/// # Safety
+///
+/// * `n <= SMALL`; `src..src + n` is readable and `dst..dst + n` writable, as for
+///   [`ptr::copy_nonoverlapping`], and the two ranges do not overlap.
+#[inline(always)]
+pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
+    /// Copies `n` bytes, `size_of::<T>() <= n <= 2 * size_of::<T>()`, as a head and a tail of
+    /// type `T` (which may overlap).
+    ///
+    /// # Safety
+    ///
+    /// * As for `copy_small`, with the bound on `n` above.
+    #[inline(always)]
+    unsafe fn pair<T: Copy>(src: *const u8, dst: *mut u8, n: usize) {
+        let w = size_of::<T>();
+        // SAFETY: `w <= n`, so both chunks lie in `src..src + n` / `dst..dst + n` (the
+        // caller's contract); unaligned reads and writes of plain bytes.
+        unsafe {
+            let head = src.cast::<T>().read_unaligned();
+            dst.cast::<T>().write_unaligned(head);
+            let tail = src.add(n - w).cast::<T>().read_unaligned();
+            dst.add(n - w).cast::<T>().write_unaligned(tail);
+        }
+    }
+    // SAFETY (every arm): the arm's bounds on `n` are those `pair` needs; the caller's contract
+    // covers the ranges.
+    unsafe {
+        if n >= 16 {
+            if n > 32 {
+                // 33..=64: the first and last 32 bytes, each as two 16-byte chunks.
+                pair::<[u8; 16]>(src, dst, 32);
+                pair::<[u8; 16]>(src.add(n - 32), dst.add(n - 32), 32);
+            } else {
+                pair::<[u8; 16]>(src, dst, n);
+            }
+        } else if n >= 8 {
+            pair::<u64>(src, dst, n);
+        } else if n >= 4 {
+            pair::<u32>(src, dst, n);
+        } else if n >= 2 {
+            pair::<u16>(src, dst, n);
+        } else if n == 1 {
+            dst.write(src.read());
+        }
+    }
+}
+
+/// Copies `n` bytes from `src` to `dst`: inline up to [`SMALL`] bytes, else `memcpy`.
 ///
 /// # Safety
 ///
@@ -20,21 +74,9 @@ type Chunk = [u8; 16];
 ///   [`ptr::copy_nonoverlapping`], and the two ranges do not overlap.
 #[inline(always)]
 pub(crate) unsafe fn copy_out(src: *const u8, dst: *mut u8, n: usize) {
-    if (16..=64).contains(&n) {
-        // SAFETY: every chunk lies in `src..src + n` / `dst..dst + n` (`16 <= n <= 64`, and the
-        // middle pair is only used when `n > 32`); unaligned reads and writes of plain bytes.
-        unsafe {
-            let head = src.cast::<Chunk>().read_unaligned();
-            let tail = src.add(n - 16).cast::<Chunk>().read_unaligned();
-            if n > 32 {
-                let head2 = src.add(16).cast::<Chunk>().read_unaligned();
-                let tail2 = src.add(n - 32).cast::<Chunk>().read_unaligned();
-                dst.add(16).cast::<Chunk>().write_unaligned(head2);
-                dst.add(n - 32).cast::<Chunk>().write_unaligned(tail2);
-            }
-            dst.cast::<Chunk>().write_unaligned(head);
-            dst.add(n - 16).cast::<Chunk>().write_unaligned(tail);
-        }
+    if n <= SMALL {
+        // SAFETY: `n <= SMALL`; the caller's contract.
+        unsafe { copy_small(src, dst, n) }
     } else {
         // SAFETY: the caller's contract.
         unsafe { ptr::copy_nonoverlapping(src, dst, n) }

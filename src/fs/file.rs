@@ -10,9 +10,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
-use super::copy::copy_out;
+use super::copy::{copy_out, copy_small, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
-use super::gate::{self, ScopedAccess};
+use super::gate::{self, FastMiss, ScopedAccess};
 use super::region::Region;
 use super::registry::{self, FileEntry, Registered};
 use super::whole::WholeMap;
@@ -400,12 +400,28 @@ impl MappedFile {
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` at or past the end of the file.
+    //
+    // `#[inline]` on purpose, so the fast path is compiled in the caller's crate. Small random
+    // reads are bound by how many of them the CPU keeps in flight, so every instruction counts
+    // (docs/files.md, "The read path"): compiled in an executable, the thread's reader slot is
+    // one load at a fixed offset from the thread pointer, while compiled in this library it is
+    // reached through `__tls_get_addr`, a call that costs the fast path a stack frame and
+    // saved registers. The rare cases leave through cold functions, called last.
     #[inline]
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        match self.read_fast::<true>(buf, offset) {
-            Some(r) => r,
-            None => self.read_at_general(buf, offset),
+        if buf.len() <= SMALL {
+            self.read_fast::<true, true>(buf, offset)
+        } else {
+            self.read_at_large(buf, offset)
         }
+    }
+
+    /// `read_at` of more than [`SMALL`] bytes: the same fast path, whose copy is a call to
+    /// `memcpy` (and so needs a stack frame, which the small reads are spared). Out of line, so
+    /// the small path stays small where `read_at` is inlined.
+    #[inline(never)]
+    fn read_at_large(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.read_fast::<true, false>(buf, offset)
     }
 
     /// [`read_at`](Self::read_at) without the fault guard on its fast path, for measuring what
@@ -415,57 +431,108 @@ impl MappedFile {
     #[doc(hidden)]
     #[inline]
     pub fn read_at_unguarded(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        match self.read_fast::<false>(buf, offset) {
-            Some(r) => r,
-            None => self.read_at_general(buf, offset),
+        if buf.len() <= SMALL {
+            self.read_fast::<false, true>(buf, offset)
+        } else {
+            self.read_fast::<false, false>(buf, offset)
         }
     }
 
-    /// The hot path of `read_at`, kept short on purpose: small random reads are bound by memory
+    /// The body of `read_at`, kept short on purpose: small random reads are bound by memory
     /// latency, and the fewer instructions each read takes, the more of them the CPU overlaps.
-    /// It handles a whole-file mapping that already covers the range, with no resize running
-    /// and this thread in no other access (`Gate::run_fast`); everything else (windows, the end
-    /// of the file, remaps, nested accesses, errors) returns `None` for the general path.
-    /// `GUARDED` is false only for [`read_at_unguarded`](Self::read_at_unguarded).
+    /// It handles a read of a whole-file mapping whose whole buffer lies before the end of the
+    /// file and inside the mapping, with no resize pending and this thread in no other access
+    /// (`Gate::fast_enter`). Everything else (windows, a read reaching the end of the file, a
+    /// remap that is due, nested accesses, a poisoned file) goes to the general path, and a
+    /// fault during the copy to [`read_faulted`](Self::read_faulted); those calls come last, so
+    /// nothing is live across them. `GUARDED` is false only for
+    /// [`read_at_unguarded`](Self::read_at_unguarded); `SMALL_BUF` says that `buf` holds at most
+    /// [`SMALL`] bytes, so the copy is inline and calls nothing.
     #[inline(always)]
-    fn read_fast<const GUARDED: bool>(
+    fn read_fast<const GUARDED: bool, const SMALL_BUF: bool>(
         &self,
         buf: &mut [u8],
         offset: u64,
-    ) -> Option<io::Result<usize>> {
+    ) -> io::Result<usize> {
         let View::Whole(w) = &self.view else {
-            return None;
+            return self.read_at_general(buf, offset);
         };
-        let fault = &*self.fault;
-        self.entry
-            .gate
-            .run_fast(|| {
-                let limit = self.limit();
-                // SAFETY: we are inside an access of the file's gate until the closure returns.
-                let (base, cap) = unsafe { w.base_and_cap() };
-                if offset >= limit || buf.is_empty() {
-                    return None;
-                }
-                let n = (buf.len() as u64).min(limit - offset) as usize;
-                if offset + n as u64 > cap as u64 {
-                    return None;
-                }
-                let dst = buf.as_mut_ptr();
-                // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays
-                // mapped while the access lasts; `dst..dst + n` lies in `buf`, a `&mut` that
-                // cannot overlap memory we only hand out as `&[u8]`.
-                let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
-                if GUARDED {
-                    Some(match fault.guarded_read(copy) {
-                        Ok(()) => Ok(n),
-                        Err(e) => Err(fault_to_io(e)),
-                    })
-                } else {
-                    copy();
-                    Some(Ok(n))
-                }
-            })
-            .flatten()
+        let gate = &self.entry.gate;
+        let access = match gate.fast_enter() {
+            Ok(a) => a,
+            Err(miss) => return self.read_missed(miss, buf, offset),
+        };
+        let n = buf.len();
+        // SAFETY: we are inside an access of the file's gate until `leave`.
+        let (base, cap) = unsafe { w.base_and_cap() };
+        let end = offset.checked_add(n as u64);
+        if end.is_none_or(|end| end > self.limit().min(cap as u64)) {
+            // Not all of `buf` lies before the end of the file (a short read, or none) and in
+            // the mapping (a remap is due): the general path.
+            let miss = if access.leave() {
+                FastMiss::Resizing
+            } else {
+                FastMiss::Busy
+            };
+            return self.read_missed(miss, buf, offset);
+        }
+        let dst = buf.as_mut_ptr();
+        // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays mapped
+        // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap memory
+        // we only hand out as `&[u8]`; with `SMALL_BUF`, `n <= SMALL`. The copy does not
+        // unwind, so `leave` runs.
+        let copy = || unsafe {
+            let src = base.add(offset as usize);
+            if SMALL_BUF {
+                copy_small(src, dst, n)
+            } else {
+                copy_out(src, dst, n)
+            }
+        };
+        let faulted = if GUARDED {
+            !self.fault.guarded_read_ok(copy)
+        } else {
+            copy();
+            false
+        };
+        let wake = access.leave();
+        if faulted | wake {
+            return self.read_fast_tail(n, !faulted, wake);
+        }
+        Ok(n)
+    }
+
+    /// `read_at`'s fast path did not enter the gate, or left it at once: wake the resizer it
+    /// backed out from, if that is why, and take the general path.
+    #[cold]
+    #[inline(never)]
+    fn read_missed(&self, miss: FastMiss, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        if miss == FastMiss::Resizing {
+            self.entry.gate.wake_resizer();
+        }
+        self.read_at_general(buf, offset)
+    }
+
+    /// The rare ends of `read_at`'s fast path: a resize waits for the access that just left
+    /// (`wake`), or a fault was caught during the copy (`!ok`: the file is poisoned now, and
+    /// the `n` bytes read are not good).
+    #[cold]
+    #[inline(never)]
+    fn read_fast_tail(&self, n: usize, ok: bool, wake: bool) -> io::Result<usize> {
+        if wake {
+            self.entry.gate.wake_resizer();
+        }
+        if ok {
+            Ok(n)
+        } else {
+            Err(self.read_faulted())
+        }
+    }
+
+    /// The error of a read whose copy faulted: the handler poisoned the file before it replaced
+    /// the page, so the fault state has the error.
+    fn read_faulted(&self) -> io::Error {
+        fault_to_io(self.fault.error())
     }
 
     #[inline(never)]

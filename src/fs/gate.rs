@@ -37,7 +37,7 @@
 //!   the same protocol with the reader's fence promoted to a full barrier by the resizer's call
 //!   (the argument below).
 //!
-//! [`Gate::run_fast`] is the fast path in one inlined piece (for `read_at`, where every
+//! [`Gate::fast_enter`] is the fast path in inlined pieces (for `read_at`, where every
 //! instruction counts); [`Gate::try_enter`] the same with a guard.
 //!
 //! Why a resize never acts while a fast-path access runs. Take a reader whose slot store `S`
@@ -198,34 +198,34 @@ impl Gate {
         self.try_enter()
     }
 
-    /// Runs `access` inside an access of the gate if the fast path can enter at once (this
-    /// thread's slot is free and no resize is pending), else returns `None` without running it
-    /// and the caller takes a path that enters with [`enter`](Self::enter) (which also registers
-    /// the thread's slot the first time).
+    /// Enters a fast-path access if the fast path can enter at once: this thread's slot is
+    /// free and no resize is pending. Otherwise returns why not, without entering, and the
+    /// caller takes a path that enters with [`enter`](Self::enter) (which also registers the
+    /// thread's slot the first time).
     ///
-    /// The same protocol as [`try_enter`](Self::try_enter), in one inlined piece with no guard
-    /// to move around, for the read path, whose cost is counted in instructions.
+    /// The same protocol as [`try_enter`](Self::try_enter), for the read path, whose cost is
+    /// counted in instructions and stores: the access holds one word (the slot's free value)
+    /// and leaves with [`FastAccess::leave`], which reports a waiting resizer instead of waking
+    /// it, so the caller makes that call (and every other) in a tail position, and its fast
+    /// path needs no stack frame.
     #[inline(always)]
-    pub(crate) fn run_fast<R>(&self, access: impl FnOnce() -> R) -> Option<R> {
-        let slot = readers::current()?;
+    pub(crate) fn fast_enter(&self) -> Result<FastAccess<'_>, FastMiss> {
+        let Some(slot) = readers::current() else {
+            return Err(FastMiss::Busy);
+        };
         let free = slot.gate.load(Ordering::Relaxed);
         if free > FREE_FENCED {
-            return None;
+            return Err(FastMiss::Busy);
         }
-        slot.gate.store(self.addr(), Ordering::Relaxed);
-        barrier::reader(free);
-        if self.state.load(Ordering::Acquire) & RESIZING != 0 {
-            slot.gate.store(free, Ordering::Release);
-            self.wake_resizer();
-            return None;
+        if !self.announce(slot, free) {
+            return Err(FastMiss::Resizing);
         }
-        // Leaves the gate also if `access` unwinds.
-        let _leave = SlotLeave {
+        Ok(FastAccess {
             gate: self,
             slot,
             free,
-        };
-        Some(access())
+            _not_send: PhantomData,
+        })
     }
 
     /// The fast path, announced in `slot`, which must be the calling thread's own slot and
@@ -241,11 +241,7 @@ impl Gate {
     /// The fast path (module docs); `free` is the slot's value now.
     #[inline]
     fn enter_announced<'a>(&'a self, slot: &'a ReaderSlot, free: usize) -> Option<AccessGuard<'a>> {
-        slot.gate.store(self.addr(), Ordering::Relaxed);
-        barrier::reader(free);
-        // Acquire: pairs with the `Release` that ends a resize, so the mapping and length a
-        // finished resize installed are what the access reads.
-        if self.state.load(Ordering::Acquire) & RESIZING == 0 {
+        if self.announce(slot, free) {
             return Some(AccessGuard {
                 gate: self,
                 slot: Some(slot),
@@ -254,9 +250,24 @@ impl Gate {
             });
         }
         // A resize is pending: the resizer may have seen the slot and wait for it.
-        slot.gate.store(free, Ordering::Release);
         self.wake_resizer();
         None
+    }
+
+    /// The enter of the fast path (module docs) in `slot`, free with value `free`: announces
+    /// this gate in the slot and returns true, or, if a resize is pending, frees the slot again
+    /// and returns false; the caller must then call [`wake_resizer`](Self::wake_resizer).
+    #[inline(always)]
+    fn announce(&self, slot: &ReaderSlot, free: usize) -> bool {
+        slot.gate.store(self.addr(), Ordering::Relaxed);
+        barrier::reader(free);
+        // Acquire: pairs with the `Release` that ends a resize, so the mapping and length a
+        // finished resize installed are what the access reads.
+        if self.state.load(Ordering::Acquire) & RESIZING == 0 {
+            return true;
+        }
+        slot.gate.store(free, Ordering::Release);
+        false
     }
 
     #[inline]
@@ -293,13 +304,13 @@ impl Gate {
         }
     }
 
-    #[inline]
-    fn leave_slot(&self, slot: &ReaderSlot, free: usize) {
+    /// Frees `slot` (the leave of a fast-path access); returns whether a resize is pending,
+    /// in which case the caller must call [`wake_resizer`](Self::wake_resizer).
+    #[inline(always)]
+    fn leave_slot(&self, slot: &ReaderSlot, free: usize) -> bool {
         slot.gate.store(free, Ordering::Release);
         barrier::reader(free);
-        if self.state.load(Ordering::Relaxed) & RESIZING != 0 {
-            self.wake_resizer();
-        }
+        self.state.load(Ordering::Relaxed) & RESIZING != 0
     }
 
     #[inline]
@@ -311,7 +322,7 @@ impl Gate {
     }
 
     #[cold]
-    fn wake_resizer(&self) {
+    pub(crate) fn wake_resizer(&self) {
         // An access left (or backed out) while a resize waits: wake it. Taking the lock orders
         // this notification after the resizer's check-then-wait (it checks under the lock).
         let _g = self.lock.lock();
@@ -376,23 +387,54 @@ impl Drop for AccessGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         match self.slot {
-            Some(slot) => self.gate.leave_slot(slot, self.free),
+            Some(slot) => {
+                if self.gate.leave_slot(slot, self.free) {
+                    self.gate.wake_resizer();
+                }
+            }
             None => self.gate.leave_counted(),
         }
     }
 }
 
-/// The end of a [`Gate::run_fast`] access.
-struct SlotLeave<'a> {
-    gate: &'a Gate,
-    slot: &'a ReaderSlot,
-    free: usize,
+/// Why [`Gate::fast_enter`] did not enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FastMiss {
+    /// This thread's slot is taken (a nested access), not registered yet, or retired.
+    Busy,
+    /// A resize is pending. The slot was announced and freed again: a resizer may have seen it
+    /// and wait for that leave, so the caller must call [`Gate::wake_resizer`].
+    Resizing,
 }
 
-impl Drop for SlotLeave<'_> {
+/// A fast-path access, announced in the entering thread's slot. End it with
+/// [`leave`](Self::leave); dropping it (an unwinding caller) leaves and wakes a waiting resizer.
+/// Not `Send`: only the entering thread may clear its slot.
+#[derive(Debug)]
+#[must_use = "an access left running blocks every resize of the file"]
+pub(crate) struct FastAccess<'a> {
+    gate: &'a Gate,
+    slot: &'a ReaderSlot,
+    /// The value the slot goes back to ([`FREE`] or [`FREE_FENCED`]).
+    free: usize,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl FastAccess<'_> {
+    /// Leaves the gate; returns whether a resize is pending, in which case the caller must call
+    /// [`Gate::wake_resizer`] (the resizer may be waiting for this leave).
     #[inline(always)]
+    pub(crate) fn leave(self) -> bool {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.gate.leave_slot(this.slot, this.free)
+    }
+}
+
+impl Drop for FastAccess<'_> {
     fn drop(&mut self) {
-        self.gate.leave_slot(self.slot, self.free);
+        if self.gate.leave_slot(self.slot, self.free) {
+            self.gate.wake_resizer();
+        }
     }
 }
 
