@@ -1,5 +1,6 @@
 //! `PoolStats` serializes to JSON with the `serde` feature
-//! (`cargo test --features serde --test diagnostics_serde`).
+//! (`cargo test --workspace` turns the feature on through the cli; alone:
+//! `cargo test --features serde --test diagnostics_serde`).
 #![cfg(feature = "serde")]
 
 use segpool::SegmentPool;

@@ -52,6 +52,10 @@ pub struct Args {
     /// Seed of the record generator.
     #[arg(long, default_value_t = 0x5E6_9001)]
     pub seed: u64,
+    /// Also write the pool's statistics at the end of the run to this file, as JSON (the
+    /// `PoolStats` fields: counts, bytes, peaks, per-class numbers).
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
 }
 
 /// What one run did.
@@ -98,6 +102,14 @@ pub fn run(args: Args) -> Result<(), Error> {
             (Some(tmp), dir, PathBuf::from("demo.seg"))
         }
     };
+    // Created now, so a path that cannot be written fails before the run, not after it.
+    let stats_file = match &args.stats_json {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|e| format!("--stats-json {}: cannot create: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let shown = args.out.clone().unwrap_or_else(|| dir.join(&name));
     let cannot_write = |e: std::io::Error| format!("cannot write the output file: {e}");
     let fs = MmapFs::new(
@@ -139,6 +151,10 @@ pub fn run(args: Args) -> Result<(), Error> {
 
     let stats = pool.stats();
     println!("pool after the run:\n{stats}");
+    if let (Some(f), Some(p)) = (stats_file, &args.stats_json) {
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), &stats)
+            .map_err(|e| format!("--stats-json {}: cannot write: {e}", p.display()))?;
+    }
     let o = Outcome {
         records: verified,
         blocks: written.blocks,

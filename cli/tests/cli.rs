@@ -63,6 +63,52 @@ fn demo_keeps_the_out_file() {
 }
 
 #[test]
+fn demo_writes_its_pool_stats_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stats.json");
+    let out = segpool(&[
+        "demo",
+        "--records",
+        "2000",
+        "--threads",
+        "2",
+        "--budget",
+        "1M",
+        "--stats-json",
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let n = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing or not a number: {v}"))
+    };
+    // Every segment went back: as many releases as allocations, none in use.
+    assert!(n("allocations") > 0, "{v}");
+    assert_eq!(n("allocations"), n("releases"), "{v}");
+    assert_eq!(n("in_use_bytes"), 0, "{v}");
+    assert!(n("peak_mapped_bytes") <= 1 << 20, "over the budget: {v}");
+}
+
+#[test]
+fn unwritable_stats_json_is_one_line_before_the_run() {
+    let out = segpool(&[
+        "demo",
+        "--records",
+        "1000",
+        "--stats-json",
+        "/nonexistent-dir/stats.json",
+    ]);
+    assert_one_line_error(&out, "--stats-json");
+    assert!(
+        !text(&out.stdout).contains("verified"),
+        "the run should not start: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn bad_budget_is_one_line() {
     assert_one_line_error(&segpool(&["demo", "--budget", "12Q"]), "--budget");
     assert_one_line_error(&segpool(&["--budget", "lots"]), "--budget");
