@@ -199,31 +199,29 @@ impl Gate {
     }
 
     /// Enters a fast-path access if the fast path can enter at once: this thread's slot is
-    /// free and no resize is pending. Otherwise returns why not, without entering, and the
-    /// caller takes a path that enters with [`enter`](Self::enter) (which also registers the
-    /// thread's slot the first time).
+    /// free, its fences are compiler fences (the process uses `membarrier`), and no resize is
+    /// pending. Otherwise returns why not, without entering, and the caller takes a path that
+    /// enters with [`enter`](Self::enter) (which also registers the thread's slot the first
+    /// time, and runs the same protocol with `fence(SeqCst)` where `membarrier` is missing).
     ///
     /// The same protocol as [`try_enter`](Self::try_enter), for the read path, whose cost is
-    /// counted in instructions and stores: the access holds one word (the slot's free value)
-    /// and leaves with [`FastAccess::leave`], which reports a waiting resizer instead of waking
-    /// it, so the caller makes that call (and every other) in a tail position, and its fast
-    /// path needs no stack frame.
+    /// counted in instructions: with the fence form fixed, the fences are no instructions and no
+    /// branches; and [`FastAccess::leave`] reports a waiting resizer instead of waking it, so
+    /// the caller makes that call (and every other) last, with nothing live across it.
     #[inline(always)]
     pub(crate) fn fast_enter(&self) -> Result<FastAccess<'_>, FastMiss> {
         let Some(slot) = readers::current() else {
             return Err(FastMiss::Busy);
         };
-        let free = slot.gate.load(Ordering::Relaxed);
-        if free > FREE_FENCED {
+        if slot.gate.load(Ordering::Relaxed) != FREE {
             return Err(FastMiss::Busy);
         }
-        if !self.announce(slot, free) {
+        if !self.announce(slot, FREE) {
             return Err(FastMiss::Resizing);
         }
         Ok(FastAccess {
             gate: self,
             slot,
-            free,
             _not_send: PhantomData,
         })
     }
@@ -414,9 +412,8 @@ pub(crate) enum FastMiss {
 #[must_use = "an access left running blocks every resize of the file"]
 pub(crate) struct FastAccess<'a> {
     gate: &'a Gate,
+    /// The entering thread's slot, whose free value is [`FREE`] (compiler fences).
     slot: &'a ReaderSlot,
-    /// The value the slot goes back to ([`FREE`] or [`FREE_FENCED`]).
-    free: usize,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -426,13 +423,13 @@ impl FastAccess<'_> {
     #[inline(always)]
     pub(crate) fn leave(self) -> bool {
         let this = std::mem::ManuallyDrop::new(self);
-        this.gate.leave_slot(this.slot, this.free)
+        this.gate.leave_slot(this.slot, FREE)
     }
 }
 
 impl Drop for FastAccess<'_> {
     fn drop(&mut self) {
-        if self.gate.leave_slot(self.slot, self.free) {
+        if self.gate.leave_slot(self.slot, FREE) {
             self.gate.wake_resizer();
         }
     }
