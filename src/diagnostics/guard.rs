@@ -24,7 +24,8 @@
 //! previous action directly, like `crate::fault` does for SIGBUS. The signal is never swallowed.
 //!
 //! Segments handed out while the table is full are still guarded (they fault), but the crash
-//! message is then not printed.
+//! message is then not printed; the first time that happens in the process, a `guard table full`
+//! warning event says so.
 
 use std::fmt::Write as _;
 use std::io;
@@ -32,7 +33,7 @@ use std::panic::Location;
 use std::sync::OnceLock;
 
 // The table is read by a signal handler: plain hardware atomics, not the `crate::sync` shim.
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::os::signal::{self, Disposition, ErrnoGuard, SignalAction};
 use crate::os::Mapping;
@@ -145,7 +146,20 @@ pub(crate) fn note_allocated(
             return;
         }
     }
+    // Full: the segment is guarded all the same, but an overrun of it would crash unexplained.
+    if !TABLE_FULL_REPORTED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            target: "segpool",
+            capacity = CAPACITY,
+            segment = addr,
+            "guard table full"
+        );
+    }
 }
+
+/// Set the first time a guarded segment found the table full (the event is sent once per
+/// process).
+static TABLE_FULL_REPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Notes a guarded segment released (before its slice goes back).
 pub(crate) fn note_released(addr: usize, len: usize) {
