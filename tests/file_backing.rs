@@ -1,6 +1,7 @@
 //! `Backing::File`: regions are nameless files in a directory, reserved before they are mapped.
 
 mod common;
+mod diagnostics_support;
 
 use segpool::{Backing, Error, Segment, SegmentPool};
 
@@ -134,8 +135,22 @@ fn a_fault_in_a_file_backed_region_is_survived_and_quarantines_the_region() {
     assert_eq!(first, 0, "the lost page reads as zeros");
     let stats = pool.stats();
     assert_eq!(stats.faulted_regions, 1, "{stats}");
-    // The faulted region hands out nothing more: the next segment comes from a new region.
-    let other = pool.allocate(65536).unwrap();
+    // The faulted region hands out nothing more: the next segment comes from a new region. The
+    // pool finds the fault when it goes to take from the region: one `region fault` event, and
+    // the count in the stats.
+    let (other, events) = diagnostics_support::capture(|| pool.allocate(65536).unwrap());
+    let faults = diagnostics_support::named(&events, "region fault");
+    assert_eq!(faults.len(), 1, "{events:?}");
+    let e = faults[0];
+    assert_eq!(e.level, tracing::Level::ERROR);
+    assert_eq!(e.number("class"), 65536);
+    assert_eq!(e.field("path"), dir.path().display().to_string());
+    let addr = e.number("addr") as usize;
+    assert!(
+        (seg.as_ptr() as usize..seg.as_ptr() as usize + 65536).contains(&addr),
+        "addr {addr:#x} is the faulting read's"
+    );
+    assert_eq!(pool.stats().faults, 1);
     assert!(
         mapping_of(other.as_ptr() as usize) != range,
         "a faulted region must not be reused"
