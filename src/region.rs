@@ -324,6 +324,25 @@ pub(crate) enum Released {
 /// * `guard` was pinned before the call (the region may be destroyed by this call or, right after
 ///   the decrement, by another thread; the guard keeps its metadata readable meanwhile).
 pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard) -> Released {
+    // SAFETY: the caller owns slices of the region, so it is alive.
+    let r = unsafe { region.get() };
+    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
+    // SAFETY: forwarded from the caller.
+    unsafe { give_back_uncounted(region, addrs, guard) }
+}
+
+/// [`give_back`] without telling the pool's out-of-free-list counts: the caller counts the
+/// slices later with `PoolShared::note_returned` (a thread cache batches that, see
+/// `thread_cache`).
+///
+/// # Safety
+///
+/// As for [`give_back`].
+pub(crate) unsafe fn give_back_uncounted(
+    region: RegionRef,
+    addrs: &[usize],
+    guard: &Guard,
+) -> Released {
     // SAFETY: the caller owns slices of the region, so it is alive (count > 0).
     let r = unsafe { region.get() };
     let mut idx = [0u32; MAX_BATCH];
@@ -333,7 +352,6 @@ pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard
         }
         r.hot.free.push_all(&idx[..chunk.len()]);
     }
-    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
     // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
     unsafe { drop_ref(region, addrs.len(), guard) }
 }

@@ -41,7 +41,7 @@ use std::ptr::{self, NonNull};
 use crate::budget::WAITER_MASK;
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
-use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
+use crate::region::{give_back, give_back_uncounted, RegionRef, Released, MAX_BATCH, ZERO_TAG};
 use crate::size_class::CACHE_MAX_SLICES;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{arc_slice, const_thread_local, epoch, Arc};
@@ -100,11 +100,25 @@ pub(crate) struct ClassCache {
     cap: usize,
     /// The class's slice size (what a segment's `len()` is).
     size: usize,
+    /// The class's index in its pool.
+    class: u8,
+    /// Slices this cache gave back to their regions that the pool's out-of-free-list counts
+    /// (`PoolShared::note_returned`) do not show yet: at most `UNCOUNTED_CACHES * cap`. See
+    /// [`ClassCache::count_returned`].
+    uncounted: Cell<usize>,
     slots: UnsafeCell<[Slot; CACHE_MAX_SLICES]>,
 }
 
-// SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` is read
-// and written by the owning thread alone (invariants above).
+/// A thread cache tells the pool's out-of-free-list counts about the slices it gave back once
+/// they add up to this many caches' worth (and whenever it gives everything back or takes a
+/// batch). Those counts are two lines that every batch of every thread would otherwise write:
+/// when one thread allocates and another releases, the releasing side leaves them alone for
+/// several batches. The cost: the counts, and so the peaks `stats()` reports, may be higher
+/// than the truth by up to this many caches' worth per thread (they stay upper bounds).
+pub(crate) const UNCOUNTED_CACHES: usize = 4;
+
+// SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` and
+// `uncounted` are read and written by the owning thread alone (invariants above).
 unsafe impl Sync for ClassCache {}
 
 impl std::fmt::Debug for ClassCache {
@@ -113,16 +127,20 @@ impl std::fmt::Debug for ClassCache {
             .field("counters", &self.counters)
             .field("cap", &self.cap)
             .field("size", &self.size)
+            .field("class", &self.class)
+            .field("uncounted", &self.uncounted.get())
             .finish_non_exhaustive()
     }
 }
 
 impl ClassCache {
-    fn new(size: usize, cap: usize) -> Self {
+    fn new(class: u8, size: usize, cap: usize) -> Self {
         Self {
             counters: ClassCounters::default(),
             cap: cap.min(CACHE_MAX_SLICES),
             size,
+            class,
+            uncounted: Cell::new(0),
             slots: UnsafeCell::new([NO_SLOT; CACHE_MAX_SLICES]),
         }
     }
@@ -211,9 +229,30 @@ impl ClassCache {
         give_back_batch(shared, &mut slots[..n]);
         slots.copy_within(n..len, 0);
         add(&self.counters.adjust, (n as u64).wrapping_neg());
+        // SAFETY: the caller owns the cache.
+        unsafe { self.count_returned(shared, n, false) };
     }
 
-    /// Gives every cached slice back.
+    /// Adds `n` slices given back (uncounted) to `uncounted`, and tells the pool's counts about
+    /// all of them once they reach the bound (`UNCOUNTED_CACHES` caches' worth), or now with
+    /// `now`.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache.
+    unsafe fn count_returned(&self, shared: &PoolShared, n: usize, now: bool) {
+        let pending = self.uncounted.get() + n;
+        if now || pending >= UNCOUNTED_CACHES * self.cap {
+            if pending > 0 {
+                shared.note_returned(self.class, pending * self.size);
+            }
+            self.uncounted.set(0);
+        } else {
+            self.uncounted.set(pending);
+        }
+    }
+
+    /// Gives every cached slice back, and counts every slice given back.
     ///
     /// # Safety
     ///
@@ -222,6 +261,8 @@ impl ClassCache {
         let (len, _) = self.len_and_releases();
         // SAFETY: forwarded.
         unsafe { self.give_back_oldest(shared, len) };
+        // SAFETY: forwarded.
+        unsafe { self.count_returned(shared, 0, true) };
     }
 
     /// Counts an allocation a slow path served from slices it brought in itself.
@@ -248,7 +289,7 @@ impl PoolCache {
             shared
                 .classes
                 .iter()
-                .map(|c| ClassCache::new(c.size, c.cache_capacity))
+                .map(|c| ClassCache::new(c.index, c.size, c.cache_capacity))
                 .collect(),
         );
         shared.register_thread(Arc::clone(&classes));
@@ -365,7 +406,8 @@ impl Drop for CachesBorrow<'_> {
 }
 
 /// Gives cached slices back to their regions, one batch per region (reorders `items`; the caller
-/// forgets them afterwards).
+/// forgets them afterwards). The pool's out-of-free-list counts are not told: the caller counts
+/// the slices itself (`ClassCache::count_returned`).
 fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
     if items.is_empty() {
         return;
@@ -383,8 +425,9 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
             for (a, &(addr, _)) in addrs.iter_mut().zip(chunk) {
                 *a = addr;
             }
+            let addrs = &addrs[..chunk.len()];
             // SAFETY: the cache owned these slices (each counted in its region), and we are pinned.
-            let outcome = unsafe { give_back(region, &addrs[..chunk.len()], &guard) };
+            let outcome = unsafe { give_back_uncounted(region, addrs, &guard) };
             if outcome == Released::Emptied {
                 // SAFETY: pinned since before the give-back, so the metadata is readable.
                 let class = unsafe { region.get() }.class as usize;
@@ -495,6 +538,11 @@ pub(crate) fn refill(
             // The fast path missed for another reason (a budget waiter, a new generation).
             return Some(Ok(slot));
         }
+        // Count what this thread gave back before taking (the take writes the same counts).
+        if cache.uncounted.get() > 0 {
+            // SAFETY: this thread owns the cache.
+            unsafe { cache.count_returned(shared, 0, true) };
+        }
         let want = (cache.cap / 2).max(1) + 1;
         let mut buf = [0usize; MAX_BATCH];
         let guard = epoch::pin();
@@ -602,4 +650,61 @@ pub(crate) fn flush_current_thread(shared: &PoolShared) {
             }
         }
     });
+}
+
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests {
+    use crate::SegmentPool;
+
+    /// Slices given back by a thread cache reach the pool's out-of-free-list counts late (at most
+    /// `UNCOUNTED_CACHES` caches' worth per thread), never early, and all of them once the
+    /// thread exits: the counts stay upper bounds of what the regions hold out, and come back to
+    /// zero when everything is back.
+    #[test]
+    fn returns_are_counted_late_never_early_and_all_at_exit() {
+        const SIZE: usize = 64 << 10;
+        let pool = SegmentPool::builder()
+            .size_classes(&[SIZE])
+            .huge_pages(false)
+            .build()
+            .unwrap();
+        let shared = pool.shared().clone();
+        let class = &shared.classes[0];
+        let cap = class.cache_capacity;
+        assert!(cap > 1);
+        // Slices out of the regions' free lists, as the regions count them.
+        let exact = || class.snapshot().out;
+        let segs: Vec<_> = (0..10 * cap)
+            .map(|_| pool.allocate(SIZE).unwrap())
+            .collect();
+        let (to_main, from_releaser) = std::sync::mpsc::channel();
+        let (to_releaser, from_main) = std::sync::mpsc::channel::<()>();
+        let releaser = std::thread::spawn(move || {
+            drop(segs);
+            to_main.send(()).unwrap();
+            // Stay alive (its cache and its uncounted returns with it) until told to exit.
+            from_main.recv().unwrap();
+        });
+        from_releaser.recv().unwrap();
+        let (counted, peak) = (class.out.now(), class.out.peak());
+        assert!(
+            counted >= exact(),
+            "counted {counted} below the regions' {}",
+            exact()
+        );
+        assert!(
+            counted <= exact() + super::UNCOUNTED_CACHES * cap,
+            "counted {counted}, regions {}",
+            exact()
+        );
+        assert!(peak >= 10 * cap);
+        to_releaser.send(()).unwrap();
+        releaser.join().unwrap();
+        // The releaser's cache and its uncounted returns went back when it exited; this
+        // thread's cache goes back with `trim`.
+        pool.trim();
+        assert_eq!(exact(), 0);
+        assert_eq!(class.out.now(), 0);
+        assert_eq!(shared.out_bytes_now(), 0);
+    }
 }
