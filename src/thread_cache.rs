@@ -543,7 +543,8 @@ pub(crate) fn refill(
             // SAFETY: this thread owns the cache.
             unsafe { cache.count_returned(shared, 0, true) };
         }
-        let want = (cache.cap / 2).max(1) + 1;
+        // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
+        let want = cache.cap.max(2);
         let mut buf = [0usize; MAX_BATCH];
         let guard = epoch::pin();
         let result = shared.classes[class].take(shared, &mut buf[..want.min(MAX_BATCH)], &guard);
@@ -627,11 +628,11 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         if unsafe { cache.push((addr, region)) } {
             return true;
         }
-        // Full: give the older half back in one batch, then cache this one.
+        // Full: give the older three quarters back in one batch, then cache this one.
         let (len, _) = cache.len_and_releases();
-        // SAFETY: this thread owns the cache; `len - cap / 2 <= len`.
-        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 2) };
-        // SAFETY: as above; there is room now (`cap / 2 < cap`).
+        // SAFETY: this thread owns the cache; `len - cap / 4 <= len`.
+        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 4) };
+        // SAFETY: as above; there is room now (`cap / 4 < cap`).
         unsafe { cache.push((addr, region)) }
     })
     .unwrap_or(false);
