@@ -418,21 +418,15 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
         items.sort_unstable_by_key(|&(_, r)| r.0.as_ptr() as usize);
     }
     let guard = epoch::pin();
-    let mut addrs = [0usize; MAX_BATCH];
     for group in items.chunk_by(|a, b| a.1 == b.1) {
         let region = group[0].1;
-        for chunk in group.chunks(MAX_BATCH) {
-            for (a, &(addr, _)) in addrs.iter_mut().zip(chunk) {
-                *a = addr;
-            }
-            let addrs = &addrs[..chunk.len()];
-            // SAFETY: the cache owned these slices (each counted in its region), and we are pinned.
-            let outcome = unsafe { give_back_uncounted(region, addrs, &guard) };
-            if outcome == Released::Emptied {
-                // SAFETY: pinned since before the give-back, so the metadata is readable.
-                let class = unsafe { region.get() }.class as usize;
-                shared.classes[class].on_emptied(region, &guard);
-            }
+        let addrs = group.iter().map(|&(addr, _)| addr);
+        // SAFETY: the cache owned these slices (each counted in its region), and we are pinned.
+        let outcome = unsafe { give_back_uncounted(region, addrs, &guard) };
+        if outcome == Released::Emptied {
+            // SAFETY: pinned since before the give-back, so the metadata is readable.
+            let class = unsafe { region.get() }.class as usize;
+            shared.classes[class].on_emptied(region, &guard);
         }
     }
     shared.budget.notify();
@@ -522,6 +516,20 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
         .flatten()
 }
 
+/// Runs `f` on a buffer of `min(n, MAX_BATCH)` entries, from an array sized so that a small
+/// batch (the large classes take a few slices at a time) does not clear a large one.
+#[inline(always)]
+fn with_buffer<R>(n: usize, f: impl FnOnce(&mut [usize]) -> R) -> R {
+    let n = n.min(MAX_BATCH);
+    if n <= 8 {
+        f(&mut [0; 8][..n])
+    } else if n <= 16 {
+        f(&mut [0; 16][..n])
+    } else {
+        f(&mut [0; MAX_BATCH][..n])
+    }
+}
+
 /// The slow path of `allocate`: a slice from this thread's cache of `class`, refilled with one
 /// batch from a region (mapping one if needed) when it is empty.
 pub(crate) fn refill(
@@ -545,15 +553,16 @@ pub(crate) fn refill(
         }
         // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
         let want = cache.cap.max(2);
-        let mut buf = [0usize; MAX_BATCH];
-        let guard = epoch::pin();
-        let result = shared.classes[class].take(shared, &mut buf[..want.min(MAX_BATCH)], &guard);
-        Some(result.map(|(region, n)| {
-            // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
-            // the region handed these slices to us.
-            unsafe { cache.stash(&buf[1..n], region) };
-            cache.count_slow_allocation();
-            (buf[0], region)
+        Some(with_buffer(want, |buf| {
+            let guard = epoch::pin();
+            let result = shared.classes[class].take(shared, buf, &guard);
+            result.map(|(region, n)| {
+                // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
+                // the region handed these slices to us.
+                unsafe { cache.stash(&buf[1..n], region) };
+                cache.count_slow_allocation();
+                (buf[0], region)
+            })
         }))
     })
     .flatten();
