@@ -493,8 +493,15 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
         .try_with(|caches| {
             let mut caches = CachesBorrow::new(caches)?;
             let caches = &mut caches.0;
-            // Drop entries of closed pools (giving their slices back) while we are here.
-            caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            // Drop entries of closed pools (giving their slices back) while we are here. (A
+            // thread that uses one pool has one entry, this one: nothing to look at.)
+            if caches.len() > 1
+                || caches
+                    .first()
+                    .is_some_and(|e| !ptr::eq(&*e.shared, &**shared))
+            {
+                caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            }
             let pos = match caches.iter().position(|e| ptr::eq(&*e.shared, &**shared)) {
                 Some(p) => p,
                 None => {
@@ -624,11 +631,14 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         // SAFETY: forwarded from the caller, who owns the slice.
         unsafe { crate::diagnostics::on_release_slice(r, addr, r.slice_size()) };
     }
-    let shared = Arc::clone(&r.pool);
+    // Borrowed, not cloned (no read-modify-write of the pool's reference count per batch): the
+    // slice we hold keeps the region, hence its `Arc` of the pool, alive until
+    // `release_direct` below gives it back.
+    let shared = &r.pool;
     let class = r.class as usize;
     // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's
     // trim bumps it), so a waiter also gets the slices this thread had cached.
-    let cached = with_entry(&shared, |entry| {
+    let cached = with_entry(shared, |entry| {
         let cache = &entry.classes[class];
         if cache.cap == 0 || entry.shared.budget.has_waiters() {
             return false;
