@@ -8,9 +8,15 @@
 //! # Bounds and give-back
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
-//!   slices (64 slices or 1 MiB, whichever is less, at least one; under a budget at most 1/16 of
-//!   it). A full cache gives half of itself back to the regions in one batch; an empty one takes
-//!   half a cache from one region in one batch.
+//!   slices (64 slices or 2 MiB, whichever is less, at least one; under a budget at most 1/16 of
+//!   it). A full cache gives its older three quarters back to the regions in one batch per
+//!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
+//!   When one thread allocates and another releases, every slice goes through these batches, so
+//!   their size sets what each pair pays.
+//! * The pool's out-of-free-list counts (behind the `stats()` peaks) hear of a cache's
+//!   give-backs late: after [`UNCOUNTED_CACHES`] caches' worth, the thread's next take, a full
+//!   give-back or its exit. The counts (and peaks) stay upper bounds; region state words, which
+//!   the reclamation protocol relies on, are always exact.
 //! * `trim()`, a budget shortage and closing the pool bump the pool's trim generation; every
 //!   thread compares it on each call into that pool and, when it moved, gives its whole cache back
 //!   first. A thread's caches are given back when it exits.
