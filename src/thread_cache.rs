@@ -96,8 +96,12 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 ///   CACHE_MAX_SLICES`.
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
-/// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or writes the
-///   counters. Other threads (the pool's registry, for `stats()`) only load the counters.
+/// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
+///   or writes the counters. Other threads (the pool's registry, for `stats()`) only load the
+///   counters.
+/// * `uncounted` slices were given back to their regions (their state words already dropped
+///   them) but not yet subtracted from the pool's out-of-free-list counts; it is below
+///   `UNCOUNTED_CACHES * cap` between calls, and zero after a full give-back.
 // Aligned to two cache lines (the adjacent-line prefetcher's unit): the caches of two threads
 // never share a line, whatever the allocator places next to them.
 #[repr(align(128))]
@@ -134,7 +138,6 @@ impl std::fmt::Debug for ClassCache {
             .field("cap", &self.cap)
             .field("size", &self.size)
             .field("class", &self.class)
-            .field("uncounted", &self.uncounted.get())
             .finish_non_exhaustive()
     }
 }
