@@ -51,8 +51,9 @@ impl FreeStack {
     }
 
     /// Pops up to `out.len()` indices into `out`; returns how many. One CAS for the whole batch:
-    /// the links walked are stable while the tag is unchanged (see the invariants).
-    pub(crate) fn pop_into(&self, out: &mut [u32]) -> usize {
+    /// the links walked are stable while the tag is unchanged (see the invariants). (`usize`
+    /// entries: the caller turns each index into an address in place.)
+    pub(crate) fn pop_into(&self, out: &mut [usize]) -> usize {
         if out.is_empty() {
             return 0;
         }
@@ -65,7 +66,7 @@ impl FreeStack {
             let mut n = 0;
             let mut cur = top;
             while cur != EMPTY && n < out.len() {
-                out[n] = cur - 1;
+                out[n] = (cur - 1) as usize;
                 n += 1;
                 cur = self.next[(cur - 1) as usize].load(Ordering::Relaxed);
             }
@@ -81,13 +82,15 @@ impl FreeStack {
         }
     }
 
-    /// Links `indices` into a chain and pushes it with one CAS. The caller owns every index.
-    pub(crate) fn push_all(&self, indices: &[u32]) {
-        let Some((&first, rest)) = indices.split_first() else {
+    /// Links `indices` into a chain (in their order) and pushes it with one CAS. The caller owns
+    /// every index.
+    pub(crate) fn push_all(&self, indices: impl IntoIterator<Item = u32>) {
+        let mut indices = indices.into_iter();
+        let Some(first) = indices.next() else {
             return;
         };
         let mut last = first;
-        for &i in rest {
+        for i in indices {
             self.next[last as usize].store(i + 1, Ordering::Relaxed);
             last = i;
         }
@@ -115,11 +118,11 @@ mod tests {
     #[test]
     fn pops_in_address_order_and_round_trips() {
         let s = FreeStack::full(5);
-        let mut out = [0u32; 3];
+        let mut out = [0usize; 3];
         assert_eq!(s.pop_into(&mut out), 3);
         assert_eq!(out, [0, 1, 2]);
-        s.push_all(&[1, 0]);
-        let mut all = [9u32; 8];
+        s.push_all([1, 0]);
+        let mut all = [9usize; 8];
         assert_eq!(s.pop_into(&mut all), 4);
         assert_eq!(&all[..4], &[1, 0, 3, 4]);
         assert_eq!(s.pop_into(&mut all), 0);

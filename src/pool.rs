@@ -341,6 +341,12 @@ impl PoolShared {
         self.budget.signals.load()
     }
 
+    /// Bytes out of the free lists as the pool counts them (an upper bound: thread caches count
+    /// their give-backs late, see `thread_cache::UNCOUNTED_CACHES`).
+    pub(crate) fn out_bytes_now(&self) -> usize {
+        self.out_bytes.now()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -793,9 +799,9 @@ impl SegmentPool {
         let Some(on_pressure) = &shared.on_pressure else {
             return Err(self.budget_error(size, needed));
         };
-        let (mapped, in_use) = (shared.budget.mapped(), shared.out_bytes.now());
+        let (mapped, in_use) = (shared.budget.mapped(), shared.out_bytes_now());
         on_pressure(needed);
-        let (mapped_after, in_use_after) = (shared.budget.mapped(), shared.out_bytes.now());
+        let (mapped_after, in_use_after) = (shared.budget.mapped(), shared.out_bytes_now());
         tracing::info!(
             target: "segpool",
             needed,

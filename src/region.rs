@@ -144,7 +144,7 @@ impl Region {
             pool.note_taken(class, memory.mapping.len());
         }
         let fresh_mark = if born_retired {
-            let mut first = [0u32; 1];
+            let mut first = [0usize; 1];
             free.pop_into(&mut first);
             1
         } else {
@@ -242,13 +242,15 @@ impl Region {
         };
         let was_empty = cur == 0;
         self.pool.note_taken(self.class, n * self.slice_bytes);
-        let mut idx = [0u32; MAX_BATCH];
+        // The indices go straight into `out` and become addresses in place (no scratch array to
+        // clear on every batch).
+        let out = &mut out[..n];
         // Every reservation can pop: at all times the free stack holds at least
         // `slices - count + (slices pushed but not yet decremented)` entries, and a reservation
         // only takes what `slices - count` allowed.
-        let popped = self.hot.free.pop_into(&mut idx[..n]);
+        let popped = self.hot.free.pop_into(out);
         assert_eq!(popped, n, "region free stack shorter than its reservation");
-        let max = idx[..n].iter().copied().max().unwrap_or(0);
+        let max = out.iter().copied().max().unwrap_or(0) as u32;
         // The mark only grows; write it only when this batch moves it (most takes reuse slices
         // below it, and a read-modify-write would take the line from every other core).
         let mark = self.hot.fresh_mark.load(Ordering::Acquire);
@@ -257,9 +259,14 @@ impl Region {
         } else {
             self.hot.fresh_mark.fetch_max(max + 1, Ordering::AcqRel)
         };
-        for (o, &i) in out.iter_mut().zip(&idx[..n]) {
-            let tag = if i >= fresh_from { ZERO_TAG } else { 0 };
-            *o = (self.base + i as usize * self.stride) | tag;
+        for o in out.iter_mut() {
+            let i = *o;
+            let tag = if i >= fresh_from as usize {
+                ZERO_TAG
+            } else {
+                0
+            };
+            *o = (self.base + i * self.stride) | tag;
         }
         (n, was_empty)
     }
@@ -324,18 +331,32 @@ pub(crate) enum Released {
 /// * `guard` was pinned before the call (the region may be destroyed by this call or, right after
 ///   the decrement, by another thread; the guard keeps its metadata readable meanwhile).
 pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard) -> Released {
+    // SAFETY: the caller owns slices of the region, so it is alive.
+    let r = unsafe { region.get() };
+    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
+    // SAFETY: forwarded from the caller.
+    unsafe { give_back_uncounted(region, addrs.iter().copied(), guard) }
+}
+
+/// [`give_back`] without telling the pool's out-of-free-list counts: the caller counts the
+/// slices later with `PoolShared::note_returned` (a thread cache batches that, see
+/// `thread_cache`).
+///
+/// # Safety
+///
+/// As for [`give_back`].
+pub(crate) unsafe fn give_back_uncounted(
+    region: RegionRef,
+    addrs: impl ExactSizeIterator<Item = usize>,
+    guard: &Guard,
+) -> Released {
     // SAFETY: the caller owns slices of the region, so it is alive (count > 0).
     let r = unsafe { region.get() };
-    let mut idx = [0u32; MAX_BATCH];
-    for chunk in addrs.chunks(MAX_BATCH) {
-        for (o, &a) in idx.iter_mut().zip(chunk) {
-            *o = r.index_of(a);
-        }
-        r.hot.free.push_all(&idx[..chunk.len()]);
-    }
-    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
+    let n = addrs.len();
+    // One chain, linked straight from the addresses (no scratch array to clear).
+    r.hot.free.push_all(addrs.map(|a| r.index_of(a)));
     // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
-    unsafe { drop_ref(region, addrs.len(), guard) }
+    unsafe { drop_ref(region, n, guard) }
 }
 
 /// Drops `n` references (slices or a retirer's reference) from `region`; destroys it when the

@@ -19,8 +19,11 @@ pub(crate) const SLICES_PER_REGION: usize = 32;
 /// Largest number of slices one thread may hold cached per class.
 pub(crate) const CACHE_MAX_SLICES: usize = 64;
 /// Bytes one thread may hold cached per class (at least one slice is always allowed unless the
-/// budget is small, see [`SizeClasses::cache_capacity`]).
-pub(crate) const CACHE_MAX_BYTES: usize = 1 << 20;
+/// budget is small, see [`SizeClasses::cache_capacity`]). 2 MiB: when one thread allocates and
+/// another releases, batches of 24 (64 KiB) and 6 (256 KiB) slices instead of 12 and 3 brought
+/// those producer/consumer rows of `segpool bench` under the channel's cost plus 30 ns
+/// (docs/design.md); an idle thread holds up to this much per class until its next call or exit.
+pub(crate) const CACHE_MAX_BYTES: usize = 2 << 20;
 
 /// Marks a size with no class: served by a dedicated mapping.
 pub(crate) const NO_CLASS: u8 = u8::MAX;

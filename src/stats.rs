@@ -40,7 +40,9 @@ pub struct PoolStats {
     pub budget_bytes: Option<usize>,
     /// The highest number of bytes that were out of the regions' free lists at once: live
     /// segments, dedicated mappings, and slices held in thread caches. It is an upper bound of the
-    /// peak of `in_use_bytes` (higher by at most what thread caches held at that moment).
+    /// peak of `in_use_bytes` (higher by at most what thread caches held at that moment, plus
+    /// what threads had given back to the regions but not counted yet: at most four caches'
+    /// worth per thread and class).
     pub peak_in_use_bytes: usize,
     /// The highest `mapped_bytes` ever reached.
     pub peak_mapped_bytes: usize,
@@ -88,7 +90,8 @@ pub struct ClassStats {
     pub in_use: usize,
     /// The highest number of slices of this class that were out of the regions' free lists at
     /// once since the pool was built: live segments plus slices parked in thread caches (so an
-    /// upper bound of the peak of `in_use`).
+    /// upper bound of the peak of `in_use`; thread caches count what they give back late, by at
+    /// most four caches' worth per thread, which can only make it higher).
     pub peak_in_use: usize,
     /// Slices on the regions' free lists, available to any thread.
     pub free: usize,

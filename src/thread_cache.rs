@@ -8,9 +8,15 @@
 //! # Bounds and give-back
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
-//!   slices (64 slices or 1 MiB, whichever is less, at least one; under a budget at most 1/16 of
-//!   it). A full cache gives half of itself back to the regions in one batch; an empty one takes
-//!   half a cache from one region in one batch.
+//!   slices (64 slices or 2 MiB, whichever is less, at least one; under a budget at most 1/16 of
+//!   it). A full cache gives its older three quarters back to the regions in one batch per
+//!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
+//!   When one thread allocates and another releases, every slice goes through these batches, so
+//!   their size sets what each pair pays.
+//! * The pool's out-of-free-list counts (behind the `stats()` peaks) hear of a cache's
+//!   give-backs late: after [`UNCOUNTED_CACHES`] caches' worth, the thread's next take, a full
+//!   give-back or its exit. The counts (and peaks) stay upper bounds; region state words, which
+//!   the reclamation protocol relies on, are always exact.
 //! * `trim()`, a budget shortage and closing the pool bump the pool's trim generation; every
 //!   thread compares it on each call into that pool and, when it moved, gives its whole cache back
 //!   first. A thread's caches are given back when it exits.
@@ -41,7 +47,7 @@ use std::ptr::{self, NonNull};
 use crate::budget::WAITER_MASK;
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
-use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
+use crate::region::{give_back, give_back_uncounted, RegionRef, Released, MAX_BATCH, ZERO_TAG};
 use crate::size_class::CACHE_MAX_SLICES;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{arc_slice, const_thread_local, epoch, Arc};
@@ -90,8 +96,12 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 ///   CACHE_MAX_SLICES`.
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
-/// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or writes the
-///   counters. Other threads (the pool's registry, for `stats()`) only load the counters.
+/// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
+///   or writes the counters. Other threads (the pool's registry, for `stats()`) only load the
+///   counters.
+/// * `uncounted` slices were given back to their regions (their state words already dropped
+///   them) but not yet subtracted from the pool's out-of-free-list counts; it is below
+///   `UNCOUNTED_CACHES * cap` between calls, and zero after a full give-back.
 // Aligned to two cache lines (the adjacent-line prefetcher's unit): the caches of two threads
 // never share a line, whatever the allocator places next to them.
 #[repr(align(128))]
@@ -100,11 +110,25 @@ pub(crate) struct ClassCache {
     cap: usize,
     /// The class's slice size (what a segment's `len()` is).
     size: usize,
+    /// The class's index in its pool.
+    class: u8,
+    /// Slices this cache gave back to their regions that the pool's out-of-free-list counts
+    /// (`PoolShared::note_returned`) do not show yet: at most `UNCOUNTED_CACHES * cap`. See
+    /// [`ClassCache::count_returned`].
+    uncounted: Cell<usize>,
     slots: UnsafeCell<[Slot; CACHE_MAX_SLICES]>,
 }
 
-// SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` is read
-// and written by the owning thread alone (invariants above).
+/// A thread cache tells the pool's out-of-free-list counts about the slices it gave back once
+/// they add up to this many caches' worth (and whenever it gives everything back or takes a
+/// batch). Those counts are two lines that every batch of every thread would otherwise write:
+/// when one thread allocates and another releases, the releasing side leaves them alone for
+/// several batches. The cost: the counts, and so the peaks `stats()` reports, may be higher
+/// than the truth by up to this many caches' worth per thread (they stay upper bounds).
+pub(crate) const UNCOUNTED_CACHES: usize = 4;
+
+// SAFETY: shared `&ClassCache` on other threads only load the atomic counters; `slots` and
+// `uncounted` are read and written by the owning thread alone (invariants above).
 unsafe impl Sync for ClassCache {}
 
 impl std::fmt::Debug for ClassCache {
@@ -113,16 +137,19 @@ impl std::fmt::Debug for ClassCache {
             .field("counters", &self.counters)
             .field("cap", &self.cap)
             .field("size", &self.size)
+            .field("class", &self.class)
             .finish_non_exhaustive()
     }
 }
 
 impl ClassCache {
-    fn new(size: usize, cap: usize) -> Self {
+    fn new(class: u8, size: usize, cap: usize) -> Self {
         Self {
             counters: ClassCounters::default(),
             cap: cap.min(CACHE_MAX_SLICES),
             size,
+            class,
+            uncounted: Cell::new(0),
             slots: UnsafeCell::new([NO_SLOT; CACHE_MAX_SLICES]),
         }
     }
@@ -211,9 +238,30 @@ impl ClassCache {
         give_back_batch(shared, &mut slots[..n]);
         slots.copy_within(n..len, 0);
         add(&self.counters.adjust, (n as u64).wrapping_neg());
+        // SAFETY: the caller owns the cache.
+        unsafe { self.count_returned(shared, n, false) };
     }
 
-    /// Gives every cached slice back.
+    /// Adds `n` slices given back (uncounted) to `uncounted`, and tells the pool's counts about
+    /// all of them once they reach the bound (`UNCOUNTED_CACHES` caches' worth), or now with
+    /// `now`.
+    ///
+    /// # Safety
+    ///
+    /// * The calling thread owns this cache.
+    unsafe fn count_returned(&self, shared: &PoolShared, n: usize, now: bool) {
+        let pending = self.uncounted.get() + n;
+        if now || pending >= UNCOUNTED_CACHES * self.cap {
+            if pending > 0 {
+                shared.note_returned(self.class, pending * self.size);
+            }
+            self.uncounted.set(0);
+        } else {
+            self.uncounted.set(pending);
+        }
+    }
+
+    /// Gives every cached slice back, and counts every slice given back.
     ///
     /// # Safety
     ///
@@ -222,6 +270,8 @@ impl ClassCache {
         let (len, _) = self.len_and_releases();
         // SAFETY: forwarded.
         unsafe { self.give_back_oldest(shared, len) };
+        // SAFETY: forwarded.
+        unsafe { self.count_returned(shared, 0, true) };
     }
 
     /// Counts an allocation a slow path served from slices it brought in itself.
@@ -248,7 +298,7 @@ impl PoolCache {
             shared
                 .classes
                 .iter()
-                .map(|c| ClassCache::new(c.size, c.cache_capacity))
+                .map(|c| ClassCache::new(c.index, c.size, c.cache_capacity))
                 .collect(),
         );
         shared.register_thread(Arc::clone(&classes));
@@ -365,7 +415,8 @@ impl Drop for CachesBorrow<'_> {
 }
 
 /// Gives cached slices back to their regions, one batch per region (reorders `items`; the caller
-/// forgets them afterwards).
+/// forgets them afterwards). The pool's out-of-free-list counts are not told: the caller counts
+/// the slices itself (`ClassCache::count_returned`).
 fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
     if items.is_empty() {
         return;
@@ -376,20 +427,15 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
         items.sort_unstable_by_key(|&(_, r)| r.0.as_ptr() as usize);
     }
     let guard = epoch::pin();
-    let mut addrs = [0usize; MAX_BATCH];
     for group in items.chunk_by(|a, b| a.1 == b.1) {
         let region = group[0].1;
-        for chunk in group.chunks(MAX_BATCH) {
-            for (a, &(addr, _)) in addrs.iter_mut().zip(chunk) {
-                *a = addr;
-            }
-            // SAFETY: the cache owned these slices (each counted in its region), and we are pinned.
-            let outcome = unsafe { give_back(region, &addrs[..chunk.len()], &guard) };
-            if outcome == Released::Emptied {
-                // SAFETY: pinned since before the give-back, so the metadata is readable.
-                let class = unsafe { region.get() }.class as usize;
-                shared.classes[class].on_emptied(region, &guard);
-            }
+        let addrs = group.iter().map(|&(addr, _)| addr);
+        // SAFETY: the cache owned these slices (each counted in its region), and we are pinned.
+        let outcome = unsafe { give_back_uncounted(region, addrs, &guard) };
+        if outcome == Released::Emptied {
+            // SAFETY: pinned since before the give-back, so the metadata is readable.
+            let class = unsafe { region.get() }.class as usize;
+            shared.classes[class].on_emptied(region, &guard);
         }
     }
     shared.budget.notify();
@@ -456,8 +502,15 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
         .try_with(|caches| {
             let mut caches = CachesBorrow::new(caches)?;
             let caches = &mut caches.0;
-            // Drop entries of closed pools (giving their slices back) while we are here.
-            caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            // Drop entries of closed pools (giving their slices back) while we are here. (A
+            // thread that uses one pool has one entry, this one: nothing to look at.)
+            if caches.len() > 1
+                || caches
+                    .first()
+                    .is_some_and(|e| !ptr::eq(&*e.shared, &**shared))
+            {
+                caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            }
             let pos = match caches.iter().position(|e| ptr::eq(&*e.shared, &**shared)) {
                 Some(p) => p,
                 None => {
@@ -479,6 +532,20 @@ fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) 
         .flatten()
 }
 
+/// Runs `f` on a buffer of `min(n, MAX_BATCH)` entries, from an array sized so that a small
+/// batch (the large classes take a few slices at a time) does not clear a large one.
+#[inline(always)]
+fn with_buffer<R>(n: usize, f: impl FnOnce(&mut [usize]) -> R) -> R {
+    let n = n.min(MAX_BATCH);
+    if n <= 8 {
+        f(&mut [0; 8][..n])
+    } else if n <= 16 {
+        f(&mut [0; 16][..n])
+    } else {
+        f(&mut [0; MAX_BATCH][..n])
+    }
+}
+
 /// The slow path of `allocate`: a slice from this thread's cache of `class`, refilled with one
 /// batch from a region (mapping one if needed) when it is empty.
 pub(crate) fn refill(
@@ -495,16 +562,23 @@ pub(crate) fn refill(
             // The fast path missed for another reason (a budget waiter, a new generation).
             return Some(Ok(slot));
         }
-        let want = (cache.cap / 2).max(1) + 1;
-        let mut buf = [0usize; MAX_BATCH];
-        let guard = epoch::pin();
-        let result = shared.classes[class].take(shared, &mut buf[..want.min(MAX_BATCH)], &guard);
-        Some(result.map(|(region, n)| {
-            // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
-            // the region handed these slices to us.
-            unsafe { cache.stash(&buf[1..n], region) };
-            cache.count_slow_allocation();
-            (buf[0], region)
+        // Count what this thread gave back before taking (the take writes the same counts).
+        if cache.uncounted.get() > 0 {
+            // SAFETY: this thread owns the cache.
+            unsafe { cache.count_returned(shared, 0, true) };
+        }
+        // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
+        let want = cache.cap.max(2);
+        Some(with_buffer(want, |buf| {
+            let guard = epoch::pin();
+            let result = shared.classes[class].take(shared, buf, &guard);
+            result.map(|(region, n)| {
+                // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
+                // the region handed these slices to us.
+                unsafe { cache.stash(&buf[1..n], region) };
+                cache.count_slow_allocation();
+                (buf[0], region)
+            })
         }))
     })
     .flatten();
@@ -566,11 +640,14 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         // SAFETY: forwarded from the caller, who owns the slice.
         unsafe { crate::diagnostics::on_release_slice(r, addr, r.slice_size()) };
     }
-    let shared = Arc::clone(&r.pool);
+    // Borrowed, not cloned (no read-modify-write of the pool's reference count per batch): the
+    // slice we hold keeps the region, hence its `Arc` of the pool, alive until
+    // `release_direct` below gives it back.
+    let shared = &r.pool;
     let class = r.class as usize;
     // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's
     // trim bumps it), so a waiter also gets the slices this thread had cached.
-    let cached = with_entry(&shared, |entry| {
+    let cached = with_entry(shared, |entry| {
         let cache = &entry.classes[class];
         if cache.cap == 0 || entry.shared.budget.has_waiters() {
             return false;
@@ -579,11 +656,11 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         if unsafe { cache.push((addr, region)) } {
             return true;
         }
-        // Full: give the older half back in one batch, then cache this one.
+        // Full: give the older three quarters back in one batch, then cache this one.
         let (len, _) = cache.len_and_releases();
-        // SAFETY: this thread owns the cache; `len - cap / 2 <= len`.
-        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 2) };
-        // SAFETY: as above; there is room now (`cap / 2 < cap`).
+        // SAFETY: this thread owns the cache; `len - cap / 4 <= len`.
+        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 4) };
+        // SAFETY: as above; there is room now (`cap / 4 < cap`).
         unsafe { cache.push((addr, region)) }
     })
     .unwrap_or(false);
@@ -602,4 +679,61 @@ pub(crate) fn flush_current_thread(shared: &PoolShared) {
             }
         }
     });
+}
+
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests {
+    use crate::SegmentPool;
+
+    /// Slices given back by a thread cache reach the pool's out-of-free-list counts late (at most
+    /// `UNCOUNTED_CACHES` caches' worth per thread), never early, and all of them once the
+    /// thread exits: the counts stay upper bounds of what the regions hold out, and come back to
+    /// zero when everything is back.
+    #[test]
+    fn returns_are_counted_late_never_early_and_all_at_exit() {
+        const SIZE: usize = 64 << 10;
+        let pool = SegmentPool::builder()
+            .size_classes(&[SIZE])
+            .huge_pages(false)
+            .build()
+            .unwrap();
+        let shared = pool.shared().clone();
+        let class = &shared.classes[0];
+        let cap = class.cache_capacity;
+        assert!(cap > 1);
+        // Slices out of the regions' free lists, as the regions count them.
+        let exact = || class.snapshot().out;
+        let segs: Vec<_> = (0..10 * cap)
+            .map(|_| pool.allocate(SIZE).unwrap())
+            .collect();
+        let (to_main, from_releaser) = std::sync::mpsc::channel();
+        let (to_releaser, from_main) = std::sync::mpsc::channel::<()>();
+        let releaser = std::thread::spawn(move || {
+            drop(segs);
+            to_main.send(()).unwrap();
+            // Stay alive (its cache and its uncounted returns with it) until told to exit.
+            from_main.recv().unwrap();
+        });
+        from_releaser.recv().unwrap();
+        let (counted, peak) = (class.out.now(), class.out.peak());
+        assert!(
+            counted >= exact(),
+            "counted {counted} below the regions' {}",
+            exact()
+        );
+        assert!(
+            counted <= exact() + super::UNCOUNTED_CACHES * cap,
+            "counted {counted}, regions {}",
+            exact()
+        );
+        assert!(peak >= 10 * cap);
+        to_releaser.send(()).unwrap();
+        releaser.join().unwrap();
+        // The releaser's cache and its uncounted returns went back when it exited; this
+        // thread's cache goes back with `trim`.
+        pool.trim();
+        assert_eq!(exact(), 0);
+        assert_eq!(class.out.now(), 0);
+        assert_eq!(shared.out_bytes_now(), 0);
+    }
 }
