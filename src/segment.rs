@@ -113,26 +113,43 @@ impl fmt::Debug for Segment {
 }
 
 impl Drop for Segment {
+    // Kept small (the class path inline, the dedicated one a call) so that it inlines where a
+    // segment is dropped: a drop left out of line takes the segment by reference, so the
+    // segment is written to memory and read back on every release.
     #[inline]
     fn drop(&mut self) {
         let addr = self.ptr.as_ptr() as usize;
         // SAFETY: the segment keeps its region alive.
         let r = unsafe { self.region.get() };
         if r.class == NO_CLASS {
-            if r.diagnosed {
-                // Scalars only: a reference to `self` passed out of line would make the segment
-                // live in memory on every allocate/release pair.
-                // SAFETY: this segment owns the slice and gives it back right below.
-                unsafe { crate::diagnostics::on_release_slice(r, addr, self.len) };
-            }
-            let guard = epoch::pin();
-            // SAFETY: this segment owns the region's one slice; pinned. The region was born
-            // retired, so this give-back destroys (unmaps) it.
-            unsafe { give_back(self.region, &[addr], &guard) };
+            // SAFETY: this segment owns the region's one slice and is never used again.
+            unsafe { release_dedicated(self.region, addr, self.len) };
         } else {
             // SAFETY: this segment owns the slice; it is never used again. (With diagnostics on,
             // `release` takes its slow path, which tells the diagnostics first.)
             unsafe { thread_cache::release(self.region, addr) };
         }
     }
+}
+
+/// Releases a dedicated mapping (a segment above the largest class): its region holds this one
+/// slice and was born retired, so the give-back destroys (unmaps) it. Out of line: it costs a
+/// `munmap`, and keeps `Segment::drop` small.
+///
+/// # Safety
+///
+/// * The caller owned the segment of `len` bytes at `addr`, the one slice of `region` (a
+///   dedicated region), and never uses it again.
+#[inline(never)]
+unsafe fn release_dedicated(region: RegionRef, addr: usize, len: usize) {
+    // SAFETY: the caller's segment kept the region alive until now.
+    let r = unsafe { region.get() };
+    if r.diagnosed {
+        // SAFETY: the caller owned the slice and gives it back right below.
+        unsafe { crate::diagnostics::on_release_slice(r, addr, len) };
+    }
+    let guard = epoch::pin();
+    // SAFETY: the caller owned the region's one slice; pinned. The region was born retired, so
+    // this give-back destroys (unmaps) it.
+    unsafe { give_back(region, &[addr], &guard) };
 }

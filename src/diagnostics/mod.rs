@@ -35,6 +35,62 @@ use crate::size_class::NO_CLASS;
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Mutex;
 
+/// The memory-mapping system calls segpool made in this process, by kind, counted from the start
+/// of the process: every pool and every mapped file, and the fault handler's replacement pages.
+/// Take one snapshot before an operation and one after ([`since`](Self::since)) to see what it
+/// cost in system calls: a warm allocate and release makes none, a segment above the largest
+/// class one `mmap` and one `munmap`. The counters are process-wide, so other threads' work
+/// shows too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct MappingCalls {
+    /// `mmap` (new mappings, and zero pages mapped over pages lost to a fault).
+    pub mmap: u64,
+    /// `munmap` (mappings given back, and the trimmed ends of aligned mappings).
+    pub munmap: u64,
+    /// `madvise` (huge-page advice, prefaulting, `MappedFile::advise`).
+    pub madvise: u64,
+    /// `mprotect` (guard pages under [`Diagnostics::Full`]).
+    pub mprotect: u64,
+    /// `msync` (mapped-file syncs).
+    pub msync: u64,
+    /// `mlock` (mapped files with `lock`).
+    pub mlock: u64,
+}
+
+impl MappingCalls {
+    /// The calls made between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &MappingCalls) -> MappingCalls {
+        MappingCalls {
+            mmap: self.mmap.wrapping_sub(earlier.mmap),
+            munmap: self.munmap.wrapping_sub(earlier.munmap),
+            madvise: self.madvise.wrapping_sub(earlier.madvise),
+            mprotect: self.mprotect.wrapping_sub(earlier.mprotect),
+            msync: self.msync.wrapping_sub(earlier.msync),
+            mlock: self.mlock.wrapping_sub(earlier.mlock),
+        }
+    }
+
+    /// All calls, of every kind.
+    pub fn total(&self) -> u64 {
+        self.mmap + self.munmap + self.madvise + self.mprotect + self.msync + self.mlock
+    }
+}
+
+/// The memory-mapping system calls segpool made in this process so far ([`MappingCalls`]).
+pub fn mapping_calls() -> MappingCalls {
+    let [mmap, munmap, madvise, mprotect, msync, mlock] = crate::os::calls::snapshot();
+    MappingCalls {
+        mmap,
+        munmap,
+        madvise,
+        mprotect,
+        msync,
+        mlock,
+    }
+}
+
 /// How much a pool records about its segments, chosen with
 /// [`SegmentPoolBuilder::diagnostics`](crate::SegmentPoolBuilder::diagnostics).
 ///

@@ -18,6 +18,42 @@ use std::ptr::NonNull;
 
 use rustix::mm::{self, MapFlags, ProtFlags};
 
+pub(crate) use calls::{count, Call};
+
+/// How many memory-mapping system calls segpool made in this process, by kind: every wrapper in
+/// this module (and the fault handler's page replacement) counts its call before making it, so
+/// `segpool::diagnostics::mapping_calls` can show what an operation cost in system calls.
+pub(crate) mod calls {
+    // Plain hardware atomics, not the `crate::sync` shim: the fault handler counts here too
+    // (async-signal-safe), and the models never reach the OS layer.
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    /// A kind of call, an index into [`CALLS`].
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Call {
+        Mmap,
+        Munmap,
+        Madvise,
+        Mprotect,
+        Msync,
+        Mlock,
+    }
+
+    /// One counter per [`Call`], in its order.
+    pub(crate) static CALLS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+    /// Counts one call of `kind` (a relaxed add: a few ns beside a system call).
+    #[inline]
+    pub(crate) fn count(kind: Call) {
+        CALLS[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now, in [`Call`] order.
+    pub(crate) fn snapshot() -> [u64; 6] {
+        std::array::from_fn(|i| CALLS[i].load(Ordering::Relaxed))
+    }
+}
+
 /// The size of a base page, read once from the kernel.
 pub(crate) fn page_size() -> usize {
     rustix::param::page_size()
@@ -87,6 +123,7 @@ impl Mapping {
             .ok_or_else(too_large)?;
         let extra = if align > page { align } else { 0 };
         let total = len.checked_add(extra).ok_or_else(too_large)?;
+        count(Call::Mmap);
         // SAFETY: a new anonymous mapping at an address the kernel chooses aliases nothing.
         let raw = unsafe {
             mm::mmap_anonymous(
@@ -103,9 +140,11 @@ impl Mapping {
         // SAFETY: head and tail lie inside the mapping just created, which nothing else uses yet.
         unsafe {
             if head > 0 {
+                count(Call::Munmap);
                 mm::munmap(raw, head)?;
             }
             if tail > 0 {
+                count(Call::Munmap);
                 mm::munmap((aligned + len) as *mut _, tail)?;
             }
         }
@@ -134,6 +173,7 @@ impl Mapping {
         if populate {
             flags |= MapFlags::POPULATE;
         }
+        count(Call::Mmap);
         // SAFETY: a new mapping at an address the kernel chooses aliases no Rust object; the file
         // contents may change under it, which is why callers only copy through raw pointers.
         let raw = unsafe {
@@ -165,6 +205,7 @@ impl Mapping {
     /// Asks for transparent huge pages (`MADV_HUGEPAGE`). Failure is not an error: the kernel
     /// may not offer them, and the memory works the same without.
     pub(crate) fn advise_huge_pages(&self) {
+        count(Call::Madvise);
         // SAFETY: the range is this mapping; MADV_HUGEPAGE changes no contents.
         let _ = unsafe {
             mm::madvise(
@@ -202,6 +243,7 @@ impl Mapping {
         if end.is_none() || len == 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
+        count(Call::Madvise);
         // SAFETY: the range lies inside this mapping, and the advice kinds allowed here do not
         // change its contents.
         unsafe { mm::madvise(self.ptr.as_ptr().add(offset).cast(), len, advice) }?;
@@ -227,6 +269,7 @@ impl Mapping {
         } else {
             mm::MsyncFlags::ASYNC
         };
+        count(Call::Msync);
         // SAFETY: the range lies inside this mapping; msync does not change memory contents.
         unsafe { mm::msync(self.ptr.as_ptr().add(start).cast(), end - start, flags) }?;
         Ok(())
@@ -249,6 +292,7 @@ impl Mapping {
     /// refusals come back as errors.
     pub(crate) fn lock_range(&self, offset: usize, len: usize) -> io::Result<()> {
         assert!(offset.checked_add(len).is_some_and(|e| e <= self.len));
+        count(Call::Mlock);
         // SAFETY: the range lies inside this mapping (asserted); mlock does not change contents.
         unsafe { mm::mlock(self.ptr.as_ptr().add(offset).cast(), len) }?;
         Ok(())
@@ -280,6 +324,7 @@ impl Mapping {
                 && offset.checked_add(len).is_some_and(|e| e <= self.len),
             "guard range outside the mapping or not page-aligned"
         );
+        count(Call::Mprotect);
         // SAFETY: the range lies inside this mapping (asserted); removing access changes no
         // contents, and callers only protect pages no Rust reference covers (guard pages between
         // slices, never handed out).
@@ -296,6 +341,7 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        count(Call::Munmap);
         // SAFETY: by the type invariant this value owns the whole range and nobody else unmaps
         // it; whoever drops it guarantees no pointer into it is used afterwards (the pool's
         // retire protocol, the file layer's handle lifetime).

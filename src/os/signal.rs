@@ -219,6 +219,8 @@ pub(crate) unsafe fn replace_with_zero_pages(
     } else {
         ProtFlags::READ
     };
+    // An atomic add: async-signal-safe.
+    super::count(super::Call::Mmap);
     // SAFETY: the caller guarantees the range is ours to replace (a registered file mapping that
     // is still mapped, accessed only through the fault protocol). MAP_FIXED replaces it
     // atomically: there is no window in which the range is unmapped and could be reused by
