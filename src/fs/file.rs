@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
 use super::copy::{copy_out, copy_small, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
-use super::gate::{self, FastMiss, ScopedAccess};
+use super::gate::{self, ScopedAccess};
 use super::region::Region;
 use super::registry::{self, FileEntry, Registered};
 use super::whole::WholeMap;
@@ -406,7 +406,7 @@ impl MappedFile {
     // (docs/files.md, "The read path"): compiled in an executable, the thread's reader slot is
     // one load at a fixed offset from the thread pointer, while compiled in this library it is
     // reached through `__tls_get_addr`, a call that costs the fast path a stack frame and
-    // saved registers. The rare cases leave through cold functions, called last.
+    // saved registers. The rare cases go through cold functions out of line.
     #[inline]
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if buf.len() <= SMALL {
@@ -444,8 +444,8 @@ impl MappedFile {
     /// file and inside the mapping, with no resize pending and this thread in no other access
     /// (`Gate::fast_enter`). Everything else (windows, a read reaching the end of the file, a
     /// remap that is due, nested accesses, a poisoned file) goes to the general path, and a
-    /// fault during the copy to [`read_faulted`](Self::read_faulted); those calls come last, so
-    /// nothing is live across them. `GUARDED` is false only for
+    /// fault during the copy to [`read_faulted`](Self::read_faulted), both out of line; leaving
+    /// the gate wakes a waiting resizer out of line too. `GUARDED` is false only for
     /// [`read_at_unguarded`](Self::read_at_unguarded); `SMALL_BUF` says that `buf` holds at most
     /// [`SMALL`] bytes, so the copy is inline and calls nothing.
     #[inline(always)]
@@ -457,30 +457,23 @@ impl MappedFile {
         let View::Whole(w) = &self.view else {
             return self.read_at_general(buf, offset);
         };
-        let gate = &self.entry.gate;
-        let access = match gate.fast_enter() {
-            Ok(a) => a,
-            Err(miss) => return self.read_missed(miss, buf, offset),
+        let Some(access) = self.entry.gate.fast_enter() else {
+            return self.read_at_general(buf, offset);
         };
         let n = buf.len();
-        // SAFETY: we are inside an access of the file's gate until `leave`.
+        // SAFETY: we are inside an access of the file's gate until `access` is dropped.
         let (base, cap) = unsafe { w.base_and_cap() };
         let end = offset.checked_add(n as u64);
         if end.is_none_or(|end| end > self.limit().min(cap as u64)) {
             // Not all of `buf` lies before the end of the file (a short read, or none) and in
             // the mapping (a remap is due): the general path.
-            let miss = if access.leave() {
-                FastMiss::Resizing
-            } else {
-                FastMiss::Busy
-            };
-            return self.read_missed(miss, buf, offset);
+            drop(access);
+            return self.read_at_general(buf, offset);
         }
         let dst = buf.as_mut_ptr();
         // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays mapped
         // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap memory
-        // we only hand out as `&[u8]`; with `SMALL_BUF`, `n <= SMALL`. The copy does not
-        // unwind, so `leave` runs.
+        // we only hand out as `&[u8]`; with `SMALL_BUF`, `n <= SMALL`.
         let copy = || unsafe {
             let src = base.add(offset as usize);
             if SMALL_BUF {
@@ -495,42 +488,17 @@ impl MappedFile {
             copy();
             false
         };
-        let wake = access.leave();
-        if faulted | wake {
-            return self.read_fast_tail(n, !faulted, wake);
+        drop(access);
+        if faulted {
+            return Err(self.read_faulted());
         }
         Ok(n)
     }
 
-    /// `read_at`'s fast path did not enter the gate, or left it at once: wake the resizer it
-    /// backed out from, if that is why, and take the general path.
-    #[cold]
-    #[inline(never)]
-    fn read_missed(&self, miss: FastMiss, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        if miss == FastMiss::Resizing {
-            self.entry.gate.wake_resizer();
-        }
-        self.read_at_general(buf, offset)
-    }
-
-    /// The rare ends of `read_at`'s fast path: a resize waits for the access that just left
-    /// (`wake`), or a fault was caught during the copy (`!ok`: the file is poisoned now, and
-    /// the `n` bytes read are not good).
-    #[cold]
-    #[inline(never)]
-    fn read_fast_tail(&self, n: usize, ok: bool, wake: bool) -> io::Result<usize> {
-        if wake {
-            self.entry.gate.wake_resizer();
-        }
-        if ok {
-            Ok(n)
-        } else {
-            Err(self.read_faulted())
-        }
-    }
-
     /// The error of a read whose copy faulted: the handler poisoned the file before it replaced
     /// the page, so the fault state has the error.
+    #[cold]
+    #[inline(never)]
     fn read_faulted(&self) -> io::Error {
         fault_to_io(self.fault.error())
     }

@@ -200,26 +200,26 @@ impl Gate {
 
     /// Enters a fast-path access if the fast path can enter at once: this thread's slot is
     /// free, its fences are compiler fences (the process uses `membarrier`), and no resize is
-    /// pending. Otherwise returns why not, without entering, and the caller takes a path that
-    /// enters with [`enter`](Self::enter) (which also registers the thread's slot the first
-    /// time, and runs the same protocol with `fence(SeqCst)` where `membarrier` is missing).
+    /// pending. Otherwise returns `None` without entering (having woken a resizer it backed out
+    /// from), and the caller takes a path that enters with [`enter`](Self::enter) (which also
+    /// registers the thread's slot the first time, and runs the same protocol with
+    /// `fence(SeqCst)` where `membarrier` is missing).
     ///
     /// The same protocol as [`try_enter`](Self::try_enter), for the read path, whose cost is
     /// counted in instructions: with the fence form fixed, the fences are no instructions and no
-    /// branches; and [`FastAccess::leave`] reports a waiting resizer instead of waking it, so
-    /// the caller makes that call (and every other) last, with nothing live across it.
+    /// branches, and the access is a slot reference and the gate, nothing else.
     #[inline(always)]
-    pub(crate) fn fast_enter(&self) -> Result<FastAccess<'_>, FastMiss> {
-        let Some(slot) = readers::current() else {
-            return Err(FastMiss::Busy);
-        };
+    pub(crate) fn fast_enter(&self) -> Option<FastAccess<'_>> {
+        let slot = readers::current()?;
         if slot.gate.load(Ordering::Relaxed) != FREE {
-            return Err(FastMiss::Busy);
+            return None;
         }
         if !self.announce(slot, FREE) {
-            return Err(FastMiss::Resizing);
+            // The resizer may have seen the slot and wait for it.
+            self.wake_resizer();
+            return None;
         }
-        Ok(FastAccess {
+        Some(FastAccess {
             gate: self,
             slot,
             _not_send: PhantomData,
@@ -395,19 +395,8 @@ impl Drop for AccessGuard<'_> {
     }
 }
 
-/// Why [`Gate::fast_enter`] did not enter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FastMiss {
-    /// This thread's slot is taken (a nested access), not registered yet, or retired.
-    Busy,
-    /// A resize is pending. The slot was announced and freed again: a resizer may have seen it
-    /// and wait for that leave, so the caller must call [`Gate::wake_resizer`].
-    Resizing,
-}
-
-/// A fast-path access, announced in the entering thread's slot. End it with
-/// [`leave`](Self::leave); dropping it (an unwinding caller) leaves and wakes a waiting resizer.
-/// Not `Send`: only the entering thread may clear its slot.
+/// A fast-path access, announced in the entering thread's slot; dropping it leaves the gate (and
+/// wakes a resizer waiting for that). Not `Send`: only the entering thread may clear its slot.
 #[derive(Debug)]
 #[must_use = "an access left running blocks every resize of the file"]
 pub(crate) struct FastAccess<'a> {
@@ -417,17 +406,9 @@ pub(crate) struct FastAccess<'a> {
     _not_send: PhantomData<*const ()>,
 }
 
-impl FastAccess<'_> {
-    /// Leaves the gate; returns whether a resize is pending, in which case the caller must call
-    /// [`Gate::wake_resizer`] (the resizer may be waiting for this leave).
-    #[inline(always)]
-    pub(crate) fn leave(self) -> bool {
-        let this = std::mem::ManuallyDrop::new(self);
-        this.gate.leave_slot(this.slot, FREE)
-    }
-}
-
 impl Drop for FastAccess<'_> {
+    /// Leaves the gate, and wakes a resizer that may wait for this leave.
+    #[inline(always)]
     fn drop(&mut self) {
         if self.gate.leave_slot(self.slot, FREE) {
             self.gate.wake_resizer();
