@@ -289,14 +289,7 @@ fn paths_escaping_the_root_are_refused() {
     std::os::unix::fs::symlink(outer.path().join("secret"), root.join("link")).unwrap();
     std::os::unix::fs::symlink(outer.path(), root.join("dirlink")).unwrap();
     std::os::unix::fs::symlink(outer.path().join("nothing"), root.join("dangling")).unwrap();
-    let fs = MmapFs::new(
-        &root,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
+    let fs = MmapFs::new(&root, common::rw()).unwrap();
     for p in [
         "../secret",
         "/etc/passwd",

@@ -6,11 +6,10 @@ use std::cell::RefCell;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
+use segpool::fs::{MappedFile, MmapFs};
 
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
+mod common;
+use common::{pattern, rw};
 
 /// Reads 64 bytes at `off` from a thread-local destructor and sends them.
 struct ReadAtExit {
@@ -35,15 +34,8 @@ thread_local! {
 #[test]
 fn slots_leave_the_registry_at_thread_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
-    let data = pattern(1 << 16);
+    let fs = MmapFs::new(dir.path(), rw()).unwrap();
+    let data = pattern(1 << 16, 0);
     let f = Arc::new(fs.create("t").unwrap());
     f.write_all_at(&data, 0).unwrap();
     let mut buf = [0u8; 64];

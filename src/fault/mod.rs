@@ -147,17 +147,16 @@ impl FileFaultState {
     /// load ordered after it sees the move. Do not use this for writes (see `guarded`).
     #[inline]
     pub fn guarded_read<R>(&self, access: impl FnOnce() -> R) -> Result<R> {
-        if self.faults.load(Ordering::Acquire) != 0 {
-            return Err(self.error());
+        let mut out = None;
+        match (self.guarded_read_ok(|| out = Some(access())), out) {
+            (true, Some(r)) => Ok(r),
+            _ => Err(self.error()),
         }
-        let r = access();
-        fence(Ordering::Acquire);
-        self.finish(r)
     }
 
-    /// [`guarded_read`](Self::guarded_read) for a hot path that only needs to know whether the
-    /// access is good: `false` if the file was poisoned before or during it (the caller then
-    /// reports the error on a slower path). No error value is built here.
+    /// The protocol of [`guarded_read`](Self::guarded_read), for a hot path that only needs to
+    /// know whether the access is good: `false` if the file was poisoned before or during it
+    /// (the caller then reports the error on a slower path). No error value is built here.
     #[inline(always)]
     pub(crate) fn guarded_read_ok(&self, access: impl FnOnce()) -> bool {
         if self.faults.load(Ordering::Acquire) != 0 {

@@ -37,8 +37,8 @@
 //!   the same protocol with the reader's fence promoted to a full barrier by the resizer's call
 //!   (the argument below).
 //!
-//! [`Gate::fast_enter`] is the fast path in inlined pieces (for `read_at`, where every
-//! instruction counts); [`Gate::try_enter`] the same with a guard.
+//! [`Gate::try_enter`] enters the fast path; [`Gate::fast_enter`] is the same for `read_at`,
+//! where every instruction counts, with the fence form fixed to `membarrier`'s.
 //!
 //! Why a resize never acts while a fast-path access runs. Take a reader whose slot store `S`
 //! precedes its state load `L` in program order (the compiler fence keeps that order in the
@@ -207,9 +207,9 @@ impl Gate {
     ///
     /// The same protocol as [`try_enter`](Self::try_enter), for the read path, whose cost is
     /// counted in instructions: with the fence form fixed, the fences are no instructions and no
-    /// branches, and the access is a slot reference and the gate, nothing else.
+    /// branches.
     #[inline(always)]
-    pub(crate) fn fast_enter(&self) -> Option<FastAccess<'_>> {
+    pub(crate) fn fast_enter(&self) -> Option<AccessGuard<'_>> {
         let slot = readers::current()?;
         if slot.gate.load(Ordering::Relaxed) != FREE {
             return None;
@@ -219,9 +219,10 @@ impl Gate {
             self.wake_resizer();
             return None;
         }
-        Some(FastAccess {
+        Some(AccessGuard {
             gate: self,
-            slot,
+            slot: Some(slot),
+            free: FREE,
             _not_send: PhantomData,
         })
     }
@@ -382,7 +383,7 @@ impl<'a> AccessGuard<'a> {
 }
 
 impl Drop for AccessGuard<'_> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         match self.slot {
             Some(slot) => {
@@ -391,27 +392,6 @@ impl Drop for AccessGuard<'_> {
                 }
             }
             None => self.gate.leave_counted(),
-        }
-    }
-}
-
-/// A fast-path access, announced in the entering thread's slot; dropping it leaves the gate (and
-/// wakes a resizer waiting for that). Not `Send`: only the entering thread may clear its slot.
-#[derive(Debug)]
-#[must_use = "an access left running blocks every resize of the file"]
-pub(crate) struct FastAccess<'a> {
-    gate: &'a Gate,
-    /// The entering thread's slot, whose free value is [`FREE`] (compiler fences).
-    slot: &'a ReaderSlot,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Drop for FastAccess<'_> {
-    /// Leaves the gate, and wakes a resizer that may wait for this leave.
-    #[inline(always)]
-    fn drop(&mut self) {
-        if self.gate.leave_slot(self.slot, FREE) {
-            self.gate.wake_resizer();
         }
     }
 }
