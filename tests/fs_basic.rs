@@ -432,3 +432,68 @@ fn growth_and_cuts_inside_with_bytes_are_refused_not_deadlocked() {
     g.write_all_at(b"grow", 10).unwrap();
     assert_eq!(f.len(), 14);
 }
+
+/// Reads of up to 64 bytes (the inline fast path) at every offset near the end, after another
+/// handle grew the file past this handle's mapping, through a copy-on-write handle (which keeps
+/// the length it opened with) and through windows: each returns exactly the file's bytes.
+#[test]
+fn small_reads_are_exact_at_the_end_after_growth_and_in_every_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = MmapFs::new(dir.path(), rw()).unwrap();
+    let len = 10_000usize;
+    let big = 3 << 20;
+    let data = pattern(big, 9);
+    let grower = fs.create("s").unwrap();
+    grower.write_all_at(&data[..len], 0).unwrap();
+    let f = fs.open("s").unwrap();
+    let cow_fs = MmapFs::new(
+        dir.path(),
+        MapConfig {
+            mode: MapMode::CopyOnWrite,
+            ..MapConfig::default()
+        },
+    )
+    .unwrap();
+    let cow = cow_fs.open("s").unwrap();
+    let win_fs = MmapFs::new(
+        dir.path(),
+        MapConfig {
+            window: Some(64 << 10),
+            ..rw()
+        },
+    )
+    .unwrap();
+    let win = win_fs.open("s").unwrap();
+
+    let check =
+        |h: &segpool::fs::MappedFile, visible: usize, offsets: &mut dyn Iterator<Item = usize>| {
+            let mut buf = [0u8; 64];
+            for off in offsets {
+                for n in [1usize, 7, 63, 64] {
+                    let want = n.min(visible.saturating_sub(off));
+                    let got = h.read_at(&mut buf[..n], off as u64).unwrap();
+                    assert_eq!(
+                        got, want,
+                        "length of {n} bytes at {off} (visible {visible})"
+                    );
+                    assert!(
+                        got == 0 || buf[..got] == data[off..off + got],
+                        "{n} bytes at {off}"
+                    );
+                }
+            }
+        };
+    for h in [&f, &cow, &win] {
+        check(h, len, &mut (len - 130..len + 2));
+    }
+
+    grower.write_all_at(&data[len..], len as u64).unwrap();
+    let spread = |k: usize| (0..400).map(move |i| (i * 7919 + k) % (big + 10));
+    check(&f, big, &mut spread(1));
+    check(&f, big, &mut (big - 130..big + 2));
+    check(&win, big, &mut spread(2));
+    // The copy-on-write handle still ends where it opened, although its mapping's last page
+    // and the file go further.
+    check(&cow, len, &mut spread(3));
+    check(&cow, len, &mut (len - 130..len + 200));
+}

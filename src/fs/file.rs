@@ -19,7 +19,7 @@ use super::whole::WholeMap;
 use super::window::WindowCache;
 use crate::fault::FileFaultState;
 use crate::os;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Arc, Mutex};
 
 /// The largest file length and offset (`off_t` is signed).
@@ -112,8 +112,35 @@ pub struct MappedFile {
     cfg: MapConfig,
     /// A copy-on-write handle keeps the length it opened with (it cannot change the file).
     cow_len: u64,
+    /// The small-read fast path's bound: a read of at most [`SMALL`] bytes at an offset below
+    /// this lies inside the whole-file mapping and below `cow_len`.
+    ///
+    /// # Invariant
+    ///
+    /// `min(mapping length, cow_len) - SMALL` (0 if that is negative) for a whole-file view,
+    /// changed only together with the mapping (under a resize of the gate), so inside an access
+    /// it agrees with [`WholeMap::base`]; always 0 for a windowed view, so that no offset passes
+    /// it and the fast path needs no check of the view's kind.
+    small_end: AtomicU64,
     cursor: Mutex<u64>,
     finished: AtomicBool,
+}
+
+/// The value of [`MappedFile::small_end`] for `view`.
+///
+/// # Safety
+///
+/// * No replacement of `view`'s mapping runs meanwhile: the caller opens the file (nothing else
+///   can reach the view yet) or holds the file's gate for a resize.
+unsafe fn small_end(view: &View, cow_len: u64) -> u64 {
+    match view {
+        // SAFETY: no replacement runs (the caller's contract), which is what an access of the
+        // gate would ensure.
+        View::Whole(w) => (unsafe { w.current() }.len() as u64)
+            .min(cow_len)
+            .saturating_sub(SMALL as u64),
+        View::Windows(_) => 0,
+    }
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -143,6 +170,11 @@ impl MappedFile {
         let reg = registry::join(&file, id.dev, id.ino, path.clone())?;
         reg.entry.fault.check().map_err(io::Error::from)?;
         let len = reg.entry.len();
+        let cow_len = if mode == MapMode::CopyOnWrite {
+            len
+        } else {
+            u64::MAX
+        };
         let view = match cfg.window {
             Some(w) => View::Windows(WindowCache::new(w, cfg.max_windows)),
             None => View::Whole(WholeMap::new(Region::map(
@@ -169,18 +201,16 @@ impl MappedFile {
         };
         Ok(MappedFile {
             _flush: flush,
-            view,
             entry: Arc::clone(&core.reg.entry),
             fault: Arc::clone(&core.reg.entry.fault),
             core,
             mode,
             sync: cfg.sync,
             cfg: cfg.clone(),
-            cow_len: if mode == MapMode::CopyOnWrite {
-                len
-            } else {
-                u64::MAX
-            },
+            // SAFETY: the view is ours alone until this handle is returned.
+            small_end: AtomicU64::new(unsafe { small_end(&view, cow_len) }),
+            view,
+            cow_len,
             cursor: Mutex::new(0),
             finished: AtomicBool::new(false),
         })
@@ -357,6 +387,10 @@ impl MappedFile {
         let guard = entry.gate.resize()?;
         // SAFETY: the gate is held for a resize: no access uses the old mapping.
         let old = unsafe { w.replace(region) };
+        // Under the same resize, so the bound changes together with the mapping (invariant).
+        // SAFETY: we hold the gate for a resize.
+        let end = unsafe { small_end(&self.view, self.cow_len) };
+        self.small_end.store(end, Ordering::Relaxed);
         drop(guard);
         drop(old);
         Ok(())
@@ -410,7 +444,7 @@ impl MappedFile {
     #[inline]
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if buf.len() <= SMALL {
-            self.read_fast::<true, true>(buf, offset)
+            self.read_small::<true>(buf, offset)
         } else {
             self.read_at_large(buf, offset)
         }
@@ -421,7 +455,7 @@ impl MappedFile {
     /// the small path stays small where `read_at` is inlined.
     #[inline(never)]
     fn read_at_large(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        self.read_fast::<true, false>(buf, offset)
+        self.read_large::<true>(buf, offset)
     }
 
     /// [`read_at`](Self::read_at) without the fault guard on its fast path, for measuring what
@@ -432,28 +466,66 @@ impl MappedFile {
     #[inline]
     pub fn read_at_unguarded(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         if buf.len() <= SMALL {
-            self.read_fast::<false, true>(buf, offset)
+            self.read_small::<false>(buf, offset)
         } else {
-            self.read_fast::<false, false>(buf, offset)
+            self.read_large::<false>(buf, offset)
         }
     }
 
-    /// The body of `read_at`, kept short on purpose: small random reads are bound by memory
-    /// latency, and the fewer instructions each read takes, the more of them the CPU overlaps.
-    /// It handles a read of a whole-file mapping whose whole buffer lies before the end of the
-    /// file and inside the mapping, with no resize pending and this thread in no other access
-    /// (`Gate::fast_enter`). Everything else (windows, a read reaching the end of the file, a
-    /// remap that is due, nested accesses, a poisoned file) goes to the general path, and a
-    /// fault during the copy to [`read_faulted`](Self::read_faulted), both out of line; leaving
-    /// the gate wakes a waiting resizer out of line too. `GUARDED` is false only for
-    /// [`read_at_unguarded`](Self::read_at_unguarded); `SMALL_BUF` says that `buf` holds at most
-    /// [`SMALL`] bytes, so the copy is inline and calls nothing.
+    /// The body of `read_at` for at most [`SMALL`] bytes, kept as short as it can be: small
+    /// random reads are bound by memory latency, and the fewer instructions each read takes,
+    /// the more of them the CPU overlaps (docs/files.md, "The read path"). It handles a read of
+    /// a whole-file mapping that lies before the end of the file and at an offset below
+    /// [`small_end`](Self::small_end) (so inside the mapping), with no resize pending and this
+    /// thread in no other access (`Gate::fast_enter`). Everything else (windows, whose bound is
+    /// 0; a read near or at the end of the file; a remap that is due; nested accesses) goes to
+    /// the general path, and a fault or a poisoned file to [`read_faulted`](Self::read_faulted),
+    /// both out of line. `GUARDED` is false only for
+    /// [`read_at_unguarded`](Self::read_at_unguarded).
     #[inline(always)]
-    fn read_fast<const GUARDED: bool, const SMALL_BUF: bool>(
-        &self,
-        buf: &mut [u8],
-        offset: u64,
-    ) -> io::Result<usize> {
+    fn read_small<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = buf.len();
+        // Free where it is inlined: every caller has just checked it.
+        assert!(n <= SMALL);
+        let Some(access) = self.entry.gate.fast_enter() else {
+            return self.read_at_general(buf, offset);
+        };
+        // Inside the access, so the bound and the mapping agree (invariant of `small_end`).
+        // `offset < small_end <= i64::MAX`, so `offset + n` cannot overflow.
+        if offset >= self.small_end.load(Ordering::Relaxed) || offset + n as u64 > self.entry.len()
+        {
+            drop(access);
+            return self.read_at_general(buf, offset);
+        }
+        let View::Whole(w) = &self.view else {
+            // SAFETY: `small_end` is 0 for a windowed view (its invariant), and `offset` is
+            // below it, so the view is whole.
+            unsafe { std::hint::unreachable_unchecked() }
+        };
+        // SAFETY: `offset + n <= small_end + SMALL <= mapping length` (the invariant of
+        // `small_end`, which agrees with the mapping inside our access), and the mapping stays
+        // mapped while the access lasts; `buf` is a `&mut` that cannot overlap memory we only
+        // hand out as `&[u8]`, and `n <= SMALL` (asserted above).
+        let dst = buf.as_mut_ptr();
+        let copy = || unsafe { copy_small(w.base().add(offset as usize), dst, n) };
+        let clean = if GUARDED {
+            self.fault.guarded_read_ok(copy)
+        } else {
+            copy();
+            true
+        };
+        drop(access);
+        if !clean {
+            return Err(self.read_faulted());
+        }
+        Ok(n)
+    }
+
+    /// The body of `read_at` for more than [`SMALL`] bytes: the same protocol as
+    /// [`read_small`](Self::read_small), with a bounds check of the mapping's length (the
+    /// buffer may be of any length) and a `memcpy`.
+    #[inline(always)]
+    fn read_large<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let View::Whole(w) = &self.view else {
             return self.read_at_general(buf, offset);
         };
@@ -473,15 +545,8 @@ impl MappedFile {
         let dst = buf.as_mut_ptr();
         // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays mapped
         // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap memory
-        // we only hand out as `&[u8]`; with `SMALL_BUF`, `n <= SMALL`.
-        let copy = || unsafe {
-            let src = base.add(offset as usize);
-            if SMALL_BUF {
-                copy_small(src, dst, n)
-            } else {
-                copy_out(src, dst, n)
-            }
-        };
+        // we only hand out as `&[u8]`.
+        let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
         let faulted = if GUARDED {
             !self.fault.guarded_read_ok(copy)
         } else {

@@ -45,6 +45,16 @@ impl WholeMap {
         )
     }
 
+    /// The current mapping's first byte.
+    ///
+    /// # Safety
+    ///
+    /// * As for [`base_and_cap`](Self::base_and_cap).
+    #[inline(always)]
+    pub(crate) unsafe fn base(&self) -> *mut u8 {
+        self.base.load(Ordering::Acquire)
+    }
+
     /// The current mapping.
     ///
     /// # Safety
