@@ -343,10 +343,10 @@ impl Gate {
         refuse_in_scoped_access()?;
         let prev = self.state.fetch_or(RESIZING, Ordering::SeqCst);
         debug_assert_eq!(prev & RESIZING, 0, "resizes are serialised by the caller");
-        // From here on the guard clears the bits again, also if the barrier panics.
+        // From here on the guard clears the bits again, also if the barrier fails.
         let guard = ResizeGuard { gate: self };
         // After the `RESIZING` store, before any scan (the module docs' argument).
-        barrier::resizer();
+        barrier::resizer()?;
         let mut g = self.lock.lock();
         loop {
             if !any_names(self.addr())
@@ -414,7 +414,7 @@ mod barrier {
     use core::sync::atomic::compiler_fence;
     use std::sync::OnceLock;
 
-    use super::{fence, Ordering, FREE};
+    use super::{fence, io, Ordering, FREE};
     use crate::os;
 
     /// Chooses the form once per process; returns whether it is `membarrier`. A thread's slot
@@ -449,16 +449,19 @@ mod barrier {
     }
 
     /// The resizer barrier: after the `RESIZING` store, before the scan of the slots.
-    pub(super) fn resizer() {
+    pub(super) fn resizer() -> io::Result<()> {
         if init() {
             // Registered, so the call cannot fail (EPERM is "not registered"); if it still did,
-            // readers relying on it would be unprotected: stop here (the resize guard reopens
-            // the gate while the panic unwinds).
-            if let Err(e) = os::membarrier::private_expedited() {
-                panic!("membarrier failed after registration: {e}");
-            }
+            // readers relying on it would be unprotected: the resize must not go on. The error
+            // reaches the caller, whose resize guard reopens the gate.
+            os::membarrier::private_expedited().map_err(|e| {
+                io::Error::other(format!(
+                    "membarrier failed after registration ({e}): the resize was not done"
+                ))
+            })
         } else {
             fence(Ordering::SeqCst);
+            Ok(())
         }
     }
 }
@@ -473,8 +476,9 @@ mod barrier {
         fence(Ordering::SeqCst);
     }
 
-    pub(super) fn resizer() {
+    pub(super) fn resizer() -> std::io::Result<()> {
         fence(Ordering::SeqCst);
+        Ok(())
     }
 }
 
