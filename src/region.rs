@@ -36,7 +36,7 @@ use crate::sync::{Arc, Mutex};
 pub(crate) const RETIRED: usize = 1 << (usize::BITS - 1);
 
 /// The slices a region hands out per batch at most (stack buffers are sized by it).
-pub(crate) const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 128;
 
 /// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
 pub(crate) const ZERO_TAG: usize = 1;

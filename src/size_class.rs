@@ -16,14 +16,16 @@ pub(crate) const MAX_DEFAULT_REGION: usize = 32 << 20;
 /// Slices per region the default aims for.
 pub(crate) const SLICES_PER_REGION: usize = 32;
 
-/// Largest number of slices one thread may hold cached per class.
-pub(crate) const CACHE_MAX_SLICES: usize = 64;
+/// Largest number of slices one thread may hold cached per class. 128: when one thread allocates
+/// and another releases, the 4 KiB and 16 KiB classes take the batch path half as often as with 64
+/// (docs/design.md, "Thread-cache bound").
+pub(crate) const CACHE_MAX_SLICES: usize = 128;
 /// Bytes one thread may hold cached per class (at least one slice is always allowed unless the
-/// budget is small, see [`SizeClasses::cache_capacity`]). 2 MiB: when one thread allocates and
-/// another releases, batches of 24 (64 KiB) and 6 (256 KiB) slices instead of 12 and 3 brought
-/// those producer/consumer rows of `segpool bench` under the channel's cost plus 30 ns
-/// (docs/design.md); an idle thread holds up to this much per class until its next call or exit.
-pub(crate) const CACHE_MAX_BYTES: usize = 2 << 20;
+/// budget is small, see [`SizeClasses::cache_capacity`]). 4 MiB: when one thread allocates and
+/// another releases, batches of 12 slices (256 KiB) instead of 6 brought that producer/consumer
+/// row of `segpool bench` under the channel's cost plus 30 ns (docs/design.md); an idle thread
+/// holds up to this much per class until its next call or exit.
+pub(crate) const CACHE_MAX_BYTES: usize = 4 << 20;
 
 /// Marks a size with no class: served by a dedicated mapping.
 pub(crate) const NO_CLASS: u8 = u8::MAX;

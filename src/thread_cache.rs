@@ -8,7 +8,7 @@
 //! # Bounds and give-back
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
-//!   slices (64 slices or 2 MiB, whichever is less, at least one; under a budget at most 1/16 of
+//!   slices (128 slices or 4 MiB, whichever is less, at least one; under a budget at most 1/16 of
 //!   it). A full cache gives its older three quarters back to the regions in one batch per
 //!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
 //!   When one thread allocates and another releases, every slice goes through these batches, so

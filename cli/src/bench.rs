@@ -646,7 +646,14 @@ fn targets(rows: &[Row], calls: Option<&CallsPerPair>) -> Vec<Target> {
     let worst = |it: &mut dyn Iterator<Item = (usize, f64)>| {
         it.fold(
             (0usize, f64::MIN),
-            |acc, x| if x.1 > acc.1 { x } else { acc },
+            // A NaN (a missing cell) is the worst, so the target fails instead of skipping it.
+            |acc, x| {
+                if acc.1.is_nan() || !(x.1.is_nan() || x.1 > acc.1) {
+                    acc
+                } else {
+                    x
+                }
+            },
         )
     };
     let (s, ns) = worst(
@@ -1022,6 +1029,47 @@ mod tests {
             .into_iter()
             .find(|t| t.target.starts_with("producer/consumer"))
             .expect("the producer/consumer target is always checked")
+    }
+
+    #[test]
+    fn a_missing_cell_fails_its_target_instead_of_being_skipped() {
+        let one = |size: usize, segpool: Option<f64>| {
+            let mut cells = vec![Cell {
+                allocator: "floor".into(),
+                median_ns: 3.0,
+                runs_ns: vec![3.0],
+            }];
+            if let Some(ns) = segpool {
+                cells.push(Cell {
+                    allocator: "segpool".into(),
+                    median_ns: ns,
+                    runs_ns: vec![ns],
+                });
+            }
+            Row {
+                pattern: Pattern::OneThread,
+                size,
+                cells,
+                paired_over_channel_ns: Vec::new(),
+            }
+        };
+        let of = |rows: &[Row]| {
+            targets(rows, None)
+                .into_iter()
+                .find(|t| t.target.starts_with("1 thread, every class: <= 12 ns"))
+                .expect("the 1-thread target is always checked")
+        };
+        let full: Vec<Row> = CLASSES.iter().map(|&s| one(s, Some(5.0))).collect();
+        assert!(of(&full).holds);
+        for gap in 0..CLASSES.len() {
+            let rows: Vec<Row> = CLASSES
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| one(s, (i != gap).then_some(5.0)))
+                .collect();
+            let t = of(&rows);
+            assert!(!t.holds, "missing cell {gap} was skipped: {}", t.detail);
+        }
     }
 
     #[test]
