@@ -88,11 +88,9 @@ impl FreeStack {
     ///
     /// When one thread allocates and another releases, the top of the stack is often the chain
     /// the other thread just pushed: its links sit in lines that the other core wrote. Walked one
-    /// dependent load at a time, each line costs a cross-core miss in turn. Measured on a 2-vCPU
-    /// VM (4 KiB class, 127-slice batches, 512-entry `next`): in spells where cross-core
-    /// transfers are slow, a batch's walk took about 3.5 µs (then a third of a producer/consumer
-    /// pair's ~75 ns) and about 1.1-1.5 µs prefetched; in fast spells 0.9 µs and 0.3 µs. A
-    /// prefetch is only a hint: it changes no value and cannot fault.
+    /// dependent load at a time, each line costs a cross-core miss in turn; prefetched, the
+    /// misses overlap (docs/design.md, "The batch path"). A prefetch is only a hint: it changes
+    /// no value and cannot fault.
     #[inline]
     fn prefetch_links(&self, top: u32) {
         const PER_LINE: usize = 64 / std::mem::size_of::<u32>();
