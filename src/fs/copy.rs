@@ -9,8 +9,6 @@
 //! Everything else goes to `memcpy`, which has the best routine for the CPU (and for large
 //! copies, its own choice of streaming stores).
 
-use std::ptr;
-
 /// The largest copy [`copy_small`] makes.
 pub(crate) const SMALL: usize = 64;
 
@@ -22,7 +20,7 @@ pub(crate) const SMALL: usize = 64;
 /// # Safety
 ///
 /// * `n <= SMALL`; `src..src + n` is readable and `dst..dst + n` writable, as for
-///   [`ptr::copy_nonoverlapping`], and the two ranges do not overlap.
+///   [`std::ptr::copy_nonoverlapping`], and the two ranges do not overlap.
 #[inline(always)]
 pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
     /// Copies `n` bytes, `size_of::<T>() <= n <= 2 * size_of::<T>()`, as a head and a tail of
@@ -66,35 +64,18 @@ pub(crate) unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
     }
 }
 
-/// Copies `n` bytes from `src` to `dst`: inline up to [`SMALL`] bytes, else `memcpy`.
-///
-/// # Safety
-///
-/// * `src..src + n` is readable and `dst..dst + n` writable, as for
-///   [`ptr::copy_nonoverlapping`], and the two ranges do not overlap.
-#[inline(always)]
-pub(crate) unsafe fn copy_out(src: *const u8, dst: *mut u8, n: usize) {
-    if n <= SMALL {
-        // SAFETY: `n <= SMALL`; the caller's contract.
-        unsafe { copy_small(src, dst, n) }
-    } else {
-        // SAFETY: the caller's contract.
-        unsafe { ptr::copy_nonoverlapping(src, dst, n) }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::copy_out;
+    use super::{copy_small, SMALL};
 
     #[test]
     fn copies_every_length_exactly() {
         let src: Vec<u8> = (0..200u8).collect();
-        for n in 0..=130 {
+        for n in 0..=SMALL {
             for off in [0usize, 1, 7, 15] {
                 let mut dst = vec![0xeeu8; 200];
                 // SAFETY: both ranges lie in their vectors, which are distinct.
-                unsafe { copy_out(src.as_ptr().add(off), dst.as_mut_ptr().add(3), n) };
+                unsafe { copy_small(src.as_ptr().add(off), dst.as_mut_ptr().add(3), n) };
                 assert_eq!(&dst[3..3 + n], &src[off..off + n], "n {n} off {off}");
                 assert!(dst[..3].iter().all(|&b| b == 0xee));
                 assert!(

@@ -10,9 +10,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
-use super::copy::{copy_out, copy_small, SMALL};
+use super::copy::{copy_small, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
-use super::gate::{self, ScopedAccess};
+use super::gate::{self, AccessGuard, ScopedAccess};
 use super::region::Region;
 use super::registry::{self, FileEntry, Registered};
 use super::whole::WholeMap;
@@ -508,22 +508,12 @@ impl MappedFile {
         // hand out as `&[u8]`, and `n <= SMALL` (asserted above).
         let dst = buf.as_mut_ptr();
         let copy = || unsafe { copy_small(w.base().add(offset as usize), dst, n) };
-        let clean = if GUARDED {
-            self.fault.guarded_read_ok(copy)
-        } else {
-            copy();
-            true
-        };
-        drop(access);
-        if !clean {
-            return Err(self.read_faulted());
-        }
-        Ok(n)
+        self.finish_read::<GUARDED>(access, copy, n)
     }
 
     /// The body of `read_at` for more than [`SMALL`] bytes: the same protocol as
     /// [`read_small`](Self::read_small), with a bounds check of the mapping's length (the
-    /// buffer may be of any length) and a `memcpy`.
+    /// buffer may be of any length) and a `memcpy`. Callers pass more than [`SMALL`] bytes.
     #[inline(always)]
     fn read_large<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let View::Whole(w) = &self.view else {
@@ -546,15 +536,27 @@ impl MappedFile {
         // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays mapped
         // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap memory
         // we only hand out as `&[u8]`.
-        let copy = || unsafe { copy_out(base.add(offset as usize), dst, n) };
-        let faulted = if GUARDED {
-            !self.fault.guarded_read_ok(copy)
+        let copy = || unsafe { std::ptr::copy_nonoverlapping(base.add(offset as usize), dst, n) };
+        self.finish_read::<GUARDED>(access, copy, n)
+    }
+
+    /// The end both fast reads share: runs `copy` (of `n` bytes, inside `access`) under the
+    /// fault guard unless `GUARDED` is false, leaves the gate, and reports a fault out of line.
+    #[inline(always)]
+    fn finish_read<const GUARDED: bool>(
+        &self,
+        access: AccessGuard<'_>,
+        copy: impl FnOnce(),
+        n: usize,
+    ) -> io::Result<usize> {
+        let clean = if GUARDED {
+            self.fault.guarded_read_ok(copy)
         } else {
             copy();
-            false
+            true
         };
         drop(access);
-        if faulted {
+        if !clean {
             return Err(self.read_faulted());
         }
         Ok(n)
