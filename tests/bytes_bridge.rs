@@ -1,6 +1,7 @@
 //! The `bytes` feature: `Segment::into_bytes`, `BufMut` for `SegmentWriter`, `Buf` and
 //! `Vec<Bytes>` for `SegmentChain`. (Built only with the feature: see `required-features` in
-//! Cargo.toml; `cargo test --workspace` turns it on through the cli.)
+//! Cargo.toml; `cargo test --workspace` turns it on through the cli; alone:
+//! `cargo test --features bytes --test bytes_bridge`.)
 
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
