@@ -195,6 +195,7 @@ impl SegmentWriter {
     }
 
     /// The free end of the current segment, empty when there is none or it is full.
+    #[cfg(feature = "bytes")]
     pub(crate) fn spare_now(&mut self) -> &mut [u8] {
         let filled = self.filled;
         match self.current.as_mut() {
@@ -220,6 +221,7 @@ impl SegmentWriter {
 
     /// The most this writer could ever hold beyond what it has: the pool's budget minus what
     /// is written (never less than what is reserved), or unbounded without a budget.
+    #[cfg(feature = "bytes")]
     pub(crate) fn capacity_left(&self) -> usize {
         match self.pool.shared().budget.limit() {
             Some(limit) => limit.saturating_sub(self.len).max(self.reserved()),
