@@ -47,8 +47,9 @@ impl Segment {
     ///
     /// # Panics
     ///
-    /// When `len` is more than [`len()`](<[u8]>::len), as slicing `&segment[..len]` would: a
-    /// length past the end is a bug in the caller, not a request to shorten.
+    /// When `len` is more than the segment's length ([`capacity()`](Self::capacity)), as slicing
+    /// `&segment[..len]` would: a length past the end is a bug in the caller, not a request to
+    /// shorten.
     ///
     /// ```
     /// let pool = segpool::SegmentPool::new()?;

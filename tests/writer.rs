@@ -179,3 +179,20 @@ fn zero_length_cases() {
     assert_eq!(chain.chunks().count(), 0);
     assert_eq!(pool.stats().in_use_bytes, 0);
 }
+
+#[test]
+fn writers_and_chains_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<segpool::SegmentWriter>();
+    send_sync::<segpool::SegmentChain>();
+
+    let pool = SegmentPool::new().unwrap();
+    let mut w = pool.writer();
+    let chain = std::thread::spawn(move || {
+        w.write_all(&pattern(200 * KIB)).unwrap();
+        w.finish()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(read_all(chain), pattern(200 * KIB));
+}
