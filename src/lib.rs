@@ -3,6 +3,8 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod budget;
+#[cfg(feature = "bytes")]
+mod bytes_bridge;
 mod class_pool;
 pub mod diagnostics;
 mod error;
@@ -17,6 +19,7 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
+mod writer;
 
 pub use diagnostics::{Diagnostics, Leak, LeakReport};
 pub use error::{Error, Result};
@@ -24,6 +27,7 @@ pub use pool::{Backing, SegmentPool, SegmentPoolBuilder};
 pub use segment::Segment;
 pub use size_class::DEFAULT_SIZE_CLASSES;
 pub use stats::{ClassStats, PoolStats};
+pub use writer::{SegmentChain, SegmentWriter};
 
 #[cfg(all(test, loom))]
 #[path = "../loom/models.rs"]
