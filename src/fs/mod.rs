@@ -46,10 +46,10 @@ pub use flusher::FlusherStatus;
 pub use shm::SharedMemory;
 
 use crate::sync::Arc;
+use flusher::Flusher;
 use rustix::fs::{self as rfs, Mode, OFlags};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
-use flusher::Flusher;
 
 /// How many reader slots the access gates have registered: one per live thread that accessed a
 /// mapped file (tests: a slot leaves the registry when its thread exits).
@@ -179,8 +179,7 @@ impl MmapFs {
     pub fn remove_file(&self, path: impl AsRef<Path>) -> io::Result<()> {
         let rel = path.as_ref();
         let (dir, name) = self.inner.root.parent(rel)?;
-        rfs::unlinkat(&dir, name.as_os_str(), rfs::AtFlags::empty())
-            .map_err(|e| self.err(e, rel))
+        rfs::unlinkat(&dir, name.as_os_str(), rfs::AtFlags::empty()).map_err(|e| self.err(e, rel))
     }
 
     /// Renames within the root (a symlink itself, not its target). Open handles follow the file
@@ -189,8 +188,13 @@ impl MmapFs {
         let (from, to) = (from.as_ref(), to.as_ref());
         let (from_dir, from_name) = self.inner.root.parent(from)?;
         let (to_dir, to_name) = self.inner.root.parent(to)?;
-        rfs::renameat(&from_dir, from_name.as_os_str(), &to_dir, to_name.as_os_str())
-            .map_err(|e| self.err(e, from))
+        rfs::renameat(
+            &from_dir,
+            from_name.as_os_str(),
+            &to_dir,
+            to_name.as_os_str(),
+        )
+        .map_err(|e| self.err(e, from))
     }
 
     /// Creates a directory and its missing parents under the root.

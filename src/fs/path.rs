@@ -212,11 +212,7 @@ impl Root {
             ));
         }
         if rel.has_root() {
-            return Err(escapes(
-                &self.path,
-                rel,
-                "absolute paths are not allowed",
-            ));
+            return Err(escapes(&self.path, rel, "absolute paths are not allowed"));
         }
         Ok(())
     }
@@ -385,22 +381,21 @@ pub(crate) fn walk(
     fn top<'a>(stack: &'a [OwnedFd], root: BorrowedFd<'a>) -> BorrowedFd<'a> {
         stack.last().map(|f| f.as_fd()).unwrap_or(root)
     }
-    let mut follow = |target: OsString,
-                      todo: &mut std::collections::VecDeque<OsString>|
-     -> Result<(), Errno> {
-        links += 1;
-        if links > MAX_SYMLINKS {
-            return Err(Errno::LOOP);
-        }
-        let target = PathBuf::from(target);
-        if target.has_root() {
-            return Err(Errno::XDEV);
-        }
-        for c in target.components().rev() {
-            todo.push_front(c.as_os_str().to_os_string());
-        }
-        Ok(())
-    };
+    let mut follow =
+        |target: OsString, todo: &mut std::collections::VecDeque<OsString>| -> Result<(), Errno> {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Errno::LOOP);
+            }
+            let target = PathBuf::from(target);
+            if target.has_root() {
+                return Err(Errno::XDEV);
+            }
+            for c in target.components().rev() {
+                todo.push_front(c.as_os_str().to_os_string());
+            }
+            Ok(())
+        };
     while let Some(name) = todo.pop_front() {
         let last = todo.is_empty();
         if name == "." {
@@ -419,7 +414,12 @@ pub(crate) fn walk(
             continue;
         }
         if last {
-            let r = rfs::openat(top(&stack, root), name.as_os_str(), flags | OFlags::NOFOLLOW, mode);
+            let r = rfs::openat(
+                top(&stack, root),
+                name.as_os_str(),
+                flags | OFlags::NOFOLLOW,
+                mode,
+            );
             let target = match r {
                 // `O_PATH | O_NOFOLLOW` opens a symlink itself: follow it like any other.
                 Ok(fd) if flags.contains(OFlags::PATH) => {
@@ -430,12 +430,13 @@ pub(crate) fn walk(
                     rfs::readlinkat(&fd, "", Vec::new())?
                 }
                 Ok(fd) => return Ok(fd),
-                Err(Errno::LOOP) => match rfs::readlinkat(top(&stack, root), name.as_os_str(), Vec::new())
-                {
-                    Ok(t) => t,
-                    // Not a symlink (any more): the open's own answer stands.
-                    Err(_) => return Err(Errno::LOOP),
-                },
+                Err(Errno::LOOP) => {
+                    match rfs::readlinkat(top(&stack, root), name.as_os_str(), Vec::new()) {
+                        Ok(t) => t,
+                        // Not a symlink (any more): the open's own answer stands.
+                        Err(_) => return Err(Errno::LOOP),
+                    }
+                }
                 Err(e) => return Err(e),
             };
             follow(OsString::from_vec(target.into_bytes()), &mut todo)?;
