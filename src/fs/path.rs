@@ -430,11 +430,13 @@ pub(crate) fn walk(
                     rfs::readlinkat(&fd, "", Vec::new())?
                 }
                 Ok(fd) => return Ok(fd),
-                Err(Errno::LOOP) => {
+                // A symlink refused by `O_NOFOLLOW` (`ENOTDIR` instead of `ELOOP` when
+                // `O_DIRECTORY` is asked for too): read it and follow it.
+                Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                     match rfs::readlinkat(top(&stack, root), name.as_os_str(), Vec::new()) {
                         Ok(t) => t,
                         // Not a symlink (any more): the open's own answer stands.
-                        Err(_) => return Err(Errno::LOOP),
+                        Err(_) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
@@ -559,10 +561,18 @@ mod tests {
             "missing",
             "a/b/f/x",
             "a/b",
+            "adir",
+            "a/up",
             ".",
+            "a/..",
         ];
         for p in cases {
-            for flags in [OFlags::RDONLY, OFlags::PATH] {
+            for flags in [
+                OFlags::RDONLY,
+                OFlags::PATH,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                OFlags::PATH | OFlags::DIRECTORY,
+            ] {
                 let flags = flags | OFlags::CLOEXEC;
                 let k = beneath(root.fd.as_fd(), Path::new(p), flags, Mode::empty());
                 let w = walk(root.fd.as_fd(), Path::new(p), flags, Mode::empty());
