@@ -544,6 +544,12 @@ mod tests {
         sl(Path::new("loop2"), "loop1");
         sl(Path::new("a"), "adir");
         let root = Root::open(r).unwrap();
+        if let Err(Errno::NOSYS) =
+            beneath(root.fd.as_fd(), Path::new("."), OFlags::PATH, Mode::empty())
+        {
+            eprintln!("no openat2 on this kernel: nothing to compare the walk with");
+            return;
+        }
         let cases = [
             "a/b/f",
             "rel",
