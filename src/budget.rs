@@ -144,10 +144,11 @@ impl Budget {
     }
 
     /// Runs `attempt` until it returns `Some`, sleeping between attempts until a notification or
-    /// `deadline`. Returns `None` when the deadline passed with every attempt failing.
+    /// `deadline` (`None`: no deadline). Returns `None` when the deadline passed with every
+    /// attempt failing.
     pub(crate) fn wait_for<T>(
         &self,
-        deadline: Instant,
+        deadline: Option<Instant>,
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
         // More than 2^20 - 1 simultaneous waiters would carry into the generation: harmless (every
@@ -159,14 +160,15 @@ impl Budget {
                 break Some(v);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 break None;
             }
             let g = self.lock.lock();
             if self.wakeups.load(Ordering::SeqCst) == seen {
                 // Room that sits in another thread's cache produces no notification until that
                 // thread next calls the pool; a bounded sleep makes the waiter retry anyway.
-                let wake = deadline.min(now + std::time::Duration::from_millis(20));
+                let retry = now + std::time::Duration::from_millis(20);
+                let wake = deadline.map_or(retry, |d| d.min(retry));
                 drop(self.cond.wait_until(&self.lock, g, wake));
             }
         };

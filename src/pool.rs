@@ -3,7 +3,7 @@
 use std::fmt;
 use std::panic::Location;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
@@ -33,7 +33,7 @@ pub enum Backing {
 const RETAINED_EMPTY_BYTES: usize = 16 << 20;
 
 /// Largest region a pool accepts (its free-slice metadata stays small).
-const MAX_REGION: usize = 1 << 30;
+pub(crate) const MAX_REGION: usize = 1 << 30;
 
 type PressureFn = dyn Fn(usize) + Send + Sync + 'static;
 
@@ -646,7 +646,8 @@ impl SegmentPool {
     #[track_caller]
     pub fn allocate_timeout(&self, size: usize, timeout: Duration) -> Result<Segment> {
         let at = Location::caller();
-        let deadline = Instant::now() + timeout;
+        // A timeout too long for an `Instant` waits without a deadline.
+        let deadline = crate::sync::deadline_after(timeout);
         match self.allocate(size) {
             // Waiting cannot help a request larger than the whole budget.
             Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => {}

@@ -61,6 +61,13 @@ impl SizeClasses {
                     "size_classes: {s} is not a power of two of at least {MIN_CLASS}"
                 )));
             }
+            if s > crate::pool::MAX_REGION {
+                return Err(Error::InvalidConfig(format!(
+                    "size_classes: {s} is larger than the largest region ({} bytes); requests \
+                     above the largest class are served by dedicated mappings",
+                    crate::pool::MAX_REGION
+                )));
+            }
             if i > 0 && s <= sizes[i - 1] {
                 return Err(Error::InvalidConfig(format!(
                     "size_classes: {s} follows {}; classes must be strictly increasing",

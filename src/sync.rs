@@ -101,6 +101,13 @@ impl<T> Mutex<T> {
     }
 }
 
+/// The instant `timeout` from now, or `None` when that is past what an `Instant` can hold
+/// (`Duration::MAX`, say): the caller then waits without a deadline. Timeouts given by users
+/// saturate instead of overflowing.
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> Option<std::time::Instant> {
+    std::time::Instant::now().checked_add(timeout)
+}
+
 /// A condition variable paired with [`Mutex`], with a deadline-based wait on every backend.
 #[derive(Debug, Default)]
 pub(crate) struct Condvar {
@@ -130,6 +137,37 @@ impl Condvar {
     ) -> MutexGuard<'a, T> {
         let _ = self.inner.wait_until(&mut guard, deadline);
         guard
+    }
+
+    /// Waits until notified or until `deadline`, or only until notified when there is none (a
+    /// timeout too long to be an `Instant`: see [`deadline_after`]). Spurious wake-ups happen.
+    #[cfg(not(any(loom, shuttle)))]
+    pub(crate) fn wait_deadline<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        mut guard: MutexGuard<'a, T>,
+        deadline: Option<std::time::Instant>,
+    ) -> MutexGuard<'a, T> {
+        match deadline {
+            Some(d) => self.wait_until(mutex, guard, d),
+            None => {
+                self.inner.wait(&mut guard);
+                guard
+            }
+        }
+    }
+
+    /// The models have no clock: as `wait_until`.
+    #[cfg(any(loom, shuttle))]
+    pub(crate) fn wait_deadline<'a, T>(
+        &self,
+        mutex: &'a Mutex<T>,
+        guard: MutexGuard<'a, T>,
+        _deadline: Option<std::time::Instant>,
+    ) -> MutexGuard<'a, T> {
+        drop(guard);
+        spin_hint();
+        mutex.lock()
     }
 
     /// The models have no clock: a timed wait is an unlock, a yield and a re-lock, which is one of

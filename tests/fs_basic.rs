@@ -289,6 +289,8 @@ fn paths_escaping_the_root_are_refused() {
     std::os::unix::fs::symlink(outer.path().join("secret"), root.join("link")).unwrap();
     std::os::unix::fs::symlink(outer.path(), root.join("dirlink")).unwrap();
     std::os::unix::fs::symlink(outer.path().join("nothing"), root.join("dangling")).unwrap();
+    // `..` is resolved physically, so the directory it climbs out of must exist.
+    std::fs::create_dir(root.join("a")).unwrap();
     let fs = MmapFs::new(&root, common::rw()).unwrap();
     for p in [
         "../secret",
@@ -334,10 +336,19 @@ fn paths_escaping_the_root_are_refused() {
         fs.create_dir_all("dirlink/sub").unwrap_err().kind(),
         ErrorKind::PermissionDenied
     );
-    // A symlink inside the root to a file inside the root is fine.
+    // A relative symlink inside the root to a file inside the root is followed, and so is a
+    // `..` that stays inside; an absolute symlink is refused even when it points inside.
     std::fs::write(root.join("inner"), b"in").unwrap();
-    std::os::unix::fs::symlink(root.join("inner"), root.join("innerlink")).unwrap();
+    std::os::unix::fs::symlink("inner", root.join("innerlink")).unwrap();
+    std::os::unix::fs::symlink("../inner", root.join("a/uplink")).unwrap();
     assert_eq!(fs.open("innerlink").unwrap().len(), 2);
+    assert_eq!(fs.open("a/uplink").unwrap().len(), 2);
+    assert_eq!(fs.open("a/../inner").unwrap().len(), 2);
+    std::os::unix::fs::symlink(root.join("inner"), root.join("abslink")).unwrap();
+    assert_eq!(
+        fs.open("abslink").unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
     assert_eq!(
         std::fs::read(outer.path().join("secret")).unwrap(),
         b"secret"

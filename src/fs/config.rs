@@ -122,6 +122,15 @@ impl MapConfig {
         if self.window.is_some() && self.max_windows == 0 {
             return bad("max_windows is 0: at least one window must stay mapped".into());
         }
+        if let Some(w) = self.window {
+            // Windows are mapped on demand, but a bound that could never be reached is a mistake.
+            if (self.max_windows as u128) * (w as u128) > isize::MAX as u128 / 2 {
+                return bad(format!(
+                    "max_windows of {} windows of {w} bytes is larger than the address space",
+                    self.max_windows
+                ));
+            }
+        }
         if self.window.is_some() && self.mode == MapMode::CopyOnWrite {
             return bad(
                 "CopyOnWrite with windows: an evicted window would lose its private writes".into(),

@@ -85,12 +85,26 @@ impl Flusher {
     }
 }
 
+/// Marks the thread stopped however `run` ends (returning or unwinding), so
+/// `FlusherStatus::is_running` never reports a thread that is gone.
+struct Exit<'a>(&'a Shared);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().running = false;
+        self.0.cv.notify_all();
+    }
+}
+
 fn run(shared: &Shared) {
+    // Declared before the guard `st`, so dropped after it: `Exit` takes the lock itself.
+    let _exit = Exit(shared);
     let mut st = shared.state.lock();
     loop {
-        let deadline = Instant::now() + shared.interval;
-        while !st.stop && Instant::now() < deadline {
-            st = shared.cv.wait_until(&shared.state, st, deadline);
+        // An interval too long for an `Instant` (`Duration::MAX`) means: only at close.
+        let deadline = crate::sync::deadline_after(shared.interval);
+        while !st.stop && deadline.is_none_or(|d| Instant::now() < d) {
+            st = shared.cv.wait_deadline(&shared.state, st, deadline);
         }
         if st.stop {
             break;
@@ -117,8 +131,6 @@ fn run(shared: &Shared) {
         st.flushed += flushed;
         shared.cv.notify_all();
     }
-    st.running = false;
-    shared.cv.notify_all();
 }
 
 impl Drop for Flusher {
@@ -169,12 +181,16 @@ impl FlusherStatus {
     }
 
     /// Waits until at least `n` files were flushed in total, or `timeout` passed, or the thread
-    /// stopped; returns whether `n` was reached.
+    /// stopped; returns whether `n` was reached. A timeout too long for an `Instant`
+    /// (`Duration::MAX`) waits without a deadline.
     pub fn wait_for_flushes(&self, n: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::sync::deadline_after(timeout);
         let mut st = self.shared.state.lock();
-        while st.flushed < n && st.running && Instant::now() < deadline {
-            st = self.shared.cv.wait_until(&self.shared.state, st, deadline);
+        while st.flushed < n && st.running && deadline.is_none_or(|d| Instant::now() < d) {
+            st = self
+                .shared
+                .cv
+                .wait_deadline(&self.shared.state, st, deadline);
         }
         st.flushed >= n
     }

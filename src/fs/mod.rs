@@ -35,7 +35,8 @@ mod shm;
 mod whole;
 mod window;
 
-use std::fs::{Metadata, OpenOptions, ReadDir};
+use std::ffi::OsString;
+use std::fs::{Metadata, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,9 @@ pub use shm::SharedMemory;
 
 use crate::sync::Arc;
 use flusher::Flusher;
+use rustix::fs::{self as rfs, Mode, OFlags};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
 
 /// How many reader slots the access gates have registered: one per live thread that accessed a
 /// mapped file (tests: a slot leaves the registry when its thread exits).
@@ -82,8 +86,8 @@ pub struct MmapFs {
 
 #[derive(Debug)]
 struct FsInner {
-    /// Canonical (symlinks resolved), so containment checks compare real paths.
-    root: PathBuf,
+    /// A directory descriptor of the root; every path is resolved against it (`path.rs`).
+    root: path::Root,
     config: MapConfig,
     /// Present with `SyncMode::Periodic` in a mode that writes.
     flusher: Option<Arc<Flusher>>,
@@ -94,15 +98,7 @@ impl MmapFs {
     /// directory, or if the configuration cannot work.
     pub fn new(root: impl AsRef<Path>, config: MapConfig) -> io::Result<MmapFs> {
         config.validate()?;
-        let given = root.as_ref();
-        let root = std::fs::canonicalize(given)
-            .map_err(|e| io::Error::new(e.kind(), format!("root {}: {e}", given.display())))?;
-        if !root.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("root {} is not a directory", given.display()),
-            ));
-        }
+        let root = path::Root::open(root.as_ref())?;
         let flusher = match (config.sync, config.mode) {
             (SyncMode::Periodic(d), MapMode::ReadWrite) => Some(Flusher::start(d)?),
             _ => None,
@@ -116,9 +112,11 @@ impl MmapFs {
         })
     }
 
-    /// The root directory (canonical).
+    /// The root directory: the canonical path it had when this `MmapFs` was made. Paths are
+    /// resolved against a descriptor of that directory, so they stay under it even if it is
+    /// renamed later.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        self.inner.root.path()
     }
 
     /// The configuration every file is opened with.
@@ -129,10 +127,6 @@ impl MmapFs {
     /// The periodic flusher's status (`None` unless `SyncMode::Periodic` with `ReadWrite`).
     pub fn flusher(&self) -> Option<FlusherStatus> {
         self.inner.flusher.as_ref().map(|f| f.status())
-    }
-
-    fn resolve(&self, path: &Path, follow_final: bool) -> io::Result<PathBuf> {
-        path::resolve(&self.inner.root, path, follow_final)
     }
 
     /// Opens an existing file (for writing too if the mode is `ReadWrite`).
@@ -161,45 +155,147 @@ impl MmapFs {
         options: &OpenOptions,
     ) -> io::Result<MappedFile> {
         let rel = path.as_ref();
-        let full = self.resolve(rel, true)?;
-        let file = options
-            .open(&full)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
-        path::check_opened(&self.inner.root, rel, &file)?;
-        MappedFile::from_file(file, full, &self.inner.config, self.inner.flusher.as_ref())
+        let spec = path::OpenSpec::from_std(options)?;
+        let file = self.inner.root.open_file(rel, &spec)?;
+        MappedFile::from_file(
+            file,
+            self.inner.root.path().join(rel),
+            &self.inner.config,
+            self.inner.flusher.as_ref(),
+        )
     }
 
-    /// `std::fs::metadata` of a path under the root.
+    /// `std::fs::metadata` of a path under the root (symlinks followed, all under the root).
     pub fn metadata(&self, path: impl AsRef<Path>) -> io::Result<Metadata> {
-        std::fs::metadata(self.resolve(path.as_ref(), true)?)
+        let fd = self
+            .inner
+            .root
+            .resolve(path.as_ref(), OFlags::PATH, Mode::empty())?;
+        std::fs::File::from(fd).metadata()
     }
 
     /// Removes a file under the root (a symlink itself, not its target). Open handles keep
     /// their mapping; the file is gone when they close.
     pub fn remove_file(&self, path: impl AsRef<Path>) -> io::Result<()> {
-        std::fs::remove_file(self.resolve(path.as_ref(), false)?)
+        let rel = path.as_ref();
+        let (dir, name) = self.inner.root.parent(rel)?;
+        rfs::unlinkat(&dir, name.as_os_str(), rfs::AtFlags::empty()).map_err(|e| self.err(e, rel))
     }
 
-    /// Renames within the root. Open handles follow the file (the registry keys on device and
-    /// inode, not on the path).
+    /// Renames within the root (a symlink itself, not its target). Open handles follow the file
+    /// (the registry keys on device and inode, not on the path).
     pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
-        std::fs::rename(
-            self.resolve(from.as_ref(), false)?,
-            self.resolve(to.as_ref(), false)?,
+        let (from, to) = (from.as_ref(), to.as_ref());
+        let (from_dir, from_name) = self.inner.root.parent(from)?;
+        let (to_dir, to_name) = self.inner.root.parent(to)?;
+        rfs::renameat(
+            &from_dir,
+            from_name.as_os_str(),
+            &to_dir,
+            to_name.as_os_str(),
         )
+        .map_err(|e| self.err(e, from))
     }
 
     /// Creates a directory and its missing parents under the root.
     pub fn create_dir_all(&self, path: impl AsRef<Path>) -> io::Result<()> {
-        std::fs::create_dir_all(self.resolve(path.as_ref(), true)?)
+        self.inner.root.create_dir_all(path.as_ref())
     }
 
-    /// Lists a directory under the root (`"."` for the root itself).
+    /// Lists a directory under the root (`"."` for the root itself). Like `std::fs::read_dir`,
+    /// `.` and `..` are not listed and the order is the directory's own.
     pub fn read_dir(&self, path: impl AsRef<Path>) -> io::Result<ReadDir> {
-        let p = path.as_ref();
-        if p.components().all(|c| c == std::path::Component::CurDir) {
-            return std::fs::read_dir(&self.inner.root);
+        let rel = path.as_ref();
+        let fd = self.inner.root.resolve(
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )?;
+        let dir = rfs::Dir::read_from(&fd).map_err(|e| self.err(e, rel))?;
+        Ok(ReadDir {
+            dir,
+            fd: std::sync::Arc::new(fd),
+            rel: rel.to_path_buf(),
+        })
+    }
+
+    fn err(&self, e: rustix::io::Errno, rel: &Path) -> io::Error {
+        let e = io::Error::from(e);
+        io::Error::new(
+            e.kind(),
+            format!("{}: {e}", self.inner.root.path().join(rel).display()),
+        )
+    }
+}
+
+/// The entries of a directory under an [`MmapFs`] root ([`MmapFs::read_dir`]).
+pub struct ReadDir {
+    dir: rfs::Dir,
+    /// The directory, for the entries' `metadata` (`statx` relative to it, never by path).
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    rel: PathBuf,
+}
+
+impl std::fmt::Debug for ReadDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadDir").field("path", &self.rel).finish()
+    }
+}
+
+impl Iterator for ReadDir {
+    type Item = io::Result<DirEntry>;
+
+    fn next(&mut self) -> Option<io::Result<DirEntry>> {
+        loop {
+            let e = match self.dir.read()? {
+                Ok(e) => e,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let name = e.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            return Some(Ok(DirEntry {
+                name: OsString::from_vec(name.to_vec()),
+                dir: std::sync::Arc::clone(&self.fd),
+                rel: self.rel.clone(),
+            }));
         }
-        std::fs::read_dir(self.resolve(p, true)?)
+    }
+}
+
+/// One entry of a [`ReadDir`].
+#[derive(Debug)]
+pub struct DirEntry {
+    name: OsString,
+    dir: std::sync::Arc<std::os::fd::OwnedFd>,
+    rel: PathBuf,
+}
+
+impl DirEntry {
+    /// The entry's name.
+    pub fn file_name(&self) -> OsString {
+        self.name.clone()
+    }
+
+    /// The entry's path relative to the root, as `MmapFs`'s methods take it.
+    pub fn path(&self) -> PathBuf {
+        self.rel.join(&self.name)
+    }
+
+    /// The entry's metadata, not following a symlink (like `std::fs::DirEntry::metadata`).
+    pub fn metadata(&self) -> io::Result<Metadata> {
+        let fd = rfs::openat(
+            self.dir.as_fd(),
+            self.name.as_os_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        std::fs::File::from(fd).metadata()
+    }
+
+    /// The entry's file type, not following a symlink.
+    pub fn file_type(&self) -> io::Result<std::fs::FileType> {
+        Ok(self.metadata()?.file_type())
     }
 }

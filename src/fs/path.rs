@@ -1,12 +1,43 @@
-//! Paths under an `MmapFs` root: every path is relative to the root and may not leave it.
+//! Paths under an `MmapFs` root: every path is resolved against a directory descriptor of the
+//! root, by the kernel, in one step, so no path can leave the root even while its components are
+//! swapped for symlinks (no check-then-use race).
 //!
-//! Two checks, because one is not enough: before opening, the path is refused if it has `..`,
-//! is absolute, or resolves (symlinks followed) outside the root; after opening, the kernel's
-//! own name for the opened descriptor (`/proc/self/fd/N`) must lie under the root, which closes
-//! the race where a directory is swapped for a symlink between the check and the open.
+//! Resolution is `openat2(root_fd, path, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: every
+//! component, `..` and the targets of symlinks included, must stay under the root; a component
+//! that would leave it (an absolute path, an absolute symlink, a `..` above the root, a relative
+//! symlink pointing outside) fails the whole call with `EXDEV`. Kernels without `openat2`
+//! (before 5.6, or a sandbox that filters it) get the same rules from a walk in user space: one
+//! component at a time with `openat(O_NOFOLLOW)` from the descriptor of the previous one,
+//! symlinks read with `readlinkat` and expanded in place, `..` popping the stack of descriptors
+//! walked through.
+//!
+//! Everything else acts on a descriptor obtained that way: files are opened (created, truncated)
+//! by the resolving call itself; `remove_file`, `rename` and `create_dir_all` resolve the parent
+//! directory and call `unlinkat`, `renameat`, `mkdirat` on its descriptor with the last name;
+//! `metadata` is `statx` of the resolved descriptor; `read_dir` reads an opened directory
+//! descriptor.
+//!
+//! Limit (documented in `docs/files.md`): a directory that another process moves out of the
+//! root while a call walks through it is outside from then on; moving it there needs write access
+//! outside the root, which is beyond what the jail defends against.
 
+use std::ffi::OsString;
+use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// Symlinks expanded in one resolution before it fails with `ELOOP` (the kernel's own limit).
+const MAX_SYMLINKS: usize = 40;
+
+/// `openat2` retries after `EAGAIN` (a concurrent rename made the kernel unsure a `..` stayed
+/// beneath the root) before the call fails.
+const MAX_RETRIES: usize = 64;
 
 fn escapes(root: &Path, rel: &Path, why: &str) -> io::Error {
     io::Error::new(
@@ -19,64 +50,563 @@ fn escapes(root: &Path, rel: &Path, why: &str) -> io::Error {
     )
 }
 
-/// Resolves `rel` under `root` (canonical). `follow_final`: whether the last component is
-/// followed if it is a symlink (opening follows it; removing or renaming acts on the link).
-pub(crate) fn resolve(root: &Path, rel: &Path, follow_final: bool) -> io::Result<PathBuf> {
-    let mut clean = PathBuf::new();
-    for c in rel.components() {
-        match c {
-            Component::Normal(p) => clean.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(escapes(root, rel, "`..` is not allowed")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(escapes(root, rel, "absolute paths are not allowed"))
+fn with_path(e: impl Into<io::Error>, root: &Path, rel: &Path) -> io::Error {
+    let e = e.into();
+    io::Error::new(e.kind(), format!("{}: {e}", root.join(rel).display()))
+}
+
+/// The open flags std's `OpenOptions` would pass to `open(2)`: std offers no getters, so they are
+/// read from its `Debug` form (field by field, by name). A form this code cannot read is an
+/// `Unsupported` error, never a guess; a unit test pins the reading for every combination.
+pub(crate) struct OpenSpec {
+    pub(crate) flags: OFlags,
+    pub(crate) mode: Mode,
+}
+
+impl OpenSpec {
+    pub(crate) fn from_std(options: &OpenOptions) -> io::Result<OpenSpec> {
+        let text = format!("{options:?}");
+        let field = |name: &str| -> io::Result<&str> {
+            let key = format!(" {name}: ");
+            let at = text.find(&key).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot read the open options {text} (no field `{name}`)"),
+                )
+            })?;
+            let rest = &text[at + key.len()..];
+            let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+            Ok(&rest[..end])
+        };
+        let flag = |name: &str| -> io::Result<bool> {
+            match field(name)? {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                v => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot read the open options {text} (`{name}: {v}`)"),
+                )),
             }
-        }
-    }
-    if clean.as_os_str().is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("empty path {:?}", rel),
-        ));
-    }
-    let full = root.join(&clean);
-    let checked = match std::fs::symlink_metadata(&full) {
-        Ok(md) if md.file_type().is_symlink() && follow_final => match std::fs::canonicalize(&full)
-        {
-            Ok(p) => p,
-            Err(_) => {
-                return Err(escapes(
-                    root,
-                    rel,
-                    "a symlink whose target cannot be checked",
+        };
+        // Decimal, or `0o`/`0x` prefixed (std prints `mode` in octal), possibly negative.
+        let number = |name: &str| -> io::Result<i64> {
+            let v = field(name)?;
+            let (neg, v) = v.strip_prefix('-').map_or((false, v), |v| (true, v));
+            let parsed = if let Some(o) = v.strip_prefix("0o") {
+                i64::from_str_radix(o, 8)
+            } else if let Some(x) = v.strip_prefix("0x") {
+                i64::from_str_radix(x, 16)
+            } else {
+                v.parse()
+            };
+            parsed.map(|n| if neg { -n } else { n }).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot read the open options {text} (`{name}`)"),
+                )
+            })
+        };
+        let (read, write, append) = (flag("read")?, flag("write")?, flag("append")?);
+        let (truncate, create, create_new) =
+            (flag("truncate")?, flag("create")?, flag("create_new")?);
+        let custom = number("custom_flags")?;
+        let mode = number("mode")?;
+        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
+        // The same rules and flags as std's `open` on Unix.
+        let mut flags = match (read, write, append) {
+            (true, false, false) => OFlags::RDONLY,
+            (false, true, false) => OFlags::WRONLY,
+            (true, true, false) => OFlags::RDWR,
+            (false, _, true) => OFlags::WRONLY | OFlags::APPEND,
+            (true, _, true) => OFlags::RDWR | OFlags::APPEND,
+            (false, false, false) => {
+                return Err(invalid(
+                    "open options with neither read, write nor append access",
                 ))
             }
-        },
-        Ok(_) if follow_final => std::fs::canonicalize(&full)?,
-        _ => {
-            // The last component need not exist (create) or is not followed: check the deepest
-            // existing ancestor.
-            let mut anc = full.parent();
-            loop {
-                match anc {
-                    Some(a) if a.exists() => break std::fs::canonicalize(a)?,
-                    Some(a) => anc = a.parent(),
-                    None => break root.to_path_buf(),
+        };
+        if !write && !append && (truncate || create || create_new) {
+            return Err(invalid(
+                "open options that create or truncate need write or append access",
+            ));
+        }
+        if append && truncate && !create_new {
+            return Err(invalid("open options with both append and truncate"));
+        }
+        flags |= match (create, truncate, create_new) {
+            (false, false, false) => OFlags::empty(),
+            (true, false, false) => OFlags::CREATE,
+            (false, true, false) => OFlags::TRUNC,
+            (true, true, false) => OFlags::CREATE | OFlags::TRUNC,
+            (_, _, true) => OFlags::CREATE | OFlags::EXCL,
+        };
+        let custom = custom as i32 as u32;
+        // The caller's own flags, minus the access mode (std does the same) and minus what would
+        // change how the path is resolved or what kind of descriptor results.
+        let custom = OFlags::from_bits_retain(custom)
+            - (OFlags::ACCMODE
+                | OFlags::PATH
+                | OFlags::DIRECTORY
+                | OFlags::TMPFILE
+                | OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::TRUNC);
+        Ok(OpenSpec {
+            flags: flags | custom,
+            mode: Mode::from_raw_mode((mode as u32) & 0o7777),
+        })
+    }
+}
+
+/// Which resolver this kernel has: 0 unknown, 1 `openat2`, 2 the user-space walk.
+static RESOLVER: AtomicU8 = AtomicU8::new(0);
+
+/// The root of an `MmapFs`: a directory descriptor (`O_PATH`) opened once, and the canonical path
+/// it had then (for messages and `MmapFs::root`).
+///
+/// Invariant: `fd` refers to a directory; every path of the layer is resolved against it.
+#[derive(Debug)]
+pub(crate) struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Root {
+    /// Opens `given` as a root. Missing: `NotFound`; not a directory: `InvalidInput`.
+    pub(crate) fn open(given: &Path) -> io::Result<Root> {
+        let fd = match rfs::open(
+            given,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOTDIR) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("root {} is not a directory", given.display()),
+                ))
+            }
+            Err(e) => {
+                let e = io::Error::from(e);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("root {}: {e}", given.display()),
+                ));
+            }
+        };
+        // The path is informational (messages, `MmapFs::root`): resolution uses the descriptor.
+        let path = crate::os::file::real_path(&fd).or_else(|_| std::fs::canonicalize(given))?;
+        Ok(Root { fd, path })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the shape of `rel`: not empty, not absolute.
+    fn check(&self, rel: &Path) -> io::Result<()> {
+        if rel.as_os_str().is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("empty path {rel:?}"),
+            ));
+        }
+        if rel.has_root() {
+            return Err(escapes(&self.path, rel, "absolute paths are not allowed"));
+        }
+        Ok(())
+    }
+
+    /// Opens `rel` (symlinks followed, all under the root) with `flags` (plus `O_CLOEXEC` and
+    /// `O_NOCTTY`) and, with `O_CREAT`, `mode`.
+    pub(crate) fn resolve(&self, rel: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
+        self.check(rel)?;
+        // `openat2` refuses `O_PATH` with anything but `O_DIRECTORY`, `O_NOFOLLOW`, `O_CLOEXEC`.
+        let flags = if flags.contains(OFlags::PATH) {
+            flags | OFlags::CLOEXEC
+        } else {
+            flags | OFlags::CLOEXEC | OFlags::NOCTTY
+        };
+        // `openat2` refuses a mode without `O_CREAT` (`open` ignores it).
+        let mode = if flags.intersects(OFlags::CREATE | OFlags::TMPFILE) {
+            mode
+        } else {
+            Mode::empty()
+        };
+        let r = match RESOLVER.load(Ordering::Relaxed) {
+            2 => walk(self.fd.as_fd(), rel, flags, mode),
+            known => match beneath(self.fd.as_fd(), rel, flags, mode) {
+                Err(Errno::NOSYS) if known == 0 => {
+                    RESOLVER.store(2, Ordering::Relaxed);
+                    walk(self.fd.as_fd(), rel, flags, mode)
+                }
+                r => {
+                    if known == 0 && r.is_ok() {
+                        RESOLVER.store(1, Ordering::Relaxed);
+                    }
+                    r
+                }
+            },
+        };
+        r.map_err(|e| match e {
+            Errno::XDEV => escapes(
+                &self.path,
+                rel,
+                "it leaves the root through `..`, an absolute symlink or a symlink pointing outside",
+            ),
+            e => with_path(e, &self.path, rel),
+        })
+    }
+
+    /// A directory descriptor (`O_PATH`) of `rel`.
+    pub(crate) fn dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        self.resolve(rel, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+    }
+
+    /// The parent directory of `rel` (resolved) and `rel`'s last name, for the calls that act on
+    /// a name itself rather than on what it points to (`unlinkat`, `renameat`).
+    pub(crate) fn parent(&self, rel: &Path) -> io::Result<(OwnedFd, OsString)> {
+        self.check(rel)?;
+        let name = match rel.components().next_back() {
+            Some(Component::Normal(n)) => n.to_os_string(),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("path {} does not end in a name", rel.display()),
+                ))
+            }
+        };
+        let parent = match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok((self.dir(parent)?, name))
+    }
+
+    /// Opens a regular file with `spec`, refusing anything else (a FIFO, socket, device or
+    /// directory) without blocking: the open is `O_NONBLOCK`, cleared once `fstat` said regular.
+    pub(crate) fn open_file(&self, rel: &Path, spec: &OpenSpec) -> io::Result<std::fs::File> {
+        let nonblock = spec.flags.contains(OFlags::NONBLOCK);
+        let fd = self.resolve(rel, spec.flags | OFlags::NONBLOCK, spec.mode)?;
+        let st = rfs::fstat(&fd).map_err(|e| with_path(e, &self.path, rel))?;
+        let kind = rfs::FileType::from_raw_mode(st.st_mode);
+        if kind != rfs::FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is not a regular file (a {})",
+                    self.path.join(rel).display(),
+                    kind_name(kind)
+                ),
+            ));
+        }
+        if !nonblock {
+            let fl = rfs::fcntl_getfl(&fd)?;
+            rfs::fcntl_setfl(&fd, fl - OFlags::NONBLOCK)?;
+        }
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// `mkdir -p` under the root: each missing component is made with `mkdirat` in the
+    /// descriptor of its resolved parent.
+    pub(crate) fn create_dir_all(&self, rel: &Path) -> io::Result<()> {
+        self.check(rel)?;
+        let mut prefix = PathBuf::new();
+        for c in rel.components() {
+            let name = c.as_os_str();
+            let parent = if prefix.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                prefix.as_path()
+            };
+            if let Component::Normal(_) = c {
+                let dir = self.dir(parent)?;
+                match rfs::mkdirat(&dir, name, Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(with_path(e, &self.path, &prefix.join(name))),
+                }
+            }
+            prefix.push(name);
+        }
+        // The whole path must now be a directory under the root (an existing file or a symlink
+        // pointing outside on the way fails here).
+        self.dir(rel).map(drop)
+    }
+}
+
+fn kind_name(kind: rfs::FileType) -> &'static str {
+    match kind {
+        rfs::FileType::Directory => "directory",
+        rfs::FileType::Fifo => "FIFO",
+        rfs::FileType::Socket => "socket",
+        rfs::FileType::CharacterDevice => "character device",
+        rfs::FileType::BlockDevice => "block device",
+        rfs::FileType::Symlink => "symlink",
+        _ => "file of unknown type",
+    }
+}
+
+/// One `openat2` resolution, retried while a concurrent rename makes the kernel answer `EAGAIN`.
+fn beneath(root: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let mut tries = 0;
+    loop {
+        match rfs::openat2(root, rel, flags, mode, how) {
+            Err(Errno::AGAIN | Errno::INTR) if tries < MAX_RETRIES => tries += 1,
+            r => return r,
+        }
+    }
+}
+
+/// The same resolution as `beneath`, in user space, for kernels without `openat2`.
+///
+/// Every directory is entered with `openat(O_PATH | O_NOFOLLOW)` from the descriptor of the
+/// previous one and kept on a stack; `..` pops it (an empty stack means the root, and `..` there
+/// is `EXDEV`, as with `RESOLVE_BENEATH`); a symlink's target (read from the descriptor of the
+/// link itself) replaces it in the queue of components still to walk, and an absolute target is
+/// `EXDEV`. The last component is opened with the caller's flags plus `O_NOFOLLOW`, so a symlink
+/// there is never followed by the kernel.
+pub(crate) fn walk(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    let mut todo: std::collections::VecDeque<OsString> = rel
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    let mut stack: Vec<OwnedFd> = Vec::new();
+    let mut links = 0;
+    fn top<'a>(stack: &'a [OwnedFd], root: BorrowedFd<'a>) -> BorrowedFd<'a> {
+        stack.last().map(|f| f.as_fd()).unwrap_or(root)
+    }
+    let mut follow =
+        |target: OsString, todo: &mut std::collections::VecDeque<OsString>| -> Result<(), Errno> {
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(Errno::LOOP);
+            }
+            let target = PathBuf::from(target);
+            if target.has_root() {
+                return Err(Errno::XDEV);
+            }
+            for c in target.components().rev() {
+                todo.push_front(c.as_os_str().to_os_string());
+            }
+            Ok(())
+        };
+    while let Some(name) = todo.pop_front() {
+        let last = todo.is_empty();
+        if name == "." {
+            if last {
+                return rfs::openat(top(&stack, root), ".", flags, mode);
+            }
+            continue;
+        }
+        if name == ".." {
+            if stack.pop().is_none() {
+                return Err(Errno::XDEV);
+            }
+            if last {
+                return rfs::openat(top(&stack, root), ".", flags, mode);
+            }
+            continue;
+        }
+        if last {
+            let r = rfs::openat(
+                top(&stack, root),
+                name.as_os_str(),
+                flags | OFlags::NOFOLLOW,
+                mode,
+            );
+            let target = match r {
+                // `O_PATH | O_NOFOLLOW` opens a symlink itself: follow it like any other.
+                Ok(fd) if flags.contains(OFlags::PATH) => {
+                    let st = rfs::fstat(&fd)?;
+                    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::Symlink {
+                        return Ok(fd);
+                    }
+                    rfs::readlinkat(&fd, "", Vec::new())?
+                }
+                Ok(fd) => return Ok(fd),
+                // A symlink refused by `O_NOFOLLOW` (`ENOTDIR` instead of `ELOOP` when
+                // `O_DIRECTORY` is asked for too): read it and follow it.
+                Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
+                    match rfs::readlinkat(top(&stack, root), name.as_os_str(), Vec::new()) {
+                        Ok(t) => t,
+                        // Not a symlink (any more): the open's own answer stands.
+                        Err(_) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            follow(OsString::from_vec(target.into_bytes()), &mut todo)?;
+            continue;
+        }
+        let fd = rfs::openat(
+            top(&stack, root),
+            name.as_os_str(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rfs::fstat(&fd)?;
+        match rfs::FileType::from_raw_mode(st.st_mode) {
+            rfs::FileType::Directory => stack.push(fd),
+            rfs::FileType::Symlink => {
+                let target = rfs::readlinkat(&fd, "", Vec::new())?;
+                follow(OsString::from_vec(target.into_bytes()), &mut todo)?;
+            }
+            _ => return Err(Errno::NOTDIR),
+        }
+    }
+    // Only an empty path gets here (the caller refuses those).
+    Err(Errno::INVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(o: &OpenOptions) -> io::Result<OFlags> {
+        OpenSpec::from_std(o).map(|s| s.flags)
+    }
+
+    #[test]
+    fn open_options_are_read_for_every_combination() {
+        use std::os::unix::fs::OpenOptionsExt;
+        for bits in 0u32..64 {
+            let b = |i: u32| bits & (1 << i) != 0;
+            let mut o = OpenOptions::new();
+            o.read(b(0))
+                .write(b(1))
+                .append(b(2))
+                .truncate(b(3))
+                .create(b(4))
+                .create_new(b(5));
+            // What std itself does with these options: open a scratch file and compare the
+            // outcome kinds (invalid or not) and the access flags.
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("f");
+            std::fs::write(&p, b"x").unwrap();
+            let ours = spec(&o);
+            let theirs = o.open(&p);
+            match (&ours, &theirs) {
+                (Err(a), Err(b)) if b.kind() == io::ErrorKind::InvalidInput => {
+                    assert_eq!(a.kind(), io::ErrorKind::InvalidInput, "{o:?}")
+                }
+                (Ok(f), Ok(file)) => {
+                    let fl = rfs::fcntl_getfl(file).unwrap();
+                    assert_eq!(fl & OFlags::ACCMODE, *f & OFlags::ACCMODE, "{o:?}");
+                    assert_eq!(
+                        fl.contains(OFlags::APPEND),
+                        f.contains(OFlags::APPEND),
+                        "{o:?}"
+                    );
+                    assert_eq!(f.contains(OFlags::CREATE), b(4) || b(5), "{o:?}");
+                    assert_eq!(f.contains(OFlags::EXCL), b(5), "{o:?}");
+                    assert_eq!(f.contains(OFlags::TRUNC), b(3) && !b(5), "{o:?}");
+                }
+                // create_new on an existing file: std's error, our flags have EXCL.
+                (Ok(f), Err(e)) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    assert!(f.contains(OFlags::EXCL), "{o:?}")
+                }
+                _ => panic!("{o:?}: ours {ours:?}, std {theirs:?}"),
+            }
+        }
+        let mut o = OpenOptions::new();
+        o.read(true).mode(0o640).custom_flags(libc::O_NOATIME);
+        let s = OpenSpec::from_std(&o).unwrap();
+        assert_eq!(s.mode, Mode::from_raw_mode(0o640));
+        assert!(s.flags.contains(OFlags::NOATIME));
+        o.custom_flags(libc::O_PATH | libc::O_DIRECTORY);
+        let s = OpenSpec::from_std(&o).unwrap();
+        assert!(!s.flags.intersects(OFlags::PATH | OFlags::DIRECTORY));
+    }
+
+    /// The user-space walk obeys the same rules as `openat2(RESOLVE_BENEATH)` (it runs only on
+    /// kernels without `openat2`, so it is tested here directly, side by side with the kernel).
+    #[test]
+    fn the_walk_agrees_with_openat2() {
+        let outer = tempfile::tempdir().unwrap();
+        std::fs::write(outer.path().join("secret"), b"s").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("a/b")).unwrap();
+        std::fs::write(r.join("a/b/f"), b"f").unwrap();
+        let sl = |t: &Path, l: &str| std::os::unix::fs::symlink(t, r.join(l)).unwrap();
+        sl(Path::new("a/b/f"), "rel");
+        sl(Path::new("b/../b"), "a/up");
+        sl(Path::new("../../secret"), "a/out");
+        sl(&outer.path().join("secret"), "abs");
+        sl(outer.path(), "absdir");
+        sl(Path::new("loop1"), "loop2");
+        sl(Path::new("loop2"), "loop1");
+        sl(Path::new("a"), "adir");
+        let root = Root::open(r).unwrap();
+        if let Err(Errno::NOSYS) =
+            beneath(root.fd.as_fd(), Path::new("."), OFlags::PATH, Mode::empty())
+        {
+            eprintln!("no openat2 on this kernel: nothing to compare the walk with");
+            return;
+        }
+        let cases = [
+            "a/b/f",
+            "rel",
+            "a/up/f",
+            "adir/b/f",
+            "adir/up/../b/f",
+            "a/../a/b/f",
+            "./a/./b/f",
+            "a/out",
+            "abs",
+            "absdir/secret",
+            "../x",
+            "a/../../x",
+            "loop1",
+            "missing",
+            "a/b/f/x",
+            "a/b",
+            "adir",
+            "a/up",
+            ".",
+            "a/..",
+        ];
+        for p in cases {
+            for flags in [
+                OFlags::RDONLY,
+                OFlags::PATH,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                OFlags::PATH | OFlags::DIRECTORY,
+            ] {
+                let flags = flags | OFlags::CLOEXEC;
+                let k = beneath(root.fd.as_fd(), Path::new(p), flags, Mode::empty());
+                let w = walk(root.fd.as_fd(), Path::new(p), flags, Mode::empty());
+                match (&k, &w) {
+                    (Ok(a), Ok(b)) => {
+                        let (a, b) = (rfs::fstat(a).unwrap(), rfs::fstat(b).unwrap());
+                        assert_eq!((a.st_dev, a.st_ino), (b.st_dev, b.st_ino), "{p}");
+                    }
+                    (Err(a), Err(b)) => assert_eq!(a, b, "{p}"),
+                    _ => panic!("{p}: openat2 {k:?}, walk {w:?}"),
                 }
             }
         }
-    };
-    if !checked.starts_with(root) {
-        return Err(escapes(root, rel, "it resolves outside through a symlink"));
+        // Creation through the walk happens inside only.
+        let create = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC;
+        let m = Mode::from_raw_mode(0o600);
+        assert!(walk(root.fd.as_fd(), Path::new("adir/new"), create, m).is_ok());
+        assert!(r.join("a/new").exists());
+        assert_eq!(
+            walk(root.fd.as_fd(), Path::new("absdir/new"), create, m).unwrap_err(),
+            Errno::XDEV
+        );
+        sl(&outer.path().join("made"), "dangling");
+        assert_eq!(
+            walk(root.fd.as_fd(), Path::new("dangling"), create, m).unwrap_err(),
+            Errno::XDEV
+        );
+        assert!(!outer.path().join("made").exists());
+        assert!(!outer.path().join("new").exists());
     }
-    Ok(full)
-}
-
-/// Refuses an opened descriptor whose real location is outside `root`.
-pub(crate) fn check_opened(root: &Path, rel: &Path, file: &std::fs::File) -> io::Result<()> {
-    let real = crate::os::file::real_path(file)?;
-    if !real.starts_with(root) {
-        return Err(escapes(root, rel, "it was opened outside the root"));
-    }
-    Ok(())
 }

@@ -33,7 +33,8 @@ impl WindowCache {
         Self {
             size: size.div_ceil(page) * page,
             max,
-            lru: Mutex::new(Vec::with_capacity(max + 1)),
+            // `max` may be huge (validated only against the address space): grow on demand.
+            lru: Mutex::new(Vec::with_capacity(max.min(16) + 1)),
         }
     }
 
