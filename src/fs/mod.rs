@@ -28,6 +28,7 @@ mod copy;
 mod file;
 mod flusher;
 pub(crate) mod gate;
+mod open_flags;
 mod path;
 mod region;
 mod registry;
@@ -162,11 +163,19 @@ impl MmapFs {
     ) -> io::Result<MappedFile> {
         let rel = path.as_ref();
         let full = self.resolve(rel, true)?;
+        // The truncation is the registry's to make (other handles must see it), not the kernel's.
+        let (options, truncate) = &open_flags::without_truncate(options)?;
         let file = options
             .open(&full)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
         path::check_opened(&self.inner.root, rel, &file)?;
-        MappedFile::from_file(file, full, &self.inner.config, self.inner.flusher.as_ref())
+        MappedFile::from_file(
+            file,
+            full,
+            &self.inner.config,
+            self.inner.flusher.as_ref(),
+            *truncate,
+        )
     }
 
     /// `std::fs::metadata` of a path under the root.
