@@ -177,10 +177,16 @@ impl MappedFile {
         };
         let reg = registry::join(&file, id.dev, id.ino, path.clone())?;
         reg.entry.fault.check().map_err(io::Error::from)?;
+        let mut cut = false;
         if truncate {
             gate::refuse_in_scoped_access()?;
             let _r = reg.entry.resize.lock();
-            reg.entry.cut(&file, 0)?;
+            // Stat under the lock (as `join` does): an empty file needs no cut and no gate.
+            reg.entry.adopt(os::file::stat(&file)?.size)?;
+            if reg.entry.reserved.load(Ordering::Acquire) > 0 {
+                reg.entry.cut(&file, 0)?;
+                cut = true;
+            }
         }
         let len = reg.entry.len();
         let cow_len = if mode == MapMode::CopyOnWrite {
@@ -204,7 +210,7 @@ impl MappedFile {
             file,
             reg,
             path,
-            dirty: AtomicBool::new(truncate),
+            dirty: AtomicBool::new(cut),
         });
         let flush = match (cfg.sync, mode, flusher) {
             (SyncMode::Periodic(_), MapMode::ReadWrite, Some(f)) => {
@@ -621,6 +627,8 @@ impl MappedFile {
     #[inline(never)]
     fn read_at_general(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.fail_fast()?;
+        // As `pread`: a range past `off_t` is refused (even when empty or past the end).
+        self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -694,10 +702,11 @@ impl MappedFile {
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.fail_fast()?;
         self.check_writable()?;
+        // Before the empty case, as `pwrite`: a range past `off_t` is refused even when empty.
+        let end = self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(0);
         }
-        let end = self.check_range(offset, buf.len() as u64)?;
         let immediate = self.sync == SyncMode::Immediate && self.mode == MapMode::ReadWrite;
         let entry = self.entry();
         loop {
