@@ -210,6 +210,41 @@ fn append_writes_go_to_the_current_end_and_write_at_keeps_its_offset() {
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), all.as_bytes());
 }
 
+#[test]
+fn appends_from_many_threads_and_handles_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = MmapFs::new(dir.path(), rw()).unwrap();
+    let opts = OpenOptions::new()
+        .read(true)
+        .create(true)
+        .append(true)
+        .clone();
+    let handles: Vec<MappedFile> = (0..2).map(|_| fs.open_with("f", &opts).unwrap()).collect();
+    const THREADS: u64 = 4;
+    const RECORDS: u64 = 300;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let mut f = &handles[(t % 2) as usize];
+            s.spawn(move || {
+                for r in 0..RECORDS {
+                    f.write_all(&(t * RECORDS + r).to_le_bytes()).unwrap();
+                }
+            });
+        }
+    });
+    let bytes = std::fs::read(dir.path().join("f")).unwrap();
+    assert_eq!(bytes.len() as u64, THREADS * RECORDS * 8);
+    let mut ids: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    ids.sort_unstable();
+    assert!(
+        ids.iter().copied().eq(0..THREADS * RECORDS),
+        "every record once"
+    );
+}
+
 // ---- random operation sequences -----------------------------------------------------------------
 
 /// splitmix64: a small, seedable generator, enough to pick operations.

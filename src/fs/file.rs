@@ -698,7 +698,8 @@ impl MappedFile {
 
     /// Writes all of `buf` at `offset`, growing the file if it ends past the end. Returns
     /// `buf.len()`. `ReadOnly`: `PermissionDenied`. `Immediate`: the written range is durable
-    /// when this returns.
+    /// when this returns. On a handle opened with `append(true)` it still writes at `offset`, as
+    /// POSIX `pwrite` does (std on Linux appends there instead); `Write::write` appends.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.fail_fast()?;
         self.check_writable()?;
@@ -782,7 +783,8 @@ impl MappedFile {
     }
 
     /// Sets the file's length: growing reserves the space (`posix_fallocate`), cutting waits for
-    /// running accesses of every handle on the file. `ReadOnly`: `PermissionDenied`;
+    /// running accesses of every handle on the file. Either starts from the file's real size, so
+    /// a length changed outside the process is set exactly too. `ReadOnly`: `PermissionDenied`;
     /// `CopyOnWrite`: `Unsupported` (the file is never changed through such a handle).
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         self.fail_fast()?;
