@@ -47,6 +47,7 @@ impl SharedMemory {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .open(path)?;
         let file = MappedFile::from_file(f, path.to_path_buf(), &Self::config(), None, true)?;
         file.set_len(len)?;
