@@ -1,9 +1,9 @@
 //! `MappedFile` against `std::fs::File`: the differences once found, each as a test, then random
 //! operation sequences run on both and compared result by result and byte by byte.
 //!
-//! The random part runs `SEGPOOL_DIFF_CASES` sequences per configuration (a few hundred by
-//! default); a failure prints the seed and the configuration, and `SEGPOOL_DIFF_SEED=<seed>`
-//! reruns exactly that sequence. See docs/files.md ("Agreement with std::fs::File").
+//! The random part runs `SEGPOOL_DIFF_CASES` sequences per setup (32 by default: 256 in all); a
+//! failure prints the setup, the seed and the last operations, and `SEGPOOL_DIFF_SEED=<seed>`
+//! reruns exactly that sequence (the seed's low four bits name its setup). See docs/files.md ("Agreement with std::fs::File").
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -521,7 +521,7 @@ impl Drop for Rerun<'_> {
         if std::thread::panicking() {
             let tail = self.log.len().saturating_sub(25);
             eprintln!(
-                "differential case failed: setup {:?}, seed {:#x}\n  rerun: SEGPOOL_DIFF_SEED={:#x} cargo test --test fs_differential random_\n  last operations:\n    {}",
+                "differential case failed: setup {:?}, seed {:#x}\n  rerun: SEGPOOL_DIFF_SEED={:#x} cargo test -p segpool --test fs_differential random_\n  last operations:\n    {}",
                 self.setup.name,
                 self.seed,
                 self.seed,
