@@ -67,6 +67,39 @@ fn create_over_an_open_file_cuts_it_for_every_handle() {
     assert!(a.fault_state().check().is_ok());
 }
 
+/// The cut of a truncating open waits for running accesses like `set_len`: readers of another
+/// handle never read a cut page (which would fault and poison the file).
+#[test]
+fn create_over_a_file_being_read_never_faults_the_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = MmapFs::new(dir.path(), rw()).unwrap();
+    const LEN: usize = 64 * 1024;
+    let a = fs.create("f").unwrap();
+    a.write_all_at(&vec![5u8; LEN], 0).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let (a, stop) = (&a, &stop);
+            s.spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                let mut i = t;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let off = (i * 7919) % LEN as u64;
+                    let n = a.read_at(&mut buf, off).expect("a read racing create");
+                    assert!(buf[..n].iter().all(|&b| b == 5 || b == 0));
+                    i += 1;
+                }
+            });
+        }
+        for _ in 0..50 {
+            let b = fs.create("f").unwrap();
+            b.write_all_at(&vec![5u8; LEN], 0).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    assert!(a.fault_state().check().is_ok());
+}
+
 #[test]
 fn open_with_truncate_cuts_through_the_registry_and_keeps_stds_refusals() {
     let dir = tempfile::tempdir().unwrap();
@@ -598,7 +631,7 @@ fn run_case(dir: &Path, setup: &Setup, seed: u64) {
     .unwrap();
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).append(setup.append);
-    let ours: Vec<MappedFile> = if setup.two {
+    let mut ours: Vec<MappedFile> = if setup.two {
         vec![
             whole_fs.open_with(&name, &opts).unwrap(),
             window_fs.open_with(&name, &opts).unwrap(),
@@ -686,6 +719,21 @@ fn run_case(dir: &Path, setup: &Setup, seed: u64) {
             }
         }
         let h = rng.below(ours.len() as u64) as usize;
+        if setup.two && rng.chance(3) {
+            // Create (truncate) the file again while the other handle keeps it open.
+            rerun.log.push(format!("#{i} handle {h}: create"));
+            let fs = if h == 0 { &whole_fs } else { &window_fs };
+            ours[h] = fs.create(&name).unwrap();
+            if let Reference::Std { handles, .. } = &mut reference {
+                handles[h] = File::create(&ref_path).unwrap();
+                handles[h] = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&ref_path)
+                    .unwrap();
+            }
+            continue;
+        }
         let mut f = &ours[h];
         let op = rng.below(14);
         let (desc, got, want) = match op {
