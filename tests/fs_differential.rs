@@ -67,6 +67,26 @@ fn create_over_an_open_file_cuts_it_for_every_handle() {
     assert!(a.fault_state().check().is_ok());
 }
 
+#[test]
+fn shared_memory_created_again_over_an_open_one_cuts_it_for_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shm");
+    let a = segpool::fs::SharedMemory::create(&path, 3 * page()).unwrap();
+    a.write_at(&vec![7u8; 3 * page() as usize], 0).unwrap();
+    let b = segpool::fs::SharedMemory::create(&path, page()).unwrap();
+    assert_eq!(disk_len(dir.path(), "shm"), page());
+    let mut buf = vec![1u8; 64];
+    b.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, vec![0u8; 64], "created again: zeros");
+    a.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, vec![0u8; 64], "the old handle sees the new bytes");
+    // Past the new length: nothing to read, and no fault.
+    assert_eq!(a.read_at(&mut buf, 2 * page()).unwrap(), 0);
+    a.write_at(b"ok", 10).unwrap();
+    b.read_at(&mut buf[..2], 10).unwrap();
+    assert_eq!(&buf[..2], b"ok");
+}
+
 /// The cut of a truncating open waits for running accesses like `set_len`: readers of another
 /// handle never read a cut page (which would fault and poison the file).
 #[test]
