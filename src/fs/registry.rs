@@ -51,8 +51,7 @@ impl FileEntry {
     }
 
     /// Takes a size the kernel reported (under `resize`): growth by someone else becomes
-    /// visible. A smaller size is ignored: bytes past it fault (poisoning the file), as they
-    /// would for any mapping of a file cut behind its back.
+    /// visible. A smaller size is ignored here; [`adopt`](Self::adopt) takes cuts.
     pub(crate) fn catch_up(&self, size: u64) {
         self.reserved.fetch_max(size, Ordering::AcqRel);
         if self.len.fetch_max(size, Ordering::AcqRel) < size {
