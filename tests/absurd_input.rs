@@ -172,6 +172,10 @@ fn the_largest_file_lengths_and_offsets_are_errors() {
     assert!(f.set_len(u64::MAX).is_err());
     assert!(f.write_at(b"x", u64::MAX).is_err());
     assert!(f.write_at(b"x", u64::MAX - 1).is_err());
-    assert_eq!(f.read_at(&mut [0u8; 4], u64::MAX).unwrap(), 0);
+    // As `pread` does: an offset past the largest file size is invalid, not the end of the file.
+    assert_eq!(
+        f.read_at(&mut [0u8; 4], u64::MAX).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
     assert!(f.sync_range(u64::MAX, u64::MAX).is_err());
 }

@@ -18,7 +18,12 @@ fn read_at_end_and_past_end_is_zero() {
     assert_eq!(&buf[..5], b"hello");
     assert_eq!(f.read_at(&mut buf, 5).unwrap(), 0);
     assert_eq!(f.read_at(&mut buf, 6).unwrap(), 0);
-    assert_eq!(f.read_at(&mut buf, u64::MAX).unwrap(), 0);
+    assert_eq!(f.read_at(&mut buf, (i64::MAX - 8) as u64).unwrap(), 0);
+    // Past `off_t`, as `pread` (std): refused, not "past the end".
+    assert_eq!(
+        f.read_at(&mut buf, u64::MAX).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
     assert_eq!(f.read_at(&mut buf, 3).unwrap(), 2);
     assert_eq!(&buf[..2], b"lo");
 }

@@ -122,6 +122,9 @@ pub struct MappedFile {
     /// it agrees with [`WholeMap::base`]; always 0 for a windowed view, so that no offset passes
     /// it and the fast path needs no check of the view's kind.
     small_end: AtomicU64,
+    /// Opened with `O_APPEND`: `Write::write` goes to the file's current end (`write_at` keeps
+    /// its offset, as POSIX `pwrite` does).
+    append: bool,
     cursor: Mutex<u64>,
     finished: AtomicBool,
 }
@@ -148,11 +151,15 @@ fn invalid(msg: String) -> io::Error {
 }
 
 impl MappedFile {
+    /// Maps `file`. With `truncate`, the file is first cut to 0 bytes through the registry's
+    /// resize protocol (as `set_len(0)`), so that every other handle of the process on it sees
+    /// the cut instead of faulting: a truncating open must not let the kernel cut the file.
     pub(crate) fn from_file(
         file: File,
         path: PathBuf,
         cfg: &MapConfig,
         flusher: Option<&Arc<Flusher>>,
+        truncate: bool,
     ) -> io::Result<MappedFile> {
         cfg.validate()?;
         let id = os::file::stat(&file)?;
@@ -160,6 +167,7 @@ impl MappedFile {
             return Err(invalid(format!("{} is not a regular file", path.display())));
         }
         let (_, writable) = os::file::access_mode(&file)?;
+        let append = os::file::appends(&file)?;
         // A descriptor opened without write access cannot carry a shared writable mapping: the
         // handle is read-only and its writes are refused like in ReadOnly mode.
         let mode = if cfg.mode == MapMode::ReadWrite && !writable {
@@ -169,6 +177,17 @@ impl MappedFile {
         };
         let reg = registry::join(&file, id.dev, id.ino, path.clone())?;
         reg.entry.fault.check().map_err(io::Error::from)?;
+        let mut cut = false;
+        if truncate {
+            gate::refuse_in_scoped_access()?;
+            let _r = reg.entry.resize.lock();
+            // Stat under the lock (as `join` does): an empty file needs no cut and no gate.
+            reg.entry.adopt(os::file::stat(&file)?.size)?;
+            if reg.entry.reserved.load(Ordering::Acquire) > 0 {
+                reg.entry.cut(&file, 0)?;
+                cut = true;
+            }
+        }
         let len = reg.entry.len();
         let cow_len = if mode == MapMode::CopyOnWrite {
             len
@@ -191,7 +210,7 @@ impl MappedFile {
             file,
             reg,
             path,
-            dirty: AtomicBool::new(false),
+            dirty: AtomicBool::new(cut),
         });
         let flush = match (cfg.sync, mode, flusher) {
             (SyncMode::Periodic(_), MapMode::ReadWrite, Some(f)) => {
@@ -211,6 +230,7 @@ impl MappedFile {
             small_end: AtomicU64::new(unsafe { small_end(&view, cow_len) }),
             view,
             cow_len,
+            append,
             cursor: Mutex::new(0),
             finished: AtomicBool::new(false),
         })
@@ -396,19 +416,25 @@ impl MappedFile {
         Ok(())
     }
 
-    /// Re-reads the file's length from the kernel (another process may have grown it) and
-    /// returns the length this handle may read up to.
+    /// Re-reads the file's length from the kernel (another process may have grown or cut it)
+    /// and returns the length this handle may read up to.
     fn refresh_len(&self) -> io::Result<u64> {
         // Inside a with_bytes closure the resize mutex may be held by a resizer waiting for this
         // very access: keep the length as known.
         if self.mode != MapMode::CopyOnWrite && !gate::in_scoped_access() {
-            let entry = self.entry();
-            let _r = entry.resize.lock();
-            // Stat under the lock: a size read before a concurrent cut would undo the cut.
-            let size = os::file::stat(&self.core.file)?.size;
-            entry.catch_up(size);
+            let _r = self.entry().resize.lock();
+            self.adopt_real_len()?;
         }
         Ok(self.limit())
+    }
+
+    /// Stats the file and makes the registry entry agree with its size (growth and cuts made
+    /// outside the process); returns the size. The caller holds the entry's `resize` lock: a
+    /// size read before a concurrent cut of ours would undo the cut.
+    fn adopt_real_len(&self) -> io::Result<u64> {
+        let size = os::file::stat(&self.core.file)?.size;
+        self.entry().adopt(size)?;
+        Ok(size)
     }
 
     /// Grows the file on disk to at least `end` bytes, reserving the space (`posix_fallocate`)
@@ -424,13 +450,41 @@ impl MappedFile {
         gate::refuse_in_scoped_access()?;
         let entry = self.entry();
         let _r = entry.resize.lock();
+        if entry.reserved.load(Ordering::Acquire) >= end {
+            return Ok(());
+        }
+        // The file's real size, not the one last seen: someone outside may have grown it (the
+        // reservation starts there) or cut it (the cut is taken first, so the new length is
+        // what std's `pwrite` would leave).
+        let size = self.adopt_real_len()?;
         let cur = entry.reserved.load(Ordering::Acquire);
         if cur >= end {
             return Ok(());
         }
-        os::file::reserve(&self.core.file, cur, end - cur)?;
+        os::file::reserve(&self.core.file, size, end - size)?;
         entry.reserved.store(end, Ordering::Release);
         Ok(())
+    }
+
+    /// Where an append of `n` bytes goes: the file's real end, past every growing write of the
+    /// process in flight (their ranges are reserved), whose `n` bytes are reserved here under
+    /// the same lock, so two appends of the process never get the same offset.
+    fn reserve_append(&self, n: usize) -> io::Result<u64> {
+        self.fail_fast()?;
+        self.check_writable()?;
+        if self.mode == MapMode::CopyOnWrite {
+            // Refused by the growth the write needs.
+            return Ok(self.limit());
+        }
+        gate::refuse_in_scoped_access()?;
+        let entry = self.entry();
+        let _r = entry.resize.lock();
+        let size = self.adopt_real_len()?;
+        let offset = entry.reserved.load(Ordering::Acquire);
+        let end = self.check_range(offset, n as u64)?;
+        os::file::reserve(&self.core.file, size, end - size)?;
+        entry.reserved.store(end, Ordering::Release);
+        Ok(offset)
     }
 
     /// Reads up to `buf.len()` bytes at `offset`; `Ok(0)` at or past the end of the file.
@@ -573,6 +627,8 @@ impl MappedFile {
     #[inline(never)]
     fn read_at_general(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         self.fail_fast()?;
+        // As `pread`: a range past `off_t` is refused (even when empty or past the end).
+        self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -581,12 +637,15 @@ impl MappedFile {
             let entry = self.entry();
             let gate = entry.gate.enter();
             let limit = self.limit();
-            if offset >= limit {
+            // A read reaching past the known length depends on the real one (someone outside
+            // may have grown or cut the file): stat once. Reads inside it never ask the kernel.
+            if !refreshed && offset.saturating_add(buf.len() as u64) > limit {
                 drop(gate);
-                if !refreshed && self.refresh_len()? > offset {
-                    refreshed = true;
-                    continue;
-                }
+                refreshed = true;
+                self.refresh_len()?;
+                continue;
+            }
+            if offset >= limit {
                 return Ok(0);
             }
             let n = (buf.len() as u64).min(limit - offset) as usize;
@@ -639,14 +698,16 @@ impl MappedFile {
 
     /// Writes all of `buf` at `offset`, growing the file if it ends past the end. Returns
     /// `buf.len()`. `ReadOnly`: `PermissionDenied`. `Immediate`: the written range is durable
-    /// when this returns.
+    /// when this returns. On a handle opened with `append(true)` it still writes at `offset`, as
+    /// POSIX `pwrite` does (std on Linux appends there instead); `Write::write` appends.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         self.fail_fast()?;
         self.check_writable()?;
+        // Before the empty case, as `pwrite`: a range past `off_t` is refused even when empty.
+        let end = self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(0);
         }
-        let end = self.check_range(offset, buf.len() as u64)?;
         let immediate = self.sync == SyncMode::Immediate && self.mode == MapMode::ReadWrite;
         let entry = self.entry();
         loop {
@@ -722,7 +783,8 @@ impl MappedFile {
     }
 
     /// Sets the file's length: growing reserves the space (`posix_fallocate`), cutting waits for
-    /// running accesses of every handle on the file. `ReadOnly`: `PermissionDenied`;
+    /// running accesses of every handle on the file. Either starts from the file's real size, so
+    /// a length changed outside the process is set exactly too. `ReadOnly`: `PermissionDenied`;
     /// `CopyOnWrite`: `Unsupported` (the file is never changed through such a handle).
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         self.fail_fast()?;
@@ -741,21 +803,19 @@ impl MappedFile {
         gate::refuse_in_scoped_access()?;
         let entry = self.entry();
         let _r = entry.resize.lock();
+        // The real size: a length grown outside the process must be cut like one of ours.
+        let size = self.adopt_real_len()?;
         let reserved = entry.reserved.load(Ordering::Acquire);
         if len > reserved {
-            os::file::reserve(&self.core.file, reserved, len - reserved)?;
+            os::file::reserve(&self.core.file, size, len - size)?;
             entry.reserved.store(len, Ordering::Release);
             entry.len.store(len, Ordering::Release);
+            entry.bump();
         } else {
-            // Cutting pages under a running copy would fault it: wait for every access to leave.
-            // (Also when `len` is between the published length and the reservation: a growing
-            // write in flight re-checks the reservation inside its access and grows again.)
-            let _g = entry.gate.resize()?;
-            os::file::truncate(&self.core.file, len)?;
-            entry.len.store(len, Ordering::Release);
-            entry.reserved.store(len, Ordering::Release);
+            // Also when `len` is between the published length and the reservation: a growing
+            // write in flight re-checks the reservation inside its access and grows again.
+            entry.cut(&self.core.file, len)?;
         }
-        entry.bump();
         self.core.dirty.store(true, Ordering::Release);
         Ok(())
     }
@@ -1014,10 +1074,17 @@ impl Read for &MappedFile {
 }
 
 impl Write for &MappedFile {
+    /// Writes at the cursor, or with `O_APPEND` at the file's current end (also when another
+    /// handle or process grew it), leaving the cursor after the bytes written, as `write(2)`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut pos = self.cursor.lock();
-        let n = self.write_at(buf, *pos)?;
-        *pos += n as u64;
+        let offset = if self.append && !buf.is_empty() {
+            self.reserve_append(buf.len())?
+        } else {
+            *pos
+        };
+        let n = self.write_at(buf, offset)?;
+        *pos = offset + n as u64;
         Ok(n)
     }
 
@@ -1033,7 +1100,8 @@ impl Seek for &MappedFile {
         let mut cur = self.cursor.lock();
         let (base, delta) = match pos {
             SeekFrom::Start(n) => (n, 0),
-            SeekFrom::End(d) => (self.len(), d),
+            // The real end, as `lseek(SEEK_END)`: someone outside may have changed it.
+            SeekFrom::End(d) => (self.refresh_len()?, d),
             SeekFrom::Current(d) => (*cur, d),
         };
         let new = base

@@ -155,13 +155,17 @@ impl MmapFs {
         options: &OpenOptions,
     ) -> io::Result<MappedFile> {
         let rel = path.as_ref();
-        let spec = path::OpenSpec::from_std(options)?;
+        let mut spec = path::OpenSpec::from_std(options)?;
+        // The truncation is the registry's to make (other handles must see it), not the kernel's.
+        let truncate = spec.flags.contains(OFlags::TRUNC);
+        spec.flags.remove(OFlags::TRUNC);
         let file = self.inner.root.open_file(rel, &spec)?;
         MappedFile::from_file(
             file,
             self.inner.root.path().join(rel),
             &self.inner.config,
             self.inner.flusher.as_ref(),
+            truncate,
         )
     }
 

@@ -24,7 +24,9 @@ use crate::sync::{Arc, Mutex};
 ///   copies; `len` grows (`fetch_max`) only after the bytes are copied, so a reader on another
 ///   handle never sees the new length before the bytes (only a concurrent growing write's zeros
 ///   in between, as with `pwrite`). Both go down only together, under `resize` with the gate
-///   closed, so no access runs past the end of the file while it is cut.
+///   closed, so no access runs past the end of the file while it is cut: a cut of ours
+///   ([`FileEntry::cut`]: `set_len`, a truncating open) and a cut made outside the process once
+///   a stat shows it ([`FileEntry::adopt`]).
 /// * `generation` only grows; every write, `set_len` and growth through any handle bumps it
 ///   after its effect is visible.
 /// * `fault` is the only fault state of this file in the process.
@@ -49,13 +51,47 @@ impl FileEntry {
     }
 
     /// Takes a size the kernel reported (under `resize`): growth by someone else becomes
-    /// visible. A smaller size is ignored: bytes past it fault (poisoning the file), as they
-    /// would for any mapping of a file cut behind its back.
+    /// visible. A smaller size is ignored here; [`adopt`](Self::adopt) takes cuts.
     pub(crate) fn catch_up(&self, size: u64) {
         self.reserved.fetch_max(size, Ordering::AcqRel);
         if self.len.fetch_max(size, Ordering::AcqRel) < size {
             self.bump();
         }
+    }
+
+    /// Makes the entry agree with `size`, the file's size as the kernel reported it by a stat
+    /// made under `resize` (which the caller holds). Growth by someone else becomes visible
+    /// ([`catch_up`](Self::catch_up)). A size below `reserved` can only come from a cut made
+    /// outside the process (every length change of ours is made under `resize`): it is taken as
+    /// a cut of our own, with the gate closed, so readers stop at the new end instead of
+    /// faulting past it. A thread inside a `with_bytes` closure gets `WouldBlock` for that cut.
+    pub(crate) fn adopt(&self, size: u64) -> std::io::Result<()> {
+        if size >= self.reserved.load(Ordering::Acquire) {
+            self.catch_up(size);
+            return Ok(());
+        }
+        let _g = self.gate.resize()?;
+        // `len <= reserved` is kept: both go down together, with no access running. A growing
+        // write in flight re-checks `reserved` inside its access and grows again.
+        if self.len() > size {
+            self.len.store(size, Ordering::Release);
+        }
+        self.reserved.store(size, Ordering::Release);
+        self.bump();
+        Ok(())
+    }
+
+    /// Cuts the file to `len` (at most `reserved`) through the resize protocol: waits until no
+    /// access of any handle runs, `ftruncate`s, and lowers both lengths. The caller holds
+    /// `resize`.
+    pub(crate) fn cut(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        // Cutting pages under a running copy would fault it: wait for every access to leave.
+        let _g = self.gate.resize()?;
+        crate::os::file::truncate(file, len)?;
+        self.len.store(len, Ordering::Release);
+        self.reserved.store(len, Ordering::Release);
+        self.bump();
+        Ok(())
     }
 
     pub(crate) fn bump(&self) {
@@ -114,7 +150,7 @@ pub(crate) fn join(
         let _r = reg.entry.resize.lock();
         // Stat under the lock: a size read before a concurrent cut would undo the cut.
         let size = crate::os::file::stat(file)?.size;
-        reg.entry.catch_up(size);
+        reg.entry.adopt(size)?;
     }
     Ok(reg)
 }

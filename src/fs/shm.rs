@@ -41,14 +41,16 @@ impl SharedMemory {
                 "shared memory of zero bytes",
             ));
         }
+        // Cut through the registry (`from_file`), not by the kernel at open: another handle of
+        // the process on this file must see the cut instead of faulting.
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)?;
-        crate::os::file::reserve(&f, 0, len)?;
-        let file = MappedFile::from_file(f, path.to_path_buf(), &Self::config(), None)?;
+        let file = MappedFile::from_file(f, path.to_path_buf(), &Self::config(), None, true)?;
+        file.set_len(len)?;
         Ok(SharedMemory { file, len })
     }
 
@@ -56,7 +58,7 @@ impl SharedMemory {
     pub fn open(path: impl AsRef<Path>) -> io::Result<SharedMemory> {
         let path = path.as_ref();
         let f = OpenOptions::new().read(true).write(true).open(path)?;
-        let file = MappedFile::from_file(f, path.to_path_buf(), &Self::config(), None)?;
+        let file = MappedFile::from_file(f, path.to_path_buf(), &Self::config(), None, false)?;
         let len = file.len();
         if len == 0 {
             return Err(io::Error::new(

@@ -129,6 +129,11 @@ pub(crate) fn access_mode(fd: impl AsFd) -> io::Result<(bool, bool)> {
     Ok((readable, writable))
 }
 
+/// Whether the descriptor was opened with `O_APPEND`.
+pub(crate) fn appends(fd: impl AsFd) -> io::Result<bool> {
+    Ok(rfs::fcntl_getfl(fd.as_fd())?.contains(OFlags::APPEND))
+}
+
 /// The path the kernel has for an open descriptor (`/proc/self/fd/N`): where the file really is
 /// after every symlink was followed, which is what a containment check must look at.
 pub(crate) fn real_path(fd: impl AsFd) -> io::Result<std::path::PathBuf> {
