@@ -10,7 +10,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
-use super::copy::{copy_from_shared, copy_to_shared, SMALL};
+use super::copy::{copy_from_shared, copy_small_from_shared, copy_to_shared, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
 use super::gate::{self, AccessGuard, ScopedAccess};
 use super::region::Region;
@@ -509,9 +509,10 @@ impl MappedFile {
         // `small_end`, which agrees with the mapping inside our access), and the mapping stays
         // mapped while the access lasts; `buf` is a `&mut`, which cannot overlap a mapping that
         // the safe API never lends out as a reference (and `with_bytes`' callers promise no
-        // write overlaps their slice); mapped memory is only accessed atomically (copy.rs).
+        // write overlaps their slice); mapped memory is only accessed atomically (copy.rs);
+        // `n <= SMALL` (asserted above).
         let dst = buf.as_mut_ptr();
-        let copy = || unsafe { copy_from_shared(w.base().add(offset as usize), dst, n) };
+        let copy = || unsafe { copy_small_from_shared(w.base().add(offset as usize), dst, n) };
         self.finish_read::<GUARDED>(access, copy, n)
     }
 
