@@ -453,8 +453,8 @@ impl MappedFile {
         }
     }
 
-    /// `read_at` of more than [`SMALL`] bytes: the same fast path, whose copy is a call to
-    /// `memcpy` (and so needs a stack frame, which the small reads are spared). Out of line, so
+    /// `read_at` of more than [`SMALL`] bytes: the same fast path, whose copy has a loop and a
+    /// string move (and so registers to spare, which the small reads need not). Out of line, so
     /// the small path stays small where `read_at` is inlined.
     #[inline(never)]
     fn read_at_large(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -518,7 +518,7 @@ impl MappedFile {
 
     /// The body of `read_at` for more than [`SMALL`] bytes: the same protocol as
     /// [`read_small`](Self::read_small), with a bounds check of the mapping's length (the
-    /// buffer may be of any length) and a `memcpy`. Callers pass more than [`SMALL`] bytes.
+    /// buffer may be of any length) and the general copy. Callers pass more than [`SMALL`] bytes.
     #[inline(always)]
     fn read_large<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let View::Whole(w) = &self.view else {
