@@ -88,7 +88,8 @@ fn bench(c: &mut Criterion) {
     }
 
     if std::env::var_os("SEGPOOL_BENCH_MAPS").is_some() {
-        let a = mf.with_bytes(0, 1, |b| b.as_ptr() as usize).unwrap();
+        // SAFETY (bench): nothing writes or truncates the file while the slice lives.
+        let a = unsafe { mf.with_bytes(0, 1, |b| b.as_ptr() as usize) }.unwrap();
         eprintln!("segpool map {a:#x} memmap2 {:#x}", raw.as_ptr() as usize);
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
         for block in smaps.split("\n").collect::<Vec<_>>().windows(25) {

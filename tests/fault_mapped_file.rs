@@ -1,5 +1,5 @@
 //! The fault guard under `segpool::fs::MappedFile`: a file truncated by someone else makes
-//! `read_at`, `with_bytes`, `Read::read` and `write_at` into the lost range return an `io::Error`
+//! `read_at`, `with_view`, `Read::read` and `write_at` into the lost range return an `io::Error`
 //! wrapping `segpool::Error::Faulted`; the other handles of that file fail fast; other files work;
 //! the file works again once restored and reopened.
 
@@ -79,10 +79,10 @@ fn read_at_into_truncated_range_is_a_fault_error() {
 }
 
 #[test]
-fn with_bytes_on_truncated_range_is_a_fault_error() {
-    caught_by_the_handler("with_bytes", 2, |f| {
-        f.with_bytes(4 * PAGE as u64, 128, |b| {
-            b.iter().map(|&x| x as u64).sum::<u64>()
+fn with_view_on_truncated_range_is_a_fault_error() {
+    caught_by_the_handler("with_view", 2, |f| {
+        f.with_view(4 * PAGE as u64, 128, |v| {
+            v.to_vec().iter().map(|&x| x as u64).sum::<u64>()
         })
         .map(drop)
     });
@@ -122,7 +122,7 @@ fn other_handles_fail_fast_other_files_work_reopen_works() {
     // Every handle of the file refuses at once, even for bytes that are still in the file, and
     // nothing touches the mapping (no new fault).
     assert_io_faulted(g.read_at(&mut buf, 0), &path);
-    assert_io_faulted(g.with_bytes(0, 8, |b| b.to_vec()), &path);
+    assert_io_faulted(g.with_view(0, 8, |b| b.to_vec()), &path);
     assert_io_faulted(g.write_at(b"x", 0), &path);
     assert_io_faulted((&g).read(&mut buf), &path);
     assert_io_faulted(f.read_at(&mut buf, 0), &path);

@@ -224,15 +224,32 @@ fn absurd_offsets_and_lengths_are_clear_errors() {
             .kind(),
         ErrorKind::InvalidInput
     );
+    // SAFETY (the three `with_bytes`): nothing else writes or truncates the file.
     assert_eq!(
-        f.with_bytes(2, 5, |b| b.len()).unwrap_err().kind(),
+        unsafe { f.with_bytes(2, 5, |b| b.len()) }
+            .unwrap_err()
+            .kind(),
         ErrorKind::UnexpectedEof
     );
     assert_eq!(
-        f.with_bytes(u64::MAX, 1, |b| b.len()).unwrap_err().kind(),
+        unsafe { f.with_bytes(u64::MAX, 1, |b| b.len()) }
+            .unwrap_err()
+            .kind(),
         ErrorKind::InvalidInput
     );
-    assert_eq!(f.with_bytes(1, 0, |b| b.len()).unwrap(), 0);
+    assert_eq!(unsafe { f.with_bytes(1, 0, |b| b.len()) }.unwrap(), 0);
+    assert_eq!(
+        f.with_view(2, 5, |v| v.len()).unwrap_err().kind(),
+        ErrorKind::UnexpectedEof
+    );
+    assert_eq!(
+        f.with_view(u64::MAX, 1, |v| v.len()).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        f.with_view(1, 0, |v| (v.len(), v.is_empty())).unwrap(),
+        (0, true)
+    );
     assert_eq!(f.write_at(&[], 10).unwrap(), 0);
     assert_eq!(f.len(), 3, "failed and empty writes do not grow the file");
     let mut b = [0u8; 4];
@@ -393,18 +410,23 @@ fn with_bytes_sees_the_file_in_place() {
     let f = fs.create("wb").unwrap();
     let data = pattern(10_000, 3);
     f.write_all_at(&data, 0).unwrap();
-    let sum = f
-        .with_bytes(100, 5000, |b| b.iter().map(|&x| x as u64).sum::<u64>())
-        .unwrap();
+    // SAFETY: nothing writes or truncates the file while the slice lives.
+    let sum =
+        unsafe { f.with_bytes(100, 5000, |b| b.iter().map(|&x| x as u64).sum::<u64>()) }.unwrap();
     assert_eq!(sum, data[100..5100].iter().map(|&x| x as u64).sum::<u64>());
-    // Writing from a slice of the same mapping (overlapping copy) is fine.
-    f.with_bytes(0, 100, |b| f.write_at(b, 50).unwrap())
+    // Writing what a view of the same mapping copied, to an overlapping range, is fine.
+    f.with_view(0, 100, |v| f.write_at(&v.to_vec(), 50).unwrap())
         .unwrap();
     let mut out = vec![0u8; 100];
     f.read_exact_at(&mut out, 50).unwrap();
     assert_eq!(out, data[..100]);
     // Cutting the file from inside the closure is refused instead of deadlocking.
-    let e = f.with_bytes(0, 10, |_| f.set_len(1)).unwrap().unwrap_err();
+    // SAFETY: the cut is refused, and nothing else writes the file.
+    let e = unsafe { f.with_bytes(0, 10, |_| f.set_len(1)) }
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    let e = f.with_view(0, 10, |_| f.set_len(1)).unwrap().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WouldBlock);
     assert_eq!(f.len(), 10_000);
 }
@@ -421,14 +443,14 @@ fn mapped_types_are_send_sync_clone() {
 }
 
 #[test]
-fn growth_and_cuts_inside_with_bytes_are_refused_not_deadlocked() {
+fn growth_and_cuts_inside_with_view_are_refused_not_deadlocked() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
     let f = fs.create("nest").unwrap();
     f.write_all_at(b"0123456789", 0).unwrap();
     let g = fs.open("nest").unwrap();
-    f.with_bytes(0, 10, |b| {
-        assert_eq!(b, b"0123456789");
+    f.with_view(0, 10, |v| {
+        assert_eq!(v.to_vec(), b"0123456789");
         // Reads and in-place writes through any handle work inside the closure.
         let mut x = [0u8; 3];
         g.read_exact_at(&mut x, 2).unwrap();

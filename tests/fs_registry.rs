@@ -49,7 +49,7 @@ fn a_shorter_mapping_reads_bytes_another_handle_added() {
     assert!(back == tail);
     assert_eq!(
         reader
-            .with_bytes(5 + tail.len() as u64 - 3, 3, |b| b.to_vec())
+            .with_view(5 + tail.len() as u64 - 3, 3, |b| b.to_vec())
             .unwrap(),
         &tail[tail.len() - 3..]
     );
@@ -165,7 +165,7 @@ fn a_poisoned_file_fails_fast_for_every_handle_until_all_close() {
     let mut buf = [0u8; 4];
     assert!(is_faulted(&b.read_at(&mut buf, 0).unwrap_err()));
     assert!(is_faulted(&b.write_at(b"x", 0).unwrap_err()));
-    assert!(is_faulted(&b.with_bytes(0, 1, |_| ()).unwrap_err()));
+    assert!(is_faulted(&b.with_view(0, 1, |_| ()).unwrap_err()));
     assert!(is_faulted(&b.set_len(1).unwrap_err()));
     assert!(is_faulted(&b.sync_all().unwrap_err()));
     assert!(is_faulted(&b.sync_range(0, 1).unwrap_err()));

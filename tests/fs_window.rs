@@ -46,10 +46,10 @@ fn reads_and_writes_across_window_boundaries_are_complete() {
         "one call, no short read"
     );
     assert_eq!(back, data);
-    // with_bytes across a boundary.
+    // with_view across a boundary.
     let ok = f
-        .with_bytes(2 * W - 10, 20, |b| {
-            b == &data[(W + 40) as usize..(W + 60) as usize]
+        .with_view(2 * W - 10, 20, |v| {
+            v.to_vec() == data[(W + 40) as usize..(W + 60) as usize]
         })
         .unwrap();
     assert!(ok);

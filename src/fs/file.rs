@@ -10,11 +10,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::config::{Advice, MapConfig, MapMode, SyncMode};
-use super::copy::{copy_small, SMALL};
+use super::copy::{copy_from_shared, copy_small_from_shared, copy_to_shared, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
 use super::gate::{self, AccessGuard, ScopedAccess};
 use super::region::Region;
 use super::registry::{self, FileEntry, Registered};
+use super::view::MappedView;
 use super::whole::WholeMap;
 use super::window::WindowCache;
 use crate::fault::FileFaultState;
@@ -87,10 +88,12 @@ impl From<io::Error> for Step {
 /// An open file of an [`MmapFs`](super::MmapFs) (or a [`SharedMemory`](super::SharedMemory)),
 /// read and written through a memory mapping.
 ///
-/// Bytes are copied in and out (`read_at`, `write_at`, `Read`, `Write`); no reference into the
-/// mapping escapes except inside a [`with_bytes`](Self::with_bytes) closure, because the file can
-/// change or shrink under the mapping (another process) and a fault there must become an error
-/// of the operation, not a dangling slice.
+/// Bytes are copied in and out (`read_at`, `write_at`, `Read`, `Write`), or looked at in place
+/// through a [`MappedView`] ([`with_view`](Self::with_view)) that copies and hands out atomics.
+/// The safe API never lends a `&[u8]` into the mapping, because the file can change or shrink
+/// under it (another handle, thread or process) and a fault there must become an error of the
+/// operation; [`with_bytes`](Self::with_bytes) does, as an `unsafe fn` whose caller promises
+/// nobody changes the range meanwhile.
 ///
 /// Positioned I/O (`read_at`, `write_at`) takes `&self` and may run from many threads at once.
 /// `Read`/`Write`/`Seek` share one cursor per handle.
@@ -504,8 +507,8 @@ impl MappedFile {
         }
     }
 
-    /// `read_at` of more than [`SMALL`] bytes: the same fast path, whose copy is a call to
-    /// `memcpy` (and so needs a stack frame, which the small reads are spared). Out of line, so
+    /// `read_at` of more than [`SMALL`] bytes: the same fast path, whose copy has a loop and a
+    /// string move (and so registers to spare, which the small reads need not). Out of line, so
     /// the small path stays small where `read_at` is inlined.
     #[inline(never)]
     fn read_at_large(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
@@ -558,16 +561,18 @@ impl MappedFile {
         };
         // SAFETY: `offset + n <= small_end + SMALL <= mapping length` (the invariant of
         // `small_end`, which agrees with the mapping inside our access), and the mapping stays
-        // mapped while the access lasts; `buf` is a `&mut` that cannot overlap memory we only
-        // hand out as `&[u8]`, and `n <= SMALL` (asserted above).
+        // mapped while the access lasts; `buf` is a `&mut`, which cannot overlap a mapping that
+        // the safe API never lends out as a reference (and `with_bytes`' callers promise no
+        // write overlaps their slice); mapped memory is only accessed atomically (copy.rs);
+        // `n <= SMALL` (asserted above).
         let dst = buf.as_mut_ptr();
-        let copy = || unsafe { copy_small(w.base().add(offset as usize), dst, n) };
+        let copy = || unsafe { copy_small_from_shared(w.base().add(offset as usize), dst, n) };
         self.finish_read::<GUARDED>(access, copy, n)
     }
 
     /// The body of `read_at` for more than [`SMALL`] bytes: the same protocol as
     /// [`read_small`](Self::read_small), with a bounds check of the mapping's length (the
-    /// buffer may be of any length) and a `memcpy`. Callers pass more than [`SMALL`] bytes.
+    /// buffer may be of any length) and the general copy. Callers pass more than [`SMALL`] bytes.
     #[inline(always)]
     fn read_large<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let View::Whole(w) = &self.view else {
@@ -588,9 +593,9 @@ impl MappedFile {
         }
         let dst = buf.as_mut_ptr();
         // SAFETY: `offset + n <= cap` (checked above), and the mapping at `base` stays mapped
-        // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap memory
-        // we only hand out as `&[u8]`.
-        let copy = || unsafe { std::ptr::copy_nonoverlapping(base.add(offset as usize), dst, n) };
+        // while the access lasts; `dst..dst + n` is `buf`, a `&mut` that cannot overlap the
+        // mapping (as in `read_small`); mapped memory is only accessed atomically (copy.rs).
+        let copy = || unsafe { copy_from_shared(base.add(offset as usize), dst, n) };
         self.finish_read::<GUARDED>(access, copy, n)
     }
 
@@ -655,9 +660,10 @@ impl MappedFile {
                 fault
                     // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
                     // (gate or the window's Arc), `dst + boff .. + k` lies in `buf`, and `buf`
-                    // (a `&mut`) cannot overlap a mapping we hand out only as `&[u8]`.
+                    // (a `&mut`) cannot overlap the mapping (as in `read_small`); mapped memory
+                    // is only accessed atomically (copy.rs).
                     .guarded_read(|| unsafe {
-                        std::ptr::copy_nonoverlapping(region.ptr().add(roff), dst.add(boff), k)
+                        copy_from_shared(region.ptr().add(roff), dst.add(boff), k)
                     })
                     .map_err(io::Error::from)
             };
@@ -734,9 +740,11 @@ impl MappedFile {
             let copy = |region: &Region, roff: usize, boff: usize, k: usize| {
                 fault
                     // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
-                    // (gate or Arc), `src + boff .. + k` lies in `buf`. `ptr::copy` because
-                    // `buf` may itself be a `with_bytes` slice of this very mapping.
-                    .guarded(|| unsafe { std::ptr::copy(src.add(boff), region.ptr().add(roff), k) })
+                    // (gate or Arc), `src + boff .. + k` lies in `buf`. `buf` does not overlap
+                    // the range written: the safe API lends no reference into a mapping, and a
+                    // `with_bytes` slice may not be written while it lives (its contract).
+                    // Mapped memory is only accessed atomically (copy.rs).
+                    .guarded(|| unsafe { copy_to_shared(src.add(boff), region.ptr().add(roff), k) })
                     .map_err(io::Error::from)?;
                 if immediate {
                     let r = region.mapping().sync_range(roff, k, true);
@@ -922,15 +930,92 @@ impl MappedFile {
     /// zeros, so its result is discarded). The range must lie inside the file (`UnexpectedEof`
     /// otherwise).
     ///
-    /// The slice is only valid inside `f`. Its bytes can change while `f` runs if another handle
-    /// or process writes them. Changing the file's length from inside `f` (a growing write,
-    /// `set_len`, through any handle of this file), or a read that needs a remap, fails with
-    /// `WouldBlock` instead of deadlocking: those wait until no access runs, and `f`'s runs.
-    pub fn with_bytes<R>(
+    /// [`with_view`](Self::with_view) is the safe way to look at mapped bytes without a copy.
+    ///
+    /// The slice is only valid inside `f`. Changing the file's length from inside `f` (a growing
+    /// write, `set_len`, through any handle of this file), or a read that needs a remap, fails
+    /// with `WouldBlock` instead of deadlocking: those wait until no access runs, and `f`'s runs.
+    ///
+    /// # Safety
+    ///
+    /// A `&[u8]` promises that its bytes do not change while it lives; the file is mapped
+    /// `MAP_SHARED` and nothing in segpool can stop others from changing it. The caller promises,
+    /// for the whole time `f` runs:
+    ///
+    /// * no other handle, thread or process writes any byte of `offset..offset + len` (through
+    ///   this or another `MappedFile` or `SharedMemory`, `std::fs::File`, another mapping, or a
+    ///   [`MappedView`] atomic), and neither does `f` itself (a `write_at` from the slice into
+    ///   a range that overlaps it breaks this promise too);
+    /// * nobody truncates the file below `offset + len` (a truncation is caught, poisons the file
+    ///   and discards `f`'s result, but `f` has then seen its bytes change to zeros).
+    ///
+    /// This is the stance of `memmap2`, whose `Mmap::map` is `unsafe` for the same reason.
+    pub unsafe fn with_bytes<R>(
         &self,
         offset: u64,
         len: usize,
         f: impl FnOnce(&[u8]) -> R,
+    ) -> io::Result<R> {
+        self.scoped(offset, len, false, |ptr| {
+            // SAFETY: `ptr..ptr + len` lies in a live mapping inside the file for as long as `f`
+            // runs (`scoped`'s promise), or is dangling with `len == 0`; the slice cannot outlive
+            // `f`. That its bytes do not change while it lives is the caller's promise (this
+            // fn's contract); a fault is caught by the guard, which discards the result.
+            f(unsafe { std::slice::from_raw_parts(ptr, len) })
+        })
+    }
+
+    /// Runs `f` on a [`MappedView`] of the file's bytes `offset..offset + len`, without a copy,
+    /// and returns its result, or an error if the file faulted while `f` ran (the view may then
+    /// have read zeros and its stores may be lost, so the result is discarded and the file is
+    /// poisoned). The range must lie inside the file (`UnexpectedEof` otherwise).
+    ///
+    /// The view reads by copy and hands out aligned atomics, never a `&[u8]`, so bytes that
+    /// another thread or process changes meanwhile are no undefined behaviour (see
+    /// [`MappedView`]'s `## Safety`). It lives only inside `f`. Changing the file's length from
+    /// inside `f`, or a read that needs a remap, fails with `WouldBlock`, as in
+    /// [`with_bytes`](Self::with_bytes).
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::Ordering;
+    /// use segpool::fs::{MmapFs, MapConfig, MapMode};
+    /// # fn main() -> std::io::Result<()> {
+    /// let fs = MmapFs::new("/tmp/app", MapConfig { mode: MapMode::ReadWrite, ..MapConfig::default() })?;
+    /// let f = fs.create("state")?;
+    /// f.set_len(4096)?;
+    /// // A sequence number at offset 0, shared with every process that maps the file.
+    /// let seq = f.with_view(0, 64, |v| v.atomic_u64(0).fetch_add(1, Ordering::AcqRel))?;
+    /// # let _ = seq; Ok(()) }
+    /// ```
+    pub fn with_view<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&MappedView) -> R,
+    ) -> io::Result<R> {
+        let writable = self.mode != MapMode::ReadOnly;
+        self.scoped(offset, len, writable, |ptr| {
+            // SAFETY: `ptr..ptr + len` lies in a live mapping of the file offsets `offset..`
+            // inside the file while `f` runs (`scoped`'s promise), and the view is lent to `f`
+            // by reference only, so it is gone when `scoped` releases the mapping; mapped memory
+            // is only accessed atomically in this process (copy.rs, the view); the mapping is
+            // `PROT_WRITE` unless the mode is `ReadOnly`.
+            let view = unsafe { MappedView::new(ptr, len, offset, writable) };
+            f(&view)
+        })
+    }
+
+    /// Resolves `offset..offset + len` to a pointer into a live mapping inside the file and runs
+    /// `f` on it inside the file's gate, under the fault guard (`write`: the full guard, for an
+    /// `f` that may store), and returns its result or the fault's error. The mapping stays
+    /// mapped, and no cut of the range runs through this process, until `f` returns. `len == 0`
+    /// passes a dangling pointer.
+    fn scoped<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        write: bool,
+        f: impl FnOnce(*mut u8) -> R,
     ) -> io::Result<R> {
         self.fail_fast()?;
         let end = self.check_range(offset, len as u64)?;
@@ -951,7 +1036,8 @@ impl MappedFile {
                 ));
             }
             if len == 0 {
-                return Ok(f(&[]));
+                drop(gate);
+                return Ok(f(std::ptr::NonNull::dangling().as_ptr()));
             }
             let mut window_hold: Option<Arc<Region>> = None;
             let mut temp_hold: Option<Region> = None;
@@ -1003,13 +1089,13 @@ impl MappedFile {
                 }
             };
             let _scope = ScopedAccess::begin();
-            let r = self.fault().guarded_read(|| {
-                // SAFETY: `ptr..ptr + len` lies in a live mapping (held by the gate, `window_hold`
-                // or `temp_hold` until after `f` returns) inside the file. The slice does not
-                // outlive `f` (the closure's lifetime). Other writers may change the bytes, as the
-                // method documents; faults are caught by `guarded`, which discards the result.
-                f(unsafe { std::slice::from_raw_parts(ptr, len) })
-            });
+            // `f` runs inside the fault guard; a view's atomics may store, so then the guard
+            // is the full one (a store into a replacement page must be seen before the check).
+            let r = if write {
+                self.fault().guarded(|| f(ptr))
+            } else {
+                self.fault().guarded_read(|| f(ptr))
+            };
             drop(_scope);
             drop(gate);
             drop(window_hold);

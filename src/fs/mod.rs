@@ -32,6 +32,7 @@ mod path;
 mod region;
 mod registry;
 mod shm;
+mod view;
 mod whole;
 mod window;
 
@@ -44,6 +45,7 @@ pub use config::{Advice, MapConfig, MapMode, SyncMode};
 pub use file::MappedFile;
 pub use flusher::FlusherStatus;
 pub use shm::SharedMemory;
+pub use view::MappedView;
 
 use crate::sync::Arc;
 use flusher::Flusher;

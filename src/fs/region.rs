@@ -16,7 +16,9 @@ use crate::sync::Arc;
 ///   declaration order), so the fault guard never recovers a fault in an address range that was
 ///   unmapped and maybe reused.
 /// * Every access to `map`'s memory runs inside [`FileFaultState::guarded`] of the file's state,
-///   through raw pointers (the bytes may change under us: another handle, another process).
+///   through raw pointers and atomics (the bytes may change under us: another handle, thread or
+///   process). The only references into it are `MappedView`'s atomics and the slice of the
+///   `unsafe` `with_bytes`, whose caller promises nobody writes it meanwhile.
 #[derive(Debug)]
 pub(crate) struct Region {
     _registration: RangeRegistration,

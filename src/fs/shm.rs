@@ -10,11 +10,13 @@ use std::path::Path;
 
 use super::config::{MapConfig, MapMode, SyncMode};
 use super::file::MappedFile;
+use super::view::MappedView;
 
 /// A shared, fixed-size, read-write mapping of a file, for exchanging bytes between processes.
 ///
-/// Access is by copy (`read_at`, `write_at`) or scoped (`with_bytes`), with the same fault
-/// protection as [`MappedFile`]: if the file is cut by someone else, accesses fail instead of
+/// Access is by copy (`read_at`, `write_at`) or in place through a [`MappedView`]
+/// ([`with_view`](Self::with_view), whose atomics processes synchronise through), with the same
+/// fault protection as [`MappedFile`]: if the file is cut by someone else, accesses fail instead of
 /// killing the process. Its size never changes through this type.
 #[derive(Debug)]
 pub struct SharedMemory {
@@ -104,15 +106,47 @@ impl SharedMemory {
         self.file.write_all_at(buf, offset)
     }
 
-    /// Runs `f` on `len` bytes at `offset` in place (see [`MappedFile::with_bytes`]).
-    pub fn with_bytes<R>(
+    /// Runs `f` on `len` bytes at `offset` in place (see [`MappedFile::with_bytes`]); the range
+    /// must lie inside the memory (`InvalidInput`).
+    ///
+    /// # Safety
+    ///
+    /// As for [`MappedFile::with_bytes`]: while `f` runs, no process, thread or handle writes
+    /// the range (which is what shared memory is usually for: prefer
+    /// [`with_view`](Self::with_view)) and nobody truncates the file.
+    pub unsafe fn with_bytes<R>(
         &self,
         offset: u64,
         len: usize,
         f: impl FnOnce(&[u8]) -> R,
     ) -> io::Result<R> {
         self.check(offset, len)?;
-        self.file.with_bytes(offset, len, f)
+        // SAFETY: the caller's promise (this fn's contract) is the one `with_bytes` asks for.
+        unsafe { self.file.with_bytes(offset, len, f) }
+    }
+
+    /// Runs `f` on a [`MappedView`] of `len` bytes at `offset` (see [`MappedFile::with_view`]);
+    /// the range must lie inside the memory (`InvalidInput`). The view's atomics are how
+    /// processes sharing the memory synchronise:
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::Ordering;
+    /// use segpool::fs::SharedMemory;
+    /// # fn main() -> std::io::Result<()> {
+    /// let shm = SharedMemory::create("/dev/shm/app-ring", 4096)?;
+    /// shm.write_at(b"payload", 64)?;
+    /// // Publish: readers that see the flag with Acquire also see the payload.
+    /// shm.with_view(0, 8, |v| v.atomic_u64(0).store(1, Ordering::Release))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_view<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&MappedView) -> R,
+    ) -> io::Result<R> {
+        self.check(offset, len)?;
+        self.file.with_view(offset, len, f)
     }
 
     /// Makes the bytes durable on the file's disk (`fsync`); nothing to do on tmpfs, harmless.

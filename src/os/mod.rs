@@ -174,8 +174,11 @@ impl Mapping {
             flags |= MapFlags::POPULATE;
         }
         count(Call::Mmap);
-        // SAFETY: a new mapping at an address the kernel chooses aliases no Rust object; the file
-        // contents may change under it, which is why callers only copy through raw pointers.
+        // SAFETY: a new mapping at an address the kernel chooses aliases no Rust object. The file
+        // contents may change under it (other handles, threads, processes), so callers access it
+        // through raw pointers with atomic copies and atomics (`fs::copy`, `fs::MappedView`);
+        // the one `&[u8]` into it comes from the `unsafe` `MappedFile::with_bytes`, whose caller
+        // promises nobody writes the range while the slice lives.
         let raw = unsafe {
             mm::mmap(
                 std::ptr::null_mut(),

@@ -68,7 +68,7 @@ pub fn a_cut_waits_for_a_running_access() {
     let expected = pattern(64 * 1024, 1);
     let mut cutter = None;
     let sum = f
-        .with_bytes(0, 64 * 1024, |bytes| {
+        .with_view(0, 64 * 1024, |view| {
             // Inside the access (the fast path: this thread's first and only access): start the
             // cut and let it block.
             let (h, tid, done) = cut_in_thread(&f, 4096);
@@ -78,6 +78,7 @@ pub fn a_cut_waits_for_a_running_access() {
                 "set_len returned during an access"
             );
             // The bytes past the coming cut are still readable: no fault.
+            let bytes = view.to_vec();
             let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
             assert_eq!(bytes, &expected[..]);
             assert!(
@@ -97,7 +98,7 @@ pub fn a_cut_waits_for_a_running_access() {
 }
 
 pub fn a_cut_waits_for_every_thread_inside() {
-    // Several threads inside `with_bytes` at once (each on its own fast path), a cut behind
+    // Several threads inside `with_view` at once (each on its own fast path), a cut behind
     // them: it returns only after the last one left.
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
@@ -116,10 +117,10 @@ pub fn a_cut_waits_for_every_thread_inside() {
                 Arc::clone(&left),
             );
             thread::spawn(move || {
-                f.with_bytes(0, 16 * 1024, |bytes| {
+                f.with_view(0, 16 * 1024, |view| {
                     inside.wait();
                     go_rx.lock().unwrap().recv().unwrap();
-                    let n = bytes.len();
+                    let n = view.to_vec().len();
                     left.fetch_add(1, Ordering::SeqCst);
                     n
                 })
@@ -153,7 +154,7 @@ pub fn nested_accesses_on_two_files() {
     let b = file(&fs, "b", 8192, 4);
     let (pa, pb) = (pattern(8192, 3), pattern(8192, 4));
     let r = a
-        .with_bytes(100, 64, |outer| {
+        .with_view(100, 64, |outer| {
             // Nested reads on the other file and on this one (counted: the slot is taken).
             let mut buf = [0u8; 64];
             assert_eq!(b.read_at(&mut buf, 1000).unwrap(), 64);
@@ -161,7 +162,7 @@ pub fn nested_accesses_on_two_files() {
             assert_eq!(a.read_at(&mut buf, 2000).unwrap(), 64);
             assert_eq!(&buf[..], &pa[2000..2064]);
             let inner = b
-                .with_bytes(4000, 16, |inner| {
+                .with_view(4000, 16, |inner| {
                     let mut buf = [0u8; 8];
                     a.read_exact_at(&mut buf, 8000).unwrap();
                     assert_eq!(&buf[..], &pa[8000..8008]);
@@ -191,7 +192,7 @@ pub fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
     let b = file(&fs, "b", 8192, 6);
     let (pa, pb) = (pattern(8192, 5), pattern(8192, 6));
     let mut cutter = None;
-    a.with_bytes(0, 16, |_| {
+    a.with_view(0, 16, |_| {
         let (h, tid, done) = cut_in_thread(&a, 100);
         wait_until_asleep(tid);
         let mut buf = [0u8; 64];
@@ -199,7 +200,7 @@ pub fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
         assert_eq!(&buf[..], &pa[4096..4160]);
         assert_eq!(b.read_at(&mut buf, 4096).unwrap(), 64);
         assert_eq!(&buf[..], &pb[4096..4160]);
-        let n = a.with_bytes(200, 8, |s| s.to_vec()).unwrap();
+        let n = a.with_view(200, 8, |s| s.to_vec()).unwrap();
         assert_eq!(&n[..], &pa[200..208]);
         assert!(
             !done.load(Ordering::SeqCst),
@@ -259,9 +260,9 @@ pub fn reads_from_many_threads_race_cuts_and_growth_without_faults() {
 }
 
 pub fn nested_reads_of_a_file_being_cut_never_fault() {
-    // A thread inside `with_bytes` on one file reads another file that a second thread keeps
+    // A thread inside `with_view` on one file reads another file that a second thread keeps
     // cutting and regrowing. The nested read may enter while a cut of its file is pending (the
-    // with_bytes rule), but never while the cut acts: no read faults.
+    // with_view rule), but never while the cut acts: no read faults.
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
     const LEN: usize = 64 * 1024;
@@ -274,7 +275,7 @@ pub fn nested_reads_of_a_file_being_cut_never_fault() {
         thread::spawn(move || {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) || reads < 1000 {
-                a.with_bytes(0, 16, |_| {
+                a.with_view(0, 16, |_| {
                     let mut buf = [0u8; 64];
                     for k in 0..50u64 {
                         let off = (k * 4160) % (LEN as u64 - 64);
