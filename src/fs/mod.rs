@@ -25,6 +25,7 @@
 
 mod config;
 mod copy;
+mod direct;
 mod file;
 mod flusher;
 pub(crate) mod gate;
@@ -35,11 +36,12 @@ mod shm;
 mod whole;
 mod window;
 
-use std::fs::{Metadata, OpenOptions, ReadDir};
+use std::fs::{File, Metadata, OpenOptions, ReadDir};
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use config::{Advice, MapConfig, MapMode, SyncMode};
+pub use direct::{DirectFile, DEFAULT_DIRECT_ALIGNMENT};
 pub use file::MappedFile;
 pub use flusher::FlusherStatus;
 pub use shm::SharedMemory;
@@ -167,6 +169,37 @@ impl MmapFs {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
         path::check_opened(&self.inner.root, rel, &file)?;
         MappedFile::from_file(file, full, &self.inner.config, self.inner.flusher.as_ref())
+    }
+
+    /// Opens an existing file under the root for direct I/O (`O_DIRECT`, see [`DirectFile`]):
+    /// for writing too if the mode is `ReadWrite`. The root jail applies as for
+    /// [`open`](Self::open); the configuration's sync policy and hints do not (direct I/O has no
+    /// mapping and no page cache to sync).
+    pub fn open_direct(&self, path: impl AsRef<Path>) -> io::Result<DirectFile> {
+        let write = self.inner.config.mode == MapMode::ReadWrite;
+        self.open_direct_with(path, OpenOptions::new().read(true).write(write))
+    }
+
+    /// Opens a file under the root for direct I/O with the given options (`create`, `truncate`,
+    /// write access; `append` is refused).
+    pub fn open_direct_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+    ) -> io::Result<DirectFile> {
+        let (file, full) = self.open_under_root(path.as_ref(), options)?;
+        DirectFile::from_file(file, full)
+    }
+
+    /// Opens `rel` under the root: the path is resolved and the opened descriptor checked to
+    /// lie under the root (see `path.rs`).
+    fn open_under_root(&self, rel: &Path, options: &OpenOptions) -> io::Result<(File, PathBuf)> {
+        let full = self.resolve(rel, true)?;
+        let file = options
+            .open(&full)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
+        path::check_opened(&self.inner.root, rel, &file)?;
+        Ok((file, full))
     }
 
     /// `std::fs::metadata` of a path under the root.
