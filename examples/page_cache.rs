@@ -414,7 +414,7 @@ fn main() -> Result<()> {
         r.peak_resident,
         r.peak_mapped >> 10,
         cfg.budget >> 10,
-        r.kernel_cached_pages * PAGE >> 10
+        (r.kernel_cached_pages * PAGE) >> 10
     );
     Ok(())
 }
