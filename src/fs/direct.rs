@@ -47,6 +47,20 @@ const MAX_END: u64 = i64::MAX as u64;
 /// The methods take `&self`: positioned reads and writes from several threads at once are fine
 /// (the kernel orders overlapping ones as it does for `pread`/`pwrite`).
 ///
+/// ```no_run
+/// use std::fs::OpenOptions;
+/// use segpool::{fs::DirectFile, SegmentPool};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = SegmentPool::new()?;
+/// let f = DirectFile::open("/var/lib/app/table.db", OpenOptions::new().read(true).write(true))?;
+/// let mut page = pool.allocate(4096)?;
+/// let n = f.read_at(&mut page, 8 * 4096)?; // 4096, or less at the end of the file
+/// page[..8].copy_from_slice(b"modified");
+/// f.write_at(&page, 4096, 8 * 4096)?;
+/// f.sync_data()?;
+/// # let _ = n; Ok(()) }
+/// ```
+///
 /// # Invariants
 ///
 /// `file` has `O_DIRECT` set, without `O_APPEND`, and is a regular file; `align` and

@@ -5,7 +5,8 @@
 //! policies ([`SyncMode`]), windows over files larger than the address space budget, and access
 //! hints. Every handle on the same file in the process shares one registry entry (length,
 //! generation, fault state), so handles agree on the file's length and a fault poisons the file
-//! for all of them. See `docs/files.md`.
+//! for all of them. [`DirectFile`] reads and writes pool segments with `O_DIRECT` instead,
+//! bypassing the kernel's page cache. See `docs/files.md`.
 //!
 //! ```no_run
 //! use segpool::fs::{MmapFs, MapConfig, MapMode, SyncMode};
