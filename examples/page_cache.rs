@@ -2,7 +2,10 @@
 //!
 //! * Pages are 4 KiB segments from a pool whose budget is the cache's size: the cache can never
 //!   take more memory than that, whatever the workload.
-//! * A miss allocates a segment and reads the page from the file through `segpool::fs`.
+//! * A miss allocates a segment and reads the page from the file through `segpool::fs`: a
+//!   `MappedFile` (mmap mode), or with `--direct` a `DirectFile` (`O_DIRECT`), so the kernel keeps
+//!   no second copy of the pages in its page cache: the cache's budget is then all the memory
+//!   the file costs.
 //! * Eviction is a clock (second chance) that runs from the pool's `on_pressure` callback: when
 //!   an allocation would take the pool past its budget, the pool asks the cache to free pages,
 //!   then tries again. No separate "is the cache full?" bookkeeping can drift from the truth.
@@ -14,16 +17,18 @@
 //!
 //! ```sh
 //! cargo run --release --example page_cache
+//! cargo run --release --example page_cache -- --direct
 //! ```
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use segpool::fs::{Advice, MapConfig, MapMode, MappedFile, MmapFs};
+use segpool::fs::{Advice, DirectFile, MapConfig, MapMode, MappedFile, MmapFs};
 use segpool::{Segment, SegmentPool};
 
 const PAGE: usize = 4096;
@@ -43,6 +48,8 @@ pub struct Config {
     pub threads: usize,
     /// The zipf exponent: 0 is uniform; around 1 is typical of database page accesses.
     pub skew: f64,
+    /// Read misses with direct I/O instead of through a mapping.
+    pub direct: bool,
 }
 
 impl Default for Config {
@@ -53,6 +60,7 @@ impl Default for Config {
             reads: 400_000,
             threads: 2,
             skew: 1.0,
+            direct: false,
         }
     }
 }
@@ -63,6 +71,9 @@ pub struct Report {
     pub evictions: u64,
     pub peak_mapped: usize,
     pub peak_resident: usize,
+    /// Pages of the file the kernel holds in its page cache after the run (none in direct mode:
+    /// the cache's budget is then all the memory the file costs).
+    pub kernel_cached_pages: usize,
 }
 
 struct Frame {
@@ -130,8 +141,32 @@ impl Table {
     }
 }
 
+/// Where misses read from.
+pub enum Source {
+    /// Through the file's mapping (the kernel's page cache keeps its own copy of every page).
+    Mapped(MappedFile),
+    /// With `O_DIRECT`, from the device into the segment.
+    Direct(DirectFile),
+}
+
+impl Source {
+    fn read_page(&self, seg: &mut Segment, page: u64) -> Result<()> {
+        let offset = page * PAGE as u64;
+        match self {
+            Source::Mapped(f) => f.read_exact_at(seg, offset)?,
+            Source::Direct(f) => {
+                let n = f.read_at(seg, offset)?;
+                if n != PAGE {
+                    return Err(format!("page {page}: the file ended after {n} bytes").into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub struct PageCache {
-    file: MappedFile,
+    file: Source,
     pool: SegmentPool,
     table: Arc<Mutex<Table>>,
     hits: AtomicU64,
@@ -140,7 +175,7 @@ pub struct PageCache {
 }
 
 impl PageCache {
-    pub fn new(file: MappedFile, budget: usize) -> Result<PageCache> {
+    pub fn new(file: Source, budget: usize) -> Result<PageCache> {
         let table = Arc::new(Mutex::new(Table::default()));
         let evictions = Arc::new(AtomicU64::new(0));
         let (t, e) = (Arc::clone(&table), Arc::clone(&evictions));
@@ -190,7 +225,7 @@ impl PageCache {
             }
             Err(e) => return Err(e.into()),
         };
-        self.file.read_exact_at(&mut seg, page * PAGE as u64)?;
+        self.file.read_page(&mut seg, page)?;
         let mut t = self.table.lock().unwrap();
         if let Some(&slot) = t.slots.get(&page) {
             let frame = t.frames[slot].as_mut().expect("mapped slots hold a frame");
@@ -250,6 +285,34 @@ impl Zipf {
     }
 }
 
+/// Writes the file back and drops its pages from the kernel's page cache.
+fn drop_from_page_cache(path: &Path) -> Result<()> {
+    let f = std::fs::File::open(path)?;
+    f.sync_all()?;
+    // SAFETY: an advice call on a descriptor we own; it changes no memory of ours.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if r != 0 {
+        return Err(format!("posix_fadvise: {}", std::io::Error::from_raw_os_error(r)).into());
+    }
+    Ok(())
+}
+
+/// How many of the file's pages are in the kernel's page cache (`mincore` over a mapping that
+/// is never touched).
+fn kernel_cached_pages(path: &Path, pages: u64) -> Result<usize> {
+    let f = std::fs::File::open(path)?;
+    let len = pages as usize * PAGE;
+    // SAFETY: the mapping is only given to `mincore`, never read.
+    let map = unsafe { memmap2::Mmap::map(&f)? };
+    let mut vec = vec![0u8; pages as usize];
+    // SAFETY: `map` is a live mapping of `len` bytes; `vec` has one byte per page of it.
+    let r = unsafe { libc::mincore(map.as_ptr() as *mut _, len, vec.as_mut_ptr()) };
+    if r != 0 {
+        return Err(format!("mincore: {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(vec.iter().filter(|&&v| v & 1 != 0).count())
+}
+
 /// Builds the file in `dir`, runs the workload, and checks every page read.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
     let fs = MmapFs::new(
@@ -269,9 +332,18 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
         f.write_all_at(&chunk[..n * PAGE], first * PAGE as u64)?;
     }
     f.close()?;
+    // Start cold, as after a restart: the file on disk, none of it in the kernel's page cache.
+    let path = dir.join("table.db");
+    drop_from_page_cache(&path)?;
 
-    let file = MmapFs::new(dir, MapConfig::default())?.open("table.db")?;
-    file.advise(0, file.len(), Advice::Random)?;
+    let fs = MmapFs::new(dir, MapConfig::default())?;
+    let file = if cfg.direct {
+        Source::Direct(fs.open_direct("table.db")?)
+    } else {
+        let file = fs.open("table.db")?;
+        file.advise(0, file.len(), Advice::Random)?;
+        Source::Mapped(file)
+    };
     let cache = PageCache::new(file, cfg.budget)?;
     let zipf = Zipf::new(cfg.pages, cfg.skew);
     std::thread::scope(|s| -> Result<()> {
@@ -302,6 +374,7 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
         evictions: cache.evictions.load(Ordering::Relaxed),
         peak_mapped: stats.peak_mapped_bytes,
         peak_resident: cache.table.lock().unwrap().peak_resident,
+        kernel_cached_pages: kernel_cached_pages(&path, cfg.pages)?,
     };
     assert!(
         report.peak_mapped <= cfg.budget,
@@ -314,14 +387,22 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
 }
 
 fn main() -> Result<()> {
-    let cfg = Config::default();
-    let dir = tempfile::tempdir()?;
+    let mut cfg = Config::default();
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--direct" => cfg.direct = true,
+            other => return Err(format!("unknown argument {other:?} (known: --direct)").into()),
+        }
+    }
+    // In the current folder: /tmp may be tmpfs, which has no direct I/O.
+    let dir = tempfile::tempdir_in(".")?;
     let r = run(dir.path(), &cfg)?;
     let reads = r.hits + r.misses;
     println!(
-        "{} zipfian reads (s = {}) of a {} MiB file through a {} MiB cache: hit rate {:.1}% \
+        "{} mode: {} zipfian reads (s = {}) of a {} MiB file through a {} MiB cache: hit rate {:.1}% \
          ({} hits, {} misses, {} evictions); at most {} pages resident; peak memory {} KiB \
-         mapped of a {} KiB budget",
+         mapped of a {} KiB budget; {} KiB of the file left in the kernel's page cache",
+        if cfg.direct { "direct" } else { "mmap" },
         reads,
         cfg.skew,
         (cfg.pages as usize * PAGE) >> 20,
@@ -332,7 +413,8 @@ fn main() -> Result<()> {
         r.evictions,
         r.peak_resident,
         r.peak_mapped >> 10,
-        cfg.budget >> 10
+        cfg.budget >> 10,
+        (r.kernel_cached_pages * PAGE) >> 10
     );
     Ok(())
 }

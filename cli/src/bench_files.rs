@@ -153,6 +153,10 @@ pub struct FileReport {
     /// The fault guard's cost on a warm 64-byte `read_at` (issue 5): [`GUARD_CELLS`], in order.
     #[serde(default)]
     pub guard: Vec<FileCell>,
+    /// The page-cache row: mmap mode against direct I/O (`None` where the file system has no
+    /// direct I/O).
+    #[serde(default)]
+    pub page_cache: Option<crate::bench_direct::DirectReport>,
     pub targets: Vec<crate::bench::Target>,
 }
 
@@ -318,8 +322,10 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
         cell.median_ns = crate::bench::median(&cell.runs_ns);
     }
     let filesystem = filesystem_of(tmp.path());
+    // Unmapped first: the page cache row evicts the file, and mapped pages would stay.
     drop(s);
     drop(fs);
+    let page_cache = crate::bench_direct::measure(tmp.path(), name, len)?;
     tmp.close()?;
     let targets = targets(&rows, &guard);
     Ok(FileReport {
@@ -331,6 +337,7 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
         contenders: COLUMNS.iter().map(|s| s.to_string()).collect(),
         rows,
         guard,
+        page_cache,
         targets,
     })
 }
@@ -711,6 +718,9 @@ pub fn text_table(r: &FileReport) -> String {
     if !g.is_empty() {
         let _ = writeln!(out, "{g}");
     }
+    if let Some(p) = &r.page_cache {
+        let _ = write!(out, "{}", crate::bench_direct::table(p));
+    }
     out
 }
 
@@ -730,6 +740,9 @@ pub fn markdown_table(r: &FileReport) -> String {
     let g = guard_line(r);
     if !g.is_empty() {
         let _ = writeln!(out, "\n{g}.");
+    }
+    if let Some(p) = &r.page_cache {
+        let _ = write!(out, "\n{}", crate::bench_direct::table(p));
     }
     out
 }
@@ -758,6 +771,7 @@ pub fn docs_section(r: &FileReport, command: &str) -> String {
     let _ = writeln!(out, "- **read()**: `std::io::Read::read` on a second `std::fs::File`, 1 MiB at a time, sequentially (sequential row only).");
     let _ = writeln!(out, "- **memmap2**: `ptr::copy_nonoverlapping` from/to a `memmap2::MmapMut` of the same file: the copy alone, no checks, no guard.\n");
     let _ = writeln!(out, "- **warm 64 B read_at** (below the table): `MappedFile::read_at` of 64 bytes at offsets walking the first 64 KiB of the file (cache- and TLB-warm), with the fault guard, against the same path without it (`read_at_unguarded`, a hidden entry point of the `bench-internals` feature): what the guard costs (issue 5).\n");
+    let _ = writeln!(out, "- **page cache** (below the table): a cache of 4 KiB segments from a pool with a budget smaller than the file, filled on misses (allocate, read the page; the oldest page is dropped at the budget) through `MappedFile::read_exact_at` (mmap mode, `Advice::Random`) or `DirectFile::read_at` (`O_DIRECT`, direct mode), from a cold start (the file written back and dropped from the page cache before each mode). Memory: the pool's peak mapped bytes plus the file's pages left in the kernel's page cache (`mincore`).\n");
     let _ = writeln!(out, "The file is written, then read once through each of the three (page cache and both mappings' page tables warm). Random offsets come from a fixed-seed xorshift64*, aligned to the block size; every contender gets the same offsets in the same order within a run; the sequential row reads 1 MiB after 1 MiB and wraps at the end. Every buffer is page-aligned. The contenders of a row take turns going first from one run to the next.\n");
     let _ = writeln!(out, "### Table\n");
     out.push_str(&markdown_table(r));
@@ -810,6 +824,11 @@ mod tests {
         let docs = docs_section(&r, "x");
         assert!(docs.contains("| random 64 B read |"));
         assert!(docs.contains("warm 64 B read_at (fault guard, issue 5): guarded"));
+        // The page cache row, where the temp folder's file system has direct I/O.
+        if let Some(p) = &r.page_cache {
+            assert_eq!(p.modes.len(), 2);
+            assert!(docs.contains("| direct |"));
+        }
         // The temp folder is gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_direct;
 mod bench_files;
 mod demo;
 mod peers;

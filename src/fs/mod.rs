@@ -5,7 +5,8 @@
 //! policies ([`SyncMode`]), windows over files larger than the address space budget, and access
 //! hints. Every handle on the same file in the process shares one registry entry (length,
 //! generation, fault state), so handles agree on the file's length and a fault poisons the file
-//! for all of them. See `docs/files.md`.
+//! for all of them. [`DirectFile`] reads and writes pool segments with `O_DIRECT` instead,
+//! bypassing the kernel's page cache. See `docs/files.md`.
 //!
 //! ```no_run
 //! use segpool::fs::{MmapFs, MapConfig, MapMode, SyncMode};
@@ -25,6 +26,7 @@
 
 mod config;
 mod copy;
+mod direct;
 mod file;
 mod flusher;
 pub(crate) mod gate;
@@ -42,6 +44,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use config::{Advice, MapConfig, MapMode, SyncMode};
+pub use direct::{DirectFile, DEFAULT_DIRECT_ALIGNMENT};
 pub use file::MappedFile;
 pub use flusher::FlusherStatus;
 pub use shm::SharedMemory;
@@ -169,6 +172,28 @@ impl MmapFs {
             self.inner.flusher.as_ref(),
             truncate,
         )
+    }
+
+    /// Opens an existing file under the root for direct I/O (`O_DIRECT`, see [`DirectFile`]):
+    /// for writing too if the mode is `ReadWrite`. The root jail applies as for
+    /// [`open`](Self::open); the configuration's sync policy and hints do not (direct I/O has no
+    /// mapping and no page cache to sync).
+    pub fn open_direct(&self, path: impl AsRef<Path>) -> io::Result<DirectFile> {
+        let write = self.inner.config.mode == MapMode::ReadWrite;
+        self.open_direct_with(path, OpenOptions::new().read(true).write(write))
+    }
+
+    /// Opens a file under the root for direct I/O with the given options (`create`, `truncate`,
+    /// write access; `append` is refused).
+    pub fn open_direct_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: &OpenOptions,
+    ) -> io::Result<DirectFile> {
+        let rel = path.as_ref();
+        let spec = path::OpenSpec::from_std(options)?;
+        let file = self.inner.root.open_file(rel, &spec)?;
+        DirectFile::from_file(file, self.inner.root.path().join(rel))
     }
 
     /// `std::fs::metadata` of a path under the root (symlinks followed, all under the root).

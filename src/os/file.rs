@@ -145,3 +145,66 @@ pub(crate) fn real_path(fd: impl AsFd) -> io::Result<std::path::PathBuf> {
 pub(crate) fn memlock_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Memlock).current
 }
+
+/// The direct-I/O alignment the kernel reports for an open file (`statx` with
+/// `STATX_DIOALIGN`, Linux 6.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DioAlign {
+    /// `stx_dio_mem_align` (buffer addresses) and `stx_dio_offset_align` (offsets and lengths).
+    Reported { memory: u32, offset: u32 },
+    /// The file system supports no direct I/O on this file (both fields reported as zero).
+    Unsupported,
+    /// The kernel or file system does not say (before Linux 6.1, or a file system that does not
+    /// fill the field).
+    Unknown,
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN)`.
+pub(crate) fn dio_align(fd: impl AsFd) -> io::Result<DioAlign> {
+    let st = match rfs::statx(
+        fd.as_fd(),
+        "",
+        rfs::AtFlags::EMPTY_PATH,
+        rfs::StatxFlags::DIOALIGN,
+    ) {
+        Ok(st) => st,
+        // A kernel without statx (before 4.11) says nothing either.
+        Err(rustix::io::Errno::NOSYS) => return Ok(DioAlign::Unknown),
+        Err(e) => return Err(e.into()),
+    };
+    if st.stx_mask & rfs::StatxFlags::DIOALIGN.bits() == 0 {
+        return Ok(DioAlign::Unknown);
+    }
+    Ok(match (st.stx_dio_mem_align, st.stx_dio_offset_align) {
+        (0, _) | (_, 0) => DioAlign::Unsupported,
+        (memory, offset) => DioAlign::Reported { memory, offset },
+    })
+}
+
+/// Whether the file lives on tmpfs (`fstatfs` magic `TMPFS_MAGIC`).
+pub(crate) fn on_tmpfs(fd: impl AsFd) -> io::Result<bool> {
+    let st = rfs::fstatfs(fd.as_fd())?;
+    // `f_type`'s integer type differs between targets; the magic fits in 32 bits.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_type as u64 & 0xffff_ffff == libc::TMPFS_MAGIC as u64)
+}
+
+/// `pread`: at most `buf.len()` bytes at `offset` (0 at the end of the file), retried on `EINTR`.
+pub(crate) fn pread(fd: impl AsFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match rustix::io::pread(fd.as_fd(), &mut *buf, offset) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+}
+
+/// `pwrite`: at most `buf.len()` bytes at `offset`, retried on `EINTR`.
+pub(crate) fn pwrite(fd: impl AsFd, buf: &[u8], offset: u64) -> io::Result<usize> {
+    loop {
+        match rustix::io::pwrite(fd.as_fd(), buf, offset) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(Into::into),
+        }
+    }
+}
