@@ -1,0 +1,175 @@
+//! The C ABI fed arbitrary handles.
+//!
+//! Pools and segments are created and released for real, and every call also gets handles made
+//! of fuzzer bytes: real ones, real ones with bits flipped, released ones, other pools' ones. No
+//! call may crash; a call with a handle that is not live must return an error status and change
+//! nothing; a live handle must keep its memory and its length.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use segpool_capi::*;
+
+#[derive(Arbitrary, Debug)]
+enum Handle {
+    LivePool(u8),
+    FreedPool(u8),
+    LiveSegment(u8),
+    ReleasedSegment(u8),
+    Flipped { of: u8, bit: u8 },
+    Raw(u64),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    CreatePool,
+    FreePool(Handle),
+    Allocate { pool: Handle, size: u32 },
+    Release { pool: Handle, segment: Handle },
+    Touch { pool: Handle, segment: Handle },
+    Stats(Handle),
+    Trim(Handle),
+}
+
+#[derive(Default)]
+struct Model {
+    pools: Vec<u64>,
+    freed_pools: Vec<u64>,
+    /// (pool, segment, length, fill byte)
+    segments: Vec<(u64, u64, usize, u8)>,
+    released: Vec<u64>,
+}
+
+fn pick<T: Copy>(v: &[T], i: u8) -> Option<T> {
+    (!v.is_empty()).then(|| v[usize::from(i) % v.len()])
+}
+
+impl Model {
+    fn resolve(&self, h: &Handle) -> u64 {
+        match *h {
+            Handle::LivePool(i) => pick(&self.pools, i).unwrap_or(0),
+            Handle::FreedPool(i) => pick(&self.freed_pools, i).unwrap_or(1),
+            Handle::LiveSegment(i) => pick(&self.segments, i).map_or(0, |s| s.1),
+            Handle::ReleasedSegment(i) => pick(&self.released, i).unwrap_or(2),
+            Handle::Flipped { of, bit } => {
+                let all: Vec<u64> = self.pools.iter().copied().chain(self.segments.iter().map(|s| s.1)).collect();
+                pick(&all, of).unwrap_or(3) ^ (1u64 << (bit % 64))
+            }
+            Handle::Raw(x) => x,
+        }
+    }
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut m = Model::default();
+    for op in ops.iter().take(128) {
+        match op {
+            Op::CreatePool => {
+                if m.pools.len() < 3 {
+                    let cfg = SegpoolConfig {
+                        size_classes: std::ptr::null(),
+                        size_class_count: 0,
+                        region_size: 0,
+                        budget: 8 << 20,
+                        flags: 0,
+                    };
+                    let mut p = 0;
+                    // SAFETY: both pointers are to live locals.
+                    assert_eq!(unsafe { segpool_pool_create(&cfg, &mut p) }, SegpoolStatus::Ok);
+                    m.pools.push(p);
+                }
+            }
+            Op::FreePool(h) => {
+                let p = m.resolve(h);
+                let st = segpool_pool_free(p);
+                if m.pools.contains(&p) {
+                    assert_eq!(st, SegpoolStatus::Ok);
+                    m.pools.retain(|&x| x != p);
+                    m.freed_pools.push(p);
+                    for s in m.segments.iter().filter(|s| s.0 == p) {
+                        m.released.push(s.1);
+                    }
+                    m.segments.retain(|s| s.0 != p);
+                } else {
+                    assert_ne!(st, SegpoolStatus::Ok, "freeing a handle that is not a live pool");
+                }
+            }
+            Op::Allocate { pool, size } => {
+                let p = m.resolve(pool);
+                let size = (*size as usize) % (3 << 20);
+                let mut s = 0;
+                // SAFETY: the out pointer is a live local.
+                let st = unsafe { segpool_allocate(p, size, 0, &mut s) };
+                if st == SegpoolStatus::Ok {
+                    assert!(m.pools.contains(&p), "allocated from a handle that is not a live pool");
+                    let mut len = 0;
+                    let mut ptr = std::ptr::null_mut();
+                    // SAFETY: out pointers are live locals.
+                    unsafe {
+                        assert_eq!(segpool_segment_len(p, s, &mut len), SegpoolStatus::Ok);
+                        assert_eq!(segpool_segment_ptr(p, s, &mut ptr), SegpoolStatus::Ok);
+                    }
+                    let fill = (s as u8) | 1;
+                    // SAFETY: the library says the segment is `len` writable bytes until released.
+                    unsafe { std::ptr::write_bytes(ptr, fill, len) };
+                    m.segments.push((p, s, len, fill));
+                } else {
+                    assert_eq!(s, 0, "a failed allocation wrote a handle");
+                }
+            }
+            Op::Release { pool, segment } => {
+                let (p, s) = (m.resolve(pool), m.resolve(segment));
+                let st = segpool_release(p, s);
+                if let Some(i) = m.segments.iter().position(|x| x.0 == p && x.1 == s) {
+                    assert_eq!(st, SegpoolStatus::Ok);
+                    m.segments.swap_remove(i);
+                    m.released.push(s);
+                } else {
+                    assert_ne!(st, SegpoolStatus::Ok, "released a handle that is not live");
+                }
+            }
+            Op::Touch { pool, segment } => {
+                let (p, s) = (m.resolve(pool), m.resolve(segment));
+                let mut ptr = std::ptr::null_mut();
+                let mut len = 0;
+                // SAFETY: out pointers are live locals.
+                let (a, b) = unsafe { (segpool_segment_ptr(p, s, &mut ptr), segpool_segment_len(p, s, &mut len)) };
+                if let Some(&(_, _, l, fill)) = m.segments.iter().find(|x| x.0 == p && x.1 == s) {
+                    assert_eq!((a, b), (SegpoolStatus::Ok, SegpoolStatus::Ok));
+                    assert_eq!(len, l);
+                    // SAFETY: a live segment of `len` bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+                    assert!(bytes.iter().all(|&x| x == fill), "a live segment lost its bytes");
+                } else {
+                    assert_ne!(a, SegpoolStatus::Ok);
+                    assert_ne!(b, SegpoolStatus::Ok);
+                    assert!(ptr.is_null());
+                }
+            }
+            Op::Stats(h) => {
+                let p = m.resolve(h);
+                let mut stats = SegpoolStats::default();
+                let mut classes = [SegpoolClassStats::default(); 32];
+                // SAFETY: out pointers are live locals; `classes` holds 32 entries.
+                let st = unsafe { segpool_stats(p, &mut stats, classes.as_mut_ptr(), classes.len()) };
+                if m.pools.contains(&p) {
+                    assert_eq!(st, SegpoolStatus::Ok);
+                    let live = m.segments.iter().filter(|s| s.0 == p).count();
+                    assert_eq!(stats.live_segments, live);
+                } else {
+                    assert_ne!(st, SegpoolStatus::Ok);
+                }
+            }
+            Op::Trim(h) => {
+                let p = m.resolve(h);
+                let mut n = 0;
+                // SAFETY: the out pointer is a live local.
+                let st = unsafe { segpool_trim(p, &mut n) };
+                assert_eq!(st == SegpoolStatus::Ok, m.pools.contains(&p));
+            }
+        }
+    }
+    for p in m.pools {
+        assert_eq!(segpool_pool_free(p), SegpoolStatus::Ok);
+    }
+});

@@ -1,0 +1,202 @@
+//! Pool operation sequences checked against a model.
+//!
+//! The input is a list of operations on one pool (allocate, allocate zeroed, write, check, release
+//! in any order, hand a segment to a second thread that releases it, trim, stats). After every
+//! step the model's claims are checked: no two live segments overlap, each segment is
+//! page-aligned and at least as long as asked, the bytes written into a segment are read back,
+//! a zeroed segment reads zero, a refusal is a budget error that changes nothing, and the pool's
+//! counts add up to the live segments.
+#![no_main]
+
+use std::sync::{mpsc, Mutex, OnceLock};
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use segpool::{Error, Segment, SegmentPool};
+
+/// Sizes chosen from: each class edge, one byte past it, and above the largest class.
+const SIZES: [usize; 12] = [
+    1,
+    4096,
+    4097,
+    16 << 10,
+    (16 << 10) + 1,
+    64 << 10,
+    (64 << 10) + 1,
+    256 << 10,
+    (256 << 10) + 1,
+    1 << 20,
+    (1 << 20) + 1,
+    3 << 20,
+];
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Allocate(u8),
+    AllocateZeroed(u8),
+    Write { slot: u8, byte: u8 },
+    Release(u8),
+    /// The segment goes to the second thread, which checks and releases it; this thread waits
+    /// for the acknowledgement, so the counts are exact again when the next step runs.
+    ReleaseElsewhere(u8),
+    /// The second thread allocates a segment and hands it back here.
+    AllocateElsewhere(u8),
+    Trim,
+    Stats,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    thread_cache: bool,
+    ops: Vec<Op>,
+}
+
+struct Live {
+    seg: Segment,
+    asked: usize,
+    /// The byte every position holds (0 for a zeroed segment, `None` when unknown).
+    fill: Option<u8>,
+}
+
+fn check(live: &Live) {
+    if let Some(b) = live.fill {
+        assert!(live.seg.iter().all(|&x| x == b), "a segment lost its bytes");
+    }
+}
+
+enum Work {
+    Release(Live),
+    Allocate(usize),
+}
+
+/// One pool per cache setting, with a worker thread each, kept across inputs (creating them per
+/// input would spend most of the run in `mmap` and thread creation). Every input releases all it
+/// allocated, so each input starts from an empty pool.
+struct Fixture {
+    pool: SegmentPool,
+    to_worker: mpsc::Sender<Work>,
+    back: mpsc::Receiver<Option<Live>>,
+}
+
+const BUDGET: usize = 16 << 20;
+
+fn fixture(thread_cache: bool) -> Fixture {
+    let pool = SegmentPool::builder()
+        .budget(BUDGET)
+        .thread_cache(thread_cache)
+        .build()
+        .expect("a valid configuration");
+    let (to_worker, work) = mpsc::channel::<Work>();
+    let (to_main, back) = mpsc::channel::<Option<Live>>();
+    let worker_pool = pool.clone();
+    std::thread::spawn(move || {
+        while let Ok(w) = work.recv() {
+            match w {
+                Work::Release(live) => {
+                    check(&live);
+                    drop(live);
+                    to_main.send(None).unwrap();
+                }
+                Work::Allocate(size) => {
+                    let got = worker_pool
+                        .allocate(size)
+                        .ok()
+                        .map(|seg| Live { seg, asked: size, fill: None });
+                    to_main.send(got).unwrap();
+                }
+            }
+        }
+    });
+    Fixture { pool, to_worker, back }
+}
+
+static FIXTURES: OnceLock<[Mutex<Fixture>; 2]> = OnceLock::new();
+
+fuzz_target!(|input: Input| {
+    let fixtures = FIXTURES.get_or_init(|| [Mutex::new(fixture(false)), Mutex::new(fixture(true))]);
+    let fx = fixtures[usize::from(input.thread_cache)].lock().unwrap();
+    let (pool, to_worker, back) = (&fx.pool, &fx.to_worker, &fx.back);
+    let budget = BUDGET;
+    assert_eq!(pool.stats().in_use_bytes, 0, "the previous input left segments behind");
+
+    let mut live: Vec<Live> = Vec::new();
+    for op in input.ops.iter().take(256) {
+        match *op {
+            Op::Allocate(i) | Op::AllocateZeroed(i) => {
+                let size = SIZES[usize::from(i) % SIZES.len()];
+                let zeroed = matches!(op, Op::AllocateZeroed(_));
+                let before = pool.stats();
+                let got = if zeroed { pool.allocate_zeroed(size) } else { pool.allocate(size) };
+                match got {
+                    Ok(seg) => {
+                        live.push(Live { seg, asked: size, fill: zeroed.then_some(0) });
+                        check(live.last().unwrap());
+                    }
+                    Err(Error::BudgetExceeded { budget: b, .. }) => {
+                        assert_eq!(b, budget);
+                        assert_eq!(pool.stats().in_use_bytes, before.in_use_bytes, "a refusal changed the pool");
+                    }
+                    Err(e) => panic!("unexpected error {e:?}"),
+                }
+            }
+            Op::Write { slot, byte } => {
+                let n = live.len().max(1);
+                if let Some(l) = live.get_mut(usize::from(slot) % n) {
+                    l.seg.fill(byte);
+                    l.fill = Some(byte);
+                }
+            }
+            Op::Release(slot) => {
+                if !live.is_empty() {
+                    let l = live.swap_remove(usize::from(slot) % live.len());
+                    check(&l);
+                }
+            }
+            Op::ReleaseElsewhere(slot) => {
+                if !live.is_empty() {
+                    let l = live.swap_remove(usize::from(slot) % live.len());
+                    to_worker.send(Work::Release(l)).unwrap();
+                    assert!(back.recv().unwrap().is_none());
+                }
+            }
+            Op::AllocateElsewhere(i) => {
+                let size = SIZES[usize::from(i) % SIZES.len()];
+                to_worker.send(Work::Allocate(size)).unwrap();
+                if let Some(l) = back.recv().unwrap() {
+                    live.push(l);
+                }
+            }
+            Op::Trim => {
+                pool.trim();
+            }
+            Op::Stats => {}
+        }
+        // The model's claims, after every step.
+        let mut ranges: Vec<(usize, usize)> = live
+            .iter()
+            .map(|l| {
+                let start = l.seg.as_ptr() as usize;
+                assert_eq!(start % 4096, 0, "a segment is not page-aligned");
+                assert!(l.seg.len() >= l.asked, "a segment is shorter than asked");
+                (start, start + l.seg.len())
+            })
+            .collect();
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            assert!(w[0].1 <= w[1].0, "two live segments overlap: {:x?}", w);
+        }
+        let stats = pool.stats();
+        let live_bytes: usize = live.iter().map(|l| l.seg.len()).sum();
+        assert_eq!(stats.in_use_bytes, live_bytes, "in-use bytes do not add up");
+        assert!(stats.mapped_bytes <= budget, "mapped above the budget");
+        let class_in_use: usize = stats.classes.iter().map(|c| c.in_use * c.size).sum();
+        assert_eq!(class_in_use + stats.dedicated_bytes, live_bytes, "per-class counts do not add up");
+    }
+    for l in &live {
+        check(l);
+    }
+    drop(live);
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0);
+    assert_eq!(stats.dedicated_segments, 0);
+});
