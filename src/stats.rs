@@ -151,8 +151,12 @@ impl fmt::Display for PoolStats {
         )?;
         writeln!(
             f,
-            "allocations {}, releases {}, faults {}, writes after release {}",
-            self.allocations, self.releases, self.faults, self.write_after_release
+            "allocations {}, releases {}, faults {}, writes after release {}, purged {}",
+            self.allocations,
+            self.releases,
+            self.faults,
+            self.write_after_release,
+            mib(self.purged_bytes as usize)
         )?;
         writeln!(
             f,
