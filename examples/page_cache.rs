@@ -381,7 +381,7 @@ fn main() -> Result<()> {
         println!(
             "  {:>5} pages cached ({:>5} KiB)   pool resident {:>5} KiB",
             pages,
-            pages * PAGE >> 10,
+            (pages * PAGE) >> 10,
             resident >> 10
         );
     }

@@ -120,8 +120,8 @@ pub fn child(args: ChildArgs) -> Result<(), Error> {
             )
         }
         "glibc" => scenario(&peers::system(), write_raw, || {}),
-        "jemalloc" => scenario(&peers::jemalloc(), |b, v| write_raw(b, v), || {}),
-        "mimalloc" => scenario(&peers::mimalloc(), |b, v| write_raw(b, v), || {}),
+        "jemalloc" => scenario(&peers::jemalloc(), write_raw, || {}),
+        "mimalloc" => scenario(&peers::mimalloc(), write_raw, || {}),
         other => Err(format!("unknown allocator {other}").into()),
     }
 }
