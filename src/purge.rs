@@ -156,3 +156,47 @@ mod imp {
         }
     }
 }
+
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests {
+    use crate::region::PurgeMode;
+    use crate::SegmentPool;
+
+    /// A decay pass purges only what the previous pass already found free; handing a slice out
+    /// and back clears its age.
+    #[test]
+    fn a_slice_is_purged_on_the_second_pass_that_finds_it_free() {
+        const PAGE: usize = 4096;
+        let pool = SegmentPool::builder()
+            .size_classes(&[PAGE])
+            .thread_cache(false)
+            .huge_pages(false)
+            .purge_decay(None)
+            .build()
+            .unwrap();
+        let shared = pool.shared().clone();
+        let mut segs: Vec<_> = (0..8).map(|_| pool.allocate(PAGE).unwrap()).collect();
+        for s in &mut segs {
+            s.fill(1);
+        }
+        let keep = segs.remove(0);
+        drop(segs);
+        assert_eq!(shared.purge(PurgeMode::Aged), 0, "first pass: only marks");
+        assert_eq!(
+            shared.purge(PurgeMode::Aged),
+            7 * PAGE,
+            "second pass: purges"
+        );
+        assert_eq!(shared.purge(PurgeMode::Aged), 0, "nothing dirty is left");
+        let mut again = pool.allocate(PAGE).unwrap();
+        again.fill(2);
+        drop(again);
+        assert_eq!(
+            shared.purge(PurgeMode::Aged),
+            0,
+            "released since: only marked"
+        );
+        assert_eq!(shared.purge(PurgeMode::Aged), PAGE);
+        drop(keep);
+    }
+}
