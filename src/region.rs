@@ -455,8 +455,6 @@ pub(crate) enum PurgeMode {
 pub(crate) struct Purged {
     /// Bytes discarded.
     pub(crate) bytes: usize,
-    /// The purge reserved the region's free slices (the fields below mean something).
-    pub(crate) took: bool,
     /// The region was empty before the purge reserved its free slices.
     pub(crate) was_empty: bool,
     /// What dropping the purge's reservation did (`Emptied`: the caller reports it).
@@ -501,7 +499,6 @@ pub(crate) unsafe fn purge(region: RegionRef, mode: PurgeMode, guard: &Guard) ->
             Err(actual) => cur = actual,
         }
     };
-    done.took = true;
     done.was_empty = cur == 0;
     let mut popped = vec![0usize; n];
     // As in `take`: a reservation always finds its slices on the stack.
