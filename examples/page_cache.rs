@@ -13,7 +13,10 @@
 //!   cache's table; so the table's lock is never held while allocating.
 //!
 //! A zipfian read workload from several threads prints the hit rate, checks every page it reads,
-//! and asserts that the pool never mapped more than the budget.
+//! and asserts that the pool never mapped more than the budget. Then the cache shrinks in steps
+//! (as a server hands memory to something else), and the pool's resident memory follows its size
+//! with no call: free pages go back after the pool's purge decay (set short here, [`DECAY`]),
+//! even though every region keeps some cached pages.
 //!
 //! ```sh
 //! cargo run --release --example page_cache
@@ -35,6 +38,8 @@ const PAGE: usize = 4096;
 /// Pages one eviction round frees: enough that the pool's slow path (which trims before it asks
 /// us) runs once per batch of misses, not on every one.
 const EVICT_BATCH: usize = 16;
+/// How long a page the cache let go keeps its memory (the pool's purge decay).
+pub const DECAY: Duration = Duration::from_millis(100);
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -74,6 +79,8 @@ pub struct Report {
     /// Pages of the file the kernel holds in its page cache after the run (none in direct mode:
     /// the cache's budget is then all the memory the file costs).
     pub kernel_cached_pages: usize,
+    /// As the cache shrank: (pages cached, bytes of the pool resident once the decay passed).
+    pub shrink: Vec<(usize, usize)>,
 }
 
 struct Frame {
@@ -182,6 +189,7 @@ impl PageCache {
         let pool = SegmentPool::builder()
             .size_classes(&[PAGE])
             .budget(budget)
+            .purge_decay(DECAY)
             .on_pressure(move |needed| {
                 // Called by `allocate` with no pool lock held, and never while we hold `table`.
                 let n = needed.div_ceil(PAGE).clamp(1, EVICT_BATCH);
@@ -197,6 +205,21 @@ impl PageCache {
             misses: AtomicU64::new(0),
             evictions,
         })
+    }
+
+    /// Evicts pages until at most `pages` are cached; returns how many are.
+    pub fn shrink_to(&self, pages: usize) -> usize {
+        let mut t = self.table.lock().unwrap();
+        while t.resident > pages {
+            let n = t.resident - pages;
+            t.evict(n);
+        }
+        t.resident
+    }
+
+    /// Bytes of the pool resident in memory now.
+    pub fn resident_bytes(&self) -> usize {
+        self.pool.stats().resident_bytes
     }
 
     /// Runs `f` on page `page`'s bytes, reading the page from the file on a miss.
@@ -368,6 +391,21 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
         Ok(())
     })?;
     let stats = cache.pool.stats();
+    // Shrink in quarters; after each step, wait (up to the decay and a second) for the pool's
+    // resident memory to come down to the cache's size, plus this thread's cache of free pages.
+    let full = cache.table.lock().unwrap().resident;
+    let slack = cfg.budget / 16 + cfg.budget / 10;
+    let mut shrink = vec![(full, cache.resident_bytes())];
+    for quarters in (0..4).rev() {
+        let pages = cache.shrink_to(full * quarters / 4);
+        let deadline = std::time::Instant::now() + DECAY + Duration::from_secs(1);
+        let mut resident = cache.resident_bytes();
+        while resident > pages * PAGE + slack && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            resident = cache.resident_bytes();
+        }
+        shrink.push((pages, resident));
+    }
     let report = Report {
         hits: cache.hits.load(Ordering::Relaxed),
         misses: cache.misses.load(Ordering::Relaxed),
@@ -375,6 +413,7 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
         peak_mapped: stats.peak_mapped_bytes,
         peak_resident: cache.table.lock().unwrap().peak_resident,
         kernel_cached_pages: kernel_cached_pages(&path, cfg.pages)?,
+        shrink,
     };
     assert!(
         report.peak_mapped <= cfg.budget,
@@ -416,5 +455,17 @@ fn main() -> Result<()> {
         cfg.budget >> 10,
         (r.kernel_cached_pages * PAGE) >> 10
     );
+    println!(
+        "the cache shrinks; the pool's resident memory follows (purge decay {} ms, no call):",
+        DECAY.as_millis()
+    );
+    for (pages, resident) in &r.shrink {
+        println!(
+            "  {:>5} pages cached ({:>5} KiB)   pool resident {:>5} KiB",
+            pages,
+            (pages * PAGE) >> 10,
+            resident >> 10
+        );
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::io;
 
 use crate::os::Mapping;
 use crate::pool::PoolShared;
-use crate::region::{drop_ref, RegionMemory, RegionRef, Released};
+use crate::region::{drop_ref, purge, PurgeMode, RegionMemory, RegionRef, Released};
 use crate::stats::PeakCounter;
 use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use crate::sync::epoch::{self, Atomic, Guard, Owned};
@@ -285,6 +285,25 @@ impl ClassPool {
                 "an empty retired region has no slices out"
             );
             bytes += len;
+        }
+        bytes
+    }
+
+    /// Purges the free slices of every live region of the class (`region::purge`); returns the
+    /// bytes discarded. A region that the purge's reservation was last out of is reported as
+    /// emptied, as a give-back would.
+    pub(crate) fn purge(&self, mode: PurgeMode, guard: &Guard) -> usize {
+        let mut bytes = 0;
+        for &r in self.list(guard) {
+            // SAFETY: `r` was in the list loaded under `guard`.
+            let done = unsafe { purge(r, mode, guard) };
+            bytes += done.bytes;
+            if done.was_empty {
+                self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+            }
+            if done.outcome == Some(Released::Emptied) {
+                self.on_emptied(r, guard);
+            }
         }
         bytes
     }

@@ -9,10 +9,28 @@
 //! different link fails its CAS instead of installing a stale link (the ABA problem). A tag wraps
 //! after 2^32 operations on one region between a thread's load and its CAS, which cannot happen in
 //! the microseconds that window lasts.
+//!
+//! # Marks
+//!
+//! The top bits of `next[i]` say something about slice `i` itself, not about its successor:
+//! [`PURGED`] (its pages were given back to the OS: it reads zero) and [`AGED`] (the decay purger
+//! found it free on a pass and will purge it on the next one if it is still free). They are
+//! written with the link by whoever pushes `i` (so an ordinary give-back clears them: the slice
+//! may be dirty) and read with it by the pop that takes `i`, under the same ordering as the link.
+//! Indices stay below `2^29` (a region has at most 2^18 slices), so the marks never meet a link.
 
 use crate::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 const EMPTY: u32 = 0;
+
+/// Mark: the slice's pages were purged since it was last handed out (it reads zero).
+pub(crate) const PURGED: u32 = 1 << 31;
+/// Mark: the decay purger saw the slice free (and not purged) on its last pass.
+pub(crate) const AGED: u32 = 1 << 30;
+/// Both marks.
+pub(crate) const MARKS: u32 = PURGED | AGED;
+/// Where [`FreeStack::pop_into`] puts an entry's marks (the index is below `2^32`).
+pub(crate) const MARK_SHIFT: u32 = 32;
 
 /// The free slices of one region.
 ///
@@ -52,7 +70,8 @@ impl FreeStack {
 
     /// Pops up to `out.len()` indices into `out`; returns how many. One CAS for the whole batch:
     /// the links walked are stable while the tag is unchanged (see the invariants). (`usize`
-    /// entries: the caller turns each index into an address in place.)
+    /// entries: the caller turns each index into an address in place.) Each entry carries the
+    /// slice's marks shifted by [`MARK_SHIFT`]: `index | (marks as usize) << MARK_SHIFT`.
     pub(crate) fn pop_into(&self, out: &mut [usize]) -> usize {
         if out.is_empty() {
             return 0;
@@ -67,9 +86,10 @@ impl FreeStack {
             let mut n = 0;
             let mut cur = top;
             while cur != EMPTY && n < out.len() {
-                out[n] = (cur - 1) as usize;
+                let link = self.next[(cur - 1) as usize].load(Ordering::Relaxed);
+                out[n] = (cur - 1) as usize | ((link & MARKS) as usize) << MARK_SHIFT;
                 n += 1;
-                cur = self.next[(cur - 1) as usize].load(Ordering::Relaxed);
+                cur = link & !MARKS;
             }
             match self.head.compare_exchange_weak(
                 head,
@@ -120,21 +140,30 @@ impl FreeStack {
     }
 
     /// Links `indices` into a chain (in their order) and pushes it with one CAS. The caller owns
-    /// every index.
+    /// every index. The slices' marks are cleared (they may be dirty now).
     pub(crate) fn push_all(&self, indices: impl IntoIterator<Item = u32>) {
-        let mut indices = indices.into_iter();
-        let Some(first) = indices.next() else {
+        self.push_marked(indices);
+    }
+
+    /// [`push_all`](Self::push_all) where each item is `index | marks` ([`PURGED`], [`AGED`]):
+    /// the marks are stored with the slice's link.
+    pub(crate) fn push_marked(&self, items: impl IntoIterator<Item = u32>) {
+        let mut items = items.into_iter();
+        let Some(first) = items.next() else {
             return;
         };
         let mut last = first;
-        for i in indices {
-            self.next[last as usize].store(i + 1, Ordering::Relaxed);
-            last = i;
+        for item in items {
+            self.next[(last & !MARKS) as usize]
+                .store(((item & !MARKS) + 1) | (last & MARKS), Ordering::Relaxed);
+            last = item;
         }
+        let first = first & !MARKS;
+        let (last, last_marks) = (last & !MARKS, last & MARKS);
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             let (tag, top) = unpack(head);
-            self.next[last as usize].store(top, Ordering::Relaxed);
+            self.next[last as usize].store(top | last_marks, Ordering::Relaxed);
             match self.head.compare_exchange_weak(
                 head,
                 pack(tag.wrapping_add(1), first + 1),
@@ -163,5 +192,21 @@ mod tests {
         assert_eq!(s.pop_into(&mut all), 4);
         assert_eq!(&all[..4], &[1, 0, 3, 4]);
         assert_eq!(s.pop_into(&mut all), 0);
+    }
+
+    #[test]
+    fn marks_travel_with_their_slice_and_a_plain_push_clears_them() {
+        let s = FreeStack::full(4);
+        let mut out = [0usize; 4];
+        assert_eq!(s.pop_into(&mut out), 4);
+        s.push_marked([2 | PURGED, 0, 3 | AGED, 1 | PURGED]);
+        let mut got = [0usize; 4];
+        assert_eq!(s.pop_into(&mut got), 4);
+        let m = |v: u32| (v as usize) << MARK_SHIFT;
+        assert_eq!(got, [2 | m(PURGED), 0, 3 | m(AGED), 1 | m(PURGED)]);
+        s.push_all([1, 2]);
+        let mut again = [0usize; 4];
+        assert_eq!(s.pop_into(&mut again), 2);
+        assert_eq!(&again[..2], &[1, 2]);
     }
 }

@@ -13,6 +13,7 @@ mod free_stack;
 pub mod fs;
 mod os;
 mod pool;
+mod purge;
 mod region;
 mod segment;
 mod size_class;
@@ -23,7 +24,7 @@ mod writer;
 
 pub use diagnostics::{Diagnostics, Leak, LeakReport};
 pub use error::{Error, Result};
-pub use pool::{Backing, SegmentPool, SegmentPoolBuilder};
+pub use pool::{Backing, SegmentPool, SegmentPoolBuilder, DEFAULT_PURGE_DECAY};
 pub use segment::Segment;
 pub use size_class::DEFAULT_SIZE_CLASSES;
 pub use stats::{ClassStats, PoolStats};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
 use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
-use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
+use crate::region::{into_ref, PurgeMode, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
 use crate::stats::{ClassStats, PeakCounter, PoolStats};
@@ -32,6 +32,10 @@ pub enum Backing {
 /// Empty regions a class keeps by default: as many as fit in this many bytes, at least one.
 const RETAINED_EMPTY_BYTES: usize = 16 << 20;
 
+/// How long a free slice stays dirty before the decay purger gives its pages back, by default
+/// (docs/design.md, "Giving memory back", says why one second).
+pub const DEFAULT_PURGE_DECAY: Duration = Duration::from_secs(1);
+
 /// Largest region a pool accepts (its free-slice metadata stays small).
 pub(crate) const MAX_REGION: usize = 1 << 30;
 
@@ -48,6 +52,7 @@ pub struct SegmentPoolBuilder {
     prefault: bool,
     retain_empty_regions: Option<usize>,
     empty_region_grace: Duration,
+    purge_decay: Option<Duration>,
     thread_cache: bool,
     diagnostics: Diagnostics,
 }
@@ -64,6 +69,7 @@ impl fmt::Debug for SegmentPoolBuilder {
             .field("prefault", &self.prefault)
             .field("retain_empty_regions", &self.retain_empty_regions)
             .field("empty_region_grace", &self.empty_region_grace)
+            .field("purge_decay", &self.purge_decay)
             .field("thread_cache", &self.thread_cache)
             .field("diagnostics", &self.diagnostics)
             .finish()
@@ -82,6 +88,7 @@ impl Default for SegmentPoolBuilder {
             prefault: false,
             retain_empty_regions: None,
             empty_region_grace: Duration::from_secs(1),
+            purge_decay: Some(DEFAULT_PURGE_DECAY),
             thread_cache: true,
             diagnostics: Diagnostics::Off,
         }
@@ -153,6 +160,24 @@ impl SegmentPoolBuilder {
     /// surplus empty regions the moment they become empty.
     pub fn empty_region_grace(mut self, grace: Duration) -> Self {
         self.empty_region_grace = grace;
+        self
+    }
+
+    /// How long a free slice may keep its pages before they go back to the OS with no call
+    /// (default: [`DEFAULT_PURGE_DECAY`], one second). A background thread (one for the whole
+    /// process, started when the first pool with a decay maps its first region, ended when the
+    /// last such pool is dropped) passes over the pool every half decay: a free slice it finds
+    /// free on two passes in a row is purged (`MADV_DONTNEED`, or `MADV_REMOVE` for file-backed
+    /// pools), so a slice is purged after it sat free between half the decay and the whole
+    /// decay (plus the time a pass takes).
+    ///
+    /// `None` turns the background purging off (only [`SegmentPool::trim`] purges).
+    /// `Some(Duration::ZERO)` purges every free slice on every pass, one pass per millisecond.
+    /// A purged slice costs a page fault per page when it is next written, and reads zero, so
+    /// [`SegmentPool::allocate_zeroed`] does not clear it. Pools with `Diagnostics::Full` never
+    /// purge (the poison of released slices must survive until it is checked).
+    pub fn purge_decay(mut self, decay: impl Into<Option<Duration>>) -> Self {
+        self.purge_decay = decay.into();
         self
     }
 
@@ -279,6 +304,10 @@ impl SegmentPoolBuilder {
             out_bytes: PeakCounter::default(),
             dedicated_segments: AtomicUsize::new(0),
             dedicated_bytes: AtomicUsize::new(0),
+            purge_decay: self.purge_decay.filter(|_| !self.diagnostics.is_full()),
+            purger_registered: AtomicBool::new(false),
+            purging: Mutex::new(()),
+            purged_bytes: AtomicU64::new(0),
         };
         let shared = Arc::new(shared);
         Ok(SegmentPool {
@@ -320,6 +349,15 @@ pub(crate) struct PoolShared {
     out_bytes: PeakCounter,
     dedicated_segments: AtomicUsize,
     dedicated_bytes: AtomicUsize,
+    /// The decay time of the background purger (`None`: only `trim()` purges).
+    pub(crate) purge_decay: Option<Duration>,
+    /// Set when the pool was handed to the background purger (at its first region).
+    purger_registered: AtomicBool,
+    /// Held by a purge pass over the pool: one pass at a time, and an allocation short of budget
+    /// waits for the pass in flight (whose reservations hide free slices) before it fails.
+    purging: Mutex<()>,
+    /// Bytes of free slices purged since the pool was built.
+    purged_bytes: AtomicU64,
 }
 
 impl fmt::Debug for PoolShared {
@@ -448,6 +486,11 @@ impl PoolShared {
             Shortage::Map(e)
         })?;
         let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(decay) = this.purge_decay {
+            if !this.purger_registered.swap(true, Ordering::Relaxed) {
+                crate::purge::register(this, decay);
+            }
+        }
         Ok(into_ref(Region::new(
             Arc::clone(this),
             class,
@@ -482,12 +525,33 @@ impl PoolShared {
     }
 
     /// Unmaps every empty region now (after this thread gave its cached slices back, and after
-    /// telling other threads to give theirs back on their next call). Returns bytes unmapped.
+    /// telling other threads to give theirs back on their next call), then purges the free slices
+    /// of the regions left. Returns bytes unmapped.
     pub(crate) fn trim(&self) -> usize {
+        let bytes = self.reclaim();
+        let purged = self.purge(PurgeMode::All);
+        tracing::debug!(target: "segpool", bytes, purged, mapped = self.budget.mapped(), "trim");
+        bytes
+    }
+
+    /// What budget pressure does: the unmapping half of `trim()` (purging maps nothing less),
+    /// after waiting for a purge pass in flight, whose reservations hide free slices from
+    /// allocators while it runs.
+    pub(crate) fn reclaim(&self) -> usize {
         self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
-        let bytes = self.unmap_empty_regions();
-        tracing::debug!(target: "segpool", bytes, mapped = self.budget.mapped(), "trim");
+        drop(self.purging.lock());
+        self.unmap_empty_regions()
+    }
+
+    /// One purge pass over every class (`region::purge`); returns the bytes discarded.
+    pub(crate) fn purge(&self, mode: PurgeMode) -> usize {
+        let _one_pass = self.purging.lock();
+        let guard = epoch::pin();
+        let bytes: usize = self.classes.iter().map(|c| c.purge(mode, &guard)).sum();
+        if bytes > 0 {
+            self.purged_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         bytes
     }
 
@@ -502,6 +566,9 @@ impl PoolShared {
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if self.purger_registered.load(Ordering::Relaxed) {
+            crate::purge::unregister(self);
+        }
         self.budget.signals.bump_generation();
         thread_cache::flush_current_thread(self);
         let guard = epoch::pin();
@@ -684,6 +751,11 @@ impl SegmentPool {
     /// Unmaps every region that has no segment in use, now, and returns the bytes unmapped. This
     /// thread's cached slices go back first; other threads give theirs back on their next call
     /// into the pool (or when they exit), so regions they hold are unmapped by a later `trim()`.
+    ///
+    /// Then purges the free slices of the regions that stay mapped: their pages go back to the
+    /// OS (`MADV_DONTNEED`, or `MADV_REMOVE` for file-backed pools) while the address space
+    /// stays; they read zero when handed out again. Those bytes are not in the return value
+    /// (nothing was unmapped) but in [`PoolStats::purged_bytes`].
     pub fn trim(&self) -> usize {
         self.shared().trim()
     }
@@ -718,6 +790,7 @@ impl SegmentPool {
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),
             faults: shared.faults.load(Ordering::Relaxed),
+            purged_bytes: shared.purged_bytes.load(Ordering::Relaxed),
             write_after_release: shared
                 .diag
                 .as_ref()
@@ -791,7 +864,7 @@ impl SegmentPool {
         }
         // 1. Unmap our own empty regions (any class) and tell other threads to give their cached
         //    slices back, then try again.
-        shared.trim();
+        shared.reclaim();
         let needed = match self.attempt(size)? {
             Attempt::Done(seg, zero) => return Ok((seg, zero)),
             Attempt::Short { needed } => needed,

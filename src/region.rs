@@ -21,11 +21,21 @@
 //! * Destroying unmaps the memory at once (no slice of it exists) but frees the metadata only
 //!   after an epoch grace period, because another thread may have loaded the region's address from
 //!   its class list just before the unlink and may still CAS its state word (invariant 4).
+//!
+//! # Purging
+//!
+//! [`purge`] gives the pages of free slices back to the OS without unmapping the region. It
+//! joins the protocol as one more taker: it reserves every free slice in the state word (so the
+//! region cannot be destroyed under the `madvise`, and no allocator can pop them), pops them,
+//! discards the dirty ones, pushes them all back with the [`PURGED`] mark on the discarded ones,
+//! then drops its reservation like any give-back. A slice being purged is owned by the purger
+//! alone, exactly as a slice in a thread cache is owned by its thread; a live or cached slice is
+//! never on the free stack, so the purger never sees it.
 
 use std::ptr::NonNull;
 
 use crate::fault::{FileFaultState, RangeRegistration};
-use crate::free_stack::FreeStack;
+use crate::free_stack::{FreeStack, AGED, MARK_SHIFT, PURGED};
 use crate::os::Mapping;
 use crate::pool::PoolShared;
 use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -58,6 +68,9 @@ struct Hot {
     free: FreeStack,
     /// Slices with an index at or above this mark were never handed out (so they are zero).
     fresh_mark: AtomicU32,
+    /// A hint for the purger: non-zero when slices were given back since its last pass (or it
+    /// left aged slices to purge next time). Written only when it moves.
+    released: AtomicU32,
 }
 
 /// One mapped region of one size class.
@@ -88,6 +101,9 @@ pub(crate) struct Region {
     pub(crate) pool_id: u64,
     pub(crate) id: u64,
     pub(crate) pool: Arc<PoolShared>,
+    /// Free slices may be purged: a class region of a pool without poison (poison must survive
+    /// until the slice is handed out again, to be checked).
+    purgeable: bool,
     /// The fault state of a file-backed region: once faulted, it hands out nothing more.
     fault: Option<Arc<FileFaultState>>,
     /// Set once the pool has counted and reported this region's fault.
@@ -155,6 +171,7 @@ impl Region {
                 state: AtomicUsize::new(if born_retired { RETIRED | 1 } else { 0 }),
                 free,
                 fresh_mark: AtomicU32::new(fresh_mark),
+                released: AtomicU32::new(0),
             },
             base: memory.mapping.as_ptr() as usize,
             slice_shift: slice_size.trailing_zeros(),
@@ -167,6 +184,7 @@ impl Region {
             slices,
             class,
             diagnosed: pool.diag.is_some(),
+            purgeable: !born_retired && !pool.diag.as_ref().is_some_and(|d| d.level().is_full()),
             pool_id: pool.id,
             id,
             pool,
@@ -213,8 +231,8 @@ impl Region {
 
     /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired, a
     /// faulted file region, or full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
-    /// on slices never handed out before) and returns how many, and whether the region was empty
-    /// before (for the class's empty-region count).
+    /// on slices never handed out before or purged since) and returns how many, and whether the
+    /// region was empty before (for the class's empty-region count).
     pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
         let want = out.len().min(MAX_BATCH);
         if self.faulted() {
@@ -250,7 +268,8 @@ impl Region {
         // only takes what `slices - count` allowed.
         let popped = self.hot.free.pop_into(out);
         assert_eq!(popped, n, "region free stack shorter than its reservation");
-        let max = out.iter().copied().max().unwrap_or(0) as u32;
+        let index = |e: usize| e & ((1 << MARK_SHIFT) - 1);
+        let max = out.iter().map(|&e| index(e)).max().unwrap_or(0) as u32;
         // The mark only grows; write it only when this batch moves it (most takes reuse slices
         // below it, and a read-modify-write would take the line from every other core).
         let mark = self.hot.fresh_mark.load(Ordering::Acquire);
@@ -260,8 +279,9 @@ impl Region {
             self.hot.fresh_mark.fetch_max(max + 1, Ordering::AcqRel)
         };
         for o in out.iter_mut() {
-            let i = *o;
-            let tag = if i >= fresh_from as usize {
+            let i = index(*o);
+            let purged = (*o >> MARK_SHIFT) as u32 & PURGED != 0;
+            let tag = if purged || i >= fresh_from as usize {
                 ZERO_TAG
             } else {
                 0
@@ -355,6 +375,11 @@ pub(crate) unsafe fn give_back_uncounted(
     let n = addrs.len();
     // One chain, linked straight from the addresses (no scratch array to clear).
     r.hot.free.push_all(addrs.map(|a| r.index_of(a)));
+    // Tell the purger (after the push: a pass that clears the hint and then pops either finds
+    // these slices or sees the hint set again).
+    if r.hot.released.load(Ordering::Relaxed) == 0 {
+        r.hot.released.store(1, Ordering::Relaxed);
+    }
     // SAFETY: forwarded from the caller: these are its counted slices, and it is pinned.
     unsafe { drop_ref(region, n, guard) }
 }
@@ -408,9 +433,135 @@ unsafe fn destroy(region: RegionRef, guard: &Guard) {
     unsafe { guard.defer_destroy(Shared::from(region.0.as_ptr() as *const Region)) };
 }
 
-/// Allocates region metadata where epoch reclamation can later free it.
 /// Allocates region metadata where epoch reclamation can later free it (`defer_destroy` frees
 /// it as the `Box` it is).
 pub(crate) fn into_ref(region: Region) -> RegionRef {
     RegionRef(NonNull::from(Box::leak(Box::new(region))))
+}
+
+/// What [`purge`] gives back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PurgeMode {
+    /// Every dirty free slice (`trim()`).
+    All,
+    /// Dirty free slices the previous pass already found free ([`AGED`]); the others are marked
+    /// aged for the next pass (the decay purger, which the models leave out).
+    #[cfg_attr(any(loom, shuttle), allow(dead_code))]
+    Aged,
+}
+
+/// What one [`purge`] of a region did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Purged {
+    /// Bytes discarded.
+    pub(crate) bytes: usize,
+    /// The region was empty before the purge reserved its free slices.
+    pub(crate) was_empty: bool,
+    /// What dropping the purge's reservation did (`Emptied`: the caller reports it).
+    pub(crate) outcome: Option<Released>,
+}
+
+/// Gives the pages of `region`'s dirty free slices back to the OS (see the module docs) and
+/// marks them [`PURGED`]: they read zero, so `allocate_zeroed` does not clear them again.
+///
+/// Anonymous regions use `MADV_DONTNEED` (the next touch maps a zero page); file-backed ones
+/// `MADV_REMOVE` (the file's blocks are freed, as `fallocate(PUNCH_HOLE | KEEP_SIZE)` would).
+/// A slice the OS refused to discard goes back unmarked.
+///
+/// # Safety
+///
+/// * `guard` is pinned, and `region` was reachable from its class list under it.
+pub(crate) unsafe fn purge(region: RegionRef, mode: PurgeMode, guard: &Guard) -> Purged {
+    // SAFETY: the caller's pin and the list it loaded `region` from keep the metadata readable.
+    let r = unsafe { region.get() };
+    let mut done = Purged::default();
+    if !r.purgeable || r.faulted() || r.hot.released.load(Ordering::Relaxed) == 0 {
+        return done;
+    }
+    // Cleared before the pops: a give-back that pushes after them sets it again.
+    r.hot.released.store(0, Ordering::Relaxed);
+    // Reserve every free slice, as a take does (refused once retired).
+    let mut cur = r.hot.state.load(Ordering::Relaxed);
+    let n = loop {
+        if cur & RETIRED != 0 {
+            return done;
+        }
+        let n = r.slices as usize - cur;
+        if n == 0 {
+            return done;
+        }
+        match r
+            .hot
+            .state
+            .compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => break n,
+            Err(actual) => cur = actual,
+        }
+    };
+    done.was_empty = cur == 0;
+    let mut popped = vec![0usize; n];
+    // As in `take`: a reservation always finds its slices on the stack.
+    let got = r.hot.free.pop_into(&mut popped);
+    assert_eq!(got, n, "region free stack shorter than its reservation");
+    // The slices are ours now: nobody else can pop them, and the region cannot be destroyed
+    // while our reservation counts them.
+    let fresh = r.hot.fresh_mark.load(Ordering::Acquire) as usize;
+    let mut back: Vec<u32> = Vec::with_capacity(n);
+    let mut dirty: Vec<u32> = Vec::new();
+    let mut aged_left = false;
+    for &e in &popped {
+        let i = (e & ((1 << MARK_SHIFT) - 1)) as u32;
+        let marks = (e >> MARK_SHIFT) as u32;
+        if marks & PURGED != 0 || i as usize >= fresh {
+            // Known zero: purged before, or never handed out (marked, so a later take that
+            // finds it below a moved watermark still knows).
+            back.push(i | PURGED);
+        } else if mode == PurgeMode::All || marks & AGED != 0 {
+            dirty.push(i);
+        } else {
+            back.push(i | AGED);
+            aged_left = true;
+        }
+    }
+    if !dirty.is_empty() {
+        dirty.sort_unstable();
+        let memory = r.memory.lock();
+        let memory = memory
+            .as_ref()
+            .expect("a region with a reservation is mapped");
+        let file_backed = memory.fault.is_some();
+        let size = r.slice_size();
+        let mut start = 0;
+        while start < dirty.len() {
+            let mut end = start + 1;
+            while end < dirty.len() && dirty[end] == dirty[end - 1] + 1 {
+                end += 1;
+            }
+            let offset = dirty[start] as usize * r.stride;
+            let len = (end - start - 1) * r.stride + size;
+            // SAFETY: the slices `dirty[start..end]` (and, stride being the size for purgeable
+            // regions, the bytes between them) are ours alone: popped under our reservation, so
+            // no segment, cache or other taker holds them, and no pointer into them is in use.
+            let result = unsafe { memory.mapping.discard(offset, len, file_backed) };
+            match result {
+                Ok(()) => {
+                    back.extend(dirty[start..end].iter().map(|&i| i | PURGED));
+                    done.bytes += (end - start) * size;
+                }
+                Err(e) => {
+                    tracing::warn!(target: "segpool", region = r.id, error = %e, "purge refused");
+                    back.extend_from_slice(&dirty[start..end]);
+                }
+            }
+            start = end;
+        }
+    }
+    r.hot.free.push_marked(back);
+    if aged_left {
+        r.hot.released.store(1, Ordering::Relaxed);
+    }
+    // SAFETY: the reservation is ours (n slices counted above, all pushed back); pinned.
+    done.outcome = Some(unsafe { drop_ref(region, n, guard) });
+    done
 }

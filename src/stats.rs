@@ -58,6 +58,10 @@ pub struct PoolStats {
     /// Regions unmapped since the pool was built (by `trim()`, by the empty-region bound, or by
     /// budget pressure).
     pub regions_unmapped: u64,
+    /// Bytes of free slices whose pages were given back to the OS inside regions that stayed
+    /// mapped, since the pool was built (by `trim()` and by the decay purger). A slice counts
+    /// each time it is purged.
+    pub purged_bytes: u64,
     /// Live segments served by a dedicated mapping (requests above the largest class).
     pub dedicated_segments: usize,
     /// Bytes mapped for those dedicated segments (included in `mapped_bytes` and `in_use_bytes`).
@@ -147,8 +151,12 @@ impl fmt::Display for PoolStats {
         )?;
         writeln!(
             f,
-            "allocations {}, releases {}, faults {}, writes after release {}",
-            self.allocations, self.releases, self.faults, self.write_after_release
+            "allocations {}, releases {}, faults {}, writes after release {}, purged {}",
+            self.allocations,
+            self.releases,
+            self.faults,
+            self.write_after_release,
+            mib(self.purged_bytes as usize)
         )?;
         writeln!(
             f,

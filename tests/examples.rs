@@ -50,6 +50,17 @@ fn page_cache_evicts_under_its_budget_and_hits_the_hot_pages() {
     // Mapped misses leave the file's pages in the kernel's page cache too (more of them than the
     // cache holds): the double caching direct mode avoids.
     assert!(r.kernel_cached_pages > 256, "{}", r.kernel_cached_pages);
+    // As the cache shrank, the pool's resident memory followed it (within the slack the
+    // example allows: this thread's cache of free pages and a tenth of the budget).
+    let slack = cfg.budget / 16 + cfg.budget / 10;
+    for &(pages, resident) in &r.shrink[1..] {
+        assert!(
+            resident <= pages * 4096 + slack,
+            "{pages} pages cached, {resident} bytes resident: {:?}",
+            r.shrink
+        );
+    }
+    assert_eq!(r.shrink.last().map(|s| s.0), Some(0));
     // The file is 8x the cache: without eviction the misses could not have been served.
     assert!(r.evictions > 0);
     assert!(r.misses > 256);

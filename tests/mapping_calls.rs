@@ -7,8 +7,11 @@ use segpool::SegmentPool;
 
 #[test]
 fn warm_allocations_make_no_calls_and_a_dedicated_one_makes_one_mmap_and_one_munmap() {
+    // No decay purger: its passes would count their `madvise` calls in the same process-wide
+    // counters (tests/purge.rs checks the fast path with the purger running).
     let pool = SegmentPool::builder()
         .size_classes(&[4096, 65536])
+        .purge_decay(None)
         .build()
         .unwrap();
 

@@ -1,5 +1,6 @@
 //! `segpool bench`: ns per allocate+release pair for segpool and its peers, side by side; then
-//! the file I/O section (`bench_files`), unless `--only` picks one.
+//! the file I/O section (`bench_files`) and the memory section (`bench_memory`), unless `--only`
+//! picks one.
 //!
 //! Every cell of the table is measured in the same process, in the same run: for each run, every
 //! (pattern, size, allocator) cell is timed once, the contenders of a row taking turns going
@@ -93,6 +94,9 @@ pub enum Section {
     Alloc,
     /// ns per file operation against pread/pwrite, read() and memmap2.
     Files,
+    /// Resident memory over time after 90% of 100 MiB of 4 KiB buffers is released, against
+    /// glibc, mimalloc and jemalloc.
+    Memory,
 }
 
 /// How threads use the allocator in a cell.
@@ -267,13 +271,14 @@ pub fn run(args: Args) -> Result<(), Error> {
                 .map_err(|e| format!("{}: {e}", r.display()))?;
         }
     }
-    let (alloc, files) = match args.only {
-        None => (true, true),
-        Some(Section::Alloc) => (true, false),
-        Some(Section::Files) => (false, true),
+    let (alloc, files, memory) = match args.only {
+        None => (true, true, true),
+        Some(Section::Alloc) => (true, false, false),
+        Some(Section::Files) => (false, true, false),
+        Some(Section::Memory) => (false, false, true),
     };
     if !alloc && args.plot.is_some() {
-        return Err("--plot draws the allocator section: drop --only files".into());
+        return Err("--plot draws the allocator section: drop --only".into());
     }
     if files {
         if args.file_size % (1 << 20) != 0 || args.file_size < 2 << 20 {
@@ -346,7 +351,13 @@ pub fn run(args: Args) -> Result<(), Error> {
         println!();
         print_targets(&f.targets);
     }
-    println!("measured in {:.1} s", report.seconds);
+    if memory {
+        if alloc || report.files.is_some() {
+            println!();
+        }
+        crate::bench_memory::run()?;
+    }
+    println!("measured in {:.1} s", started.elapsed().as_secs_f64());
 
     if let Some(p) = &args.json {
         write(p, &serde_json::to_string_pretty(&report)?)?;

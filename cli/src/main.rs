@@ -4,8 +4,9 @@
 //!   segments to a mapped file under a memory budget, then verifying every record.
 //! * `segpool stress`: allocate/write/verify/release from many threads under a tight budget, and
 //!   optionally readers of mapped files that another thread truncates.
-//! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side; and the file
-//!   layer against pread/pwrite, read() and a raw memmap2 copy.
+//! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side (time per pair,
+//!   and resident memory after a release); and the file layer against pread/pwrite, read() and
+//!   a raw memmap2 copy.
 //!
 //! Every failure ends in one line on stderr and a non-zero exit, never a backtrace.
 
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_direct;
 mod bench_files;
+mod bench_memory;
 mod demo;
 mod peers;
 mod plot;
@@ -47,9 +49,13 @@ enum Command {
     /// Allocate/write/verify/release from many threads with trims and a tight budget;
     /// `--faults` adds readers of mapped files that another thread truncates.
     Stress(stress::Args),
-    /// ns per allocate+release pair for segpool and its peers, and ns per file read/write
-    /// against pread/pwrite, read() and memmap2, side by side (under a minute).
+    /// ns per allocate+release pair for segpool and its peers, ns per file read/write against
+    /// pread/pwrite, read() and memmap2, and resident memory over time after 90% of 100 MiB is
+    /// released, side by side (about a minute).
     Bench(bench::Args),
+    /// One allocator's run of the memory section of `segpool bench` (it starts these itself).
+    #[command(hide = true, name = "bench-memory-child")]
+    BenchMemoryChild(bench_memory::ChildArgs),
 }
 
 /// The error every subcommand returns: printed as one line.
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Stress(args)) => stress::run(args),
         Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BenchMemoryChild(args)) => bench_memory::child(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -253,6 +253,43 @@ impl Mapping {
         Ok(())
     }
 
+    /// Gives the pages of `offset..offset + len` (page-aligned) back to the OS: `MADV_DONTNEED`
+    /// for private anonymous memory (the next touch maps a zero page), `MADV_REMOVE` for a shared
+    /// file mapping (the file's blocks in the range are freed, as with
+    /// `fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`, and the range reads zero).
+    ///
+    /// # Safety
+    ///
+    /// * No reference into the range is alive and no other thread accesses it: its bytes change
+    ///   to zero under anyone who does.
+    /// * `file_backed` says truly which kind of mapping this is (`MADV_DONTNEED` on a shared
+    ///   file mapping would keep the file's blocks and the old bytes).
+    pub(crate) unsafe fn discard(
+        &self,
+        offset: usize,
+        len: usize,
+        file_backed: bool,
+    ) -> io::Result<()> {
+        let page = page_size();
+        assert!(
+            offset % page == 0
+                && len % page == 0
+                && len > 0
+                && offset.checked_add(len).is_some_and(|e| e <= self.len),
+            "discarded range outside the mapping or not page-aligned"
+        );
+        let advice = if file_backed {
+            mm::Advice::LinuxRemove
+        } else {
+            mm::Advice::LinuxDontNeed
+        };
+        count(Call::Madvise);
+        // SAFETY: the range lies inside this mapping (asserted); the caller guarantees nobody
+        // uses its bytes, which this call sets to zero.
+        unsafe { mm::madvise(self.ptr.as_ptr().add(offset).cast(), len, advice) }?;
+        Ok(())
+    }
+
     /// Writes dirty pages of `offset..offset + len` back to the file (`msync`); `wait` selects
     /// `MS_SYNC` (durable when it returns) over `MS_ASYNC`. Writeback errors (ENOSPC, EIO) come
     /// back here.
