@@ -38,7 +38,11 @@ fn install_and_link(dir: &Path) -> (PathBuf, PathBuf) {
         .arg(built.parent().expect("the library is in a directory"))
         .output()
         .expect("run install.sh");
-    assert!(install.status.success(), "install.sh failed {}", text(&install));
+    assert!(
+        install.status.success(),
+        "install.sh failed {}",
+        text(&install)
+    );
 
     let lib = prefix.join("lib");
     let pkg = Command::new("pkg-config")

@@ -5,7 +5,8 @@
 //! * `segpool stress`: allocate/write/verify/release from many threads under a tight budget, and
 //!   optionally readers of mapped files that another thread truncates.
 //! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side; and the file
-//!   layer against pread/pwrite, read() and a raw memmap2 copy.
+//!   layer against pread/pwrite, read() and a raw memmap2 copy. Needs the `peers` feature, which
+//!   builds mimalloc and jemalloc from C: `cargo run --release --features peers -- bench`.
 //!
 //! Every failure ends in one line on stderr and a non-zero exit, never a backtrace.
 
@@ -48,9 +49,16 @@ enum Command {
     /// `--faults` adds readers of mapped files that another thread truncates.
     Stress(stress::Args),
     /// ns per allocate+release pair for segpool and its peers, and ns per file read/write
-    /// against pread/pwrite, read() and memmap2, side by side (under a minute).
+    /// against pread/pwrite, read() and memmap2, side by side (under a minute; needs the
+    /// `peers` feature: `cargo run --release --features peers -- bench`).
     Bench(bench::Args),
 }
+
+/// What `segpool bench` says in a build without its C peers.
+const NO_PEERS: &str = "segpool bench compares segpool with mimalloc and jemalloc, which are \
+                        built from C and left out of this build: run it with the `peers` \
+                        feature, `cargo run --release --features peers -- bench` (needs a C \
+                        compiler and make)";
 
 /// The error every subcommand returns: printed as one line.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
         None => demo::run(cli.demo),
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Stress(args)) => stress::run(args),
+        Some(Command::Bench(_)) if !peers::C_PEERS => Err(NO_PEERS.into()),
         Some(Command::Bench(args)) => bench::run(args),
     };
     match result {
