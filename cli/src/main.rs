@@ -112,8 +112,8 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Parses a size in bytes: `65536`, `64K`, `64KiB`, `16M`, `1G`, `1.5G` (powers of 1024,
-/// case-insensitive, optional `B`/`iB`).
+/// Parses a size in bytes: `65536`, `64K`, `64KiB`, `16M`, `1G`, `1.5G`, `1T` (powers of 1024,
+/// case-insensitive, optional `B`/`iB`). Every size option's help names these units.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t
@@ -128,7 +128,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "t" | "tb" | "tib" => 40,
         _ => {
             return Err(format!(
-                "'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)"
+                "'{s}' is not a size: use bytes or a number with K, M, G or T (e.g. 64M, 1G)"
             ))
         }
     };
@@ -137,13 +137,25 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .filter(|v: &f64| v.is_finite())
         .ok_or_else(|| {
-            format!("'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)")
+            format!("'{s}' is not a size: use bytes or a number with K, M, G or T (e.g. 64M, 1G)")
         })?;
     let bytes = value * (1u64 << shift) as f64;
     if bytes < 1.0 || bytes >= usize::MAX as f64 {
         return Err(format!("'{s}' is out of range: a size is at least 1 byte"));
     }
     Ok(bytes as usize)
+}
+
+/// Parses a seed: decimal, or hexadecimal with `0x` as the demo prints it (`0x5e69001`).
+pub fn parse_seed(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.parse::<u64>(),
+    };
+    parsed.map_err(|_| {
+        format!("'{s}' is not a seed: give a number, decimal or hex with 0x (e.g. 0x5e69001)")
+    })
 }
 
 /// Parses a thread count: 1 to 1024.
@@ -189,6 +201,21 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("-5M").is_err());
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert!(parse_size("1P").is_err());
+    }
+
+    #[test]
+    fn seeds() {
+        assert_eq!(parse_seed("0x5e69001"), Ok(0x5E6_9001));
+        assert_eq!(parse_seed("0X5E69001"), Ok(0x5E6_9001));
+        assert_eq!(parse_seed("99000321"), Ok(99_000_321));
+        assert_eq!(parse_seed("0xffffffffffffffff"), Ok(u64::MAX));
+        assert!(parse_seed("0x").is_err());
+        assert!(parse_seed("0x1g").is_err());
+        assert!(parse_seed("-1").is_err());
+        assert!(parse_seed("0x10000000000000000").is_err());
     }
 
     #[test]
