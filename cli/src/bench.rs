@@ -439,7 +439,7 @@ fn readme_table(r: &Report) -> String {
         "ns per allocate+release pair (lower is better), memory untouched, median of {} runs; \
          in parentheses each peer's time divided by segpool's (above 1: segpool is faster). \
          Measured on {} ({} CPUs), Linux {}, shared with other work: rows under 100 ns vary by \
-         20-30% between runs. Columns and method: [docs/benchmarks.md](docs/benchmarks.md).\n",
+         20-30% between runs. Columns and method: [docs/benchmarks.md].\n",
         r.runs, r.machine.cpu, r.machine.cpus, r.machine.kernel
     );
     out.push_str(&markdown_table(r));
