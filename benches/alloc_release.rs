@@ -1,7 +1,8 @@
 //! Allocate+release pairs on one thread, memory untouched, every size class: segpool against
 //! glibc (page-aligned), mimalloc, jemalloc, one mmap per buffer, and the thread-local floor.
+//! mimalloc and jemalloc are built from C, so only with the `peers` feature:
 //!
-//! `cargo bench --bench alloc_release -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench --features peers --bench alloc_release -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
 
@@ -41,7 +42,9 @@ fn alloc_release(c: &mut Criterion) {
     pair(c, &peers::Segpool(pool));
     pair(c, &peers::ThreadLocalFloor);
     pair(c, &peers::system());
+    #[cfg(feature = "peers")]
     pair(c, &peers::mimalloc());
+    #[cfg(feature = "peers")]
     pair(c, &peers::jemalloc());
     pair(c, &peers::MmapPerBuffer);
 }

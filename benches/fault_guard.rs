@@ -1,7 +1,7 @@
 //! The cost of the fault guard on a warm 64-byte copy out of a registered file mapping: the
 //! unguarded copy, `guarded` (full fence after the access) and `guarded_read` (load-load fence);
 //! then on the whole warm `MappedFile::read_at` of 64 bytes, with the guard and (with the
-//! `bench-internals` feature) without it (issue 5: within 10%).
+//! `bench-internals` feature) without it (the claim: within 10%).
 //!
 //! Run briefly: `cargo bench --bench fault_guard --features bench-internals -- --warm-up-time 1
 //! --measurement-time 3`.
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
     drop(registration);
 
-    // The comparison issue 5 asks for: the whole warm `MappedFile::read_at` of 64 bytes (gate,
+    // The comparison the claim is about: the whole warm `MappedFile::read_at` of 64 bytes (gate,
     // length check, copy) with the guard, against the same path without it. The unguarded
     // variant exists only with the `bench-internals` feature.
     let dir = tempfile::tempdir().unwrap();

@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let mf = fs.open("bench.bin").unwrap();
-    // SAFETY (bench): nothing else changes the file while the benchmark runs.
+    // SAFETY: (bench) nothing else changes the file while the benchmark runs.
     let mut raw = unsafe { memmap2::MmapMut::map_mut(&std_file) }.unwrap();
     // Warm the page cache and both mappings' page tables.
     let mut sink = vec![0u8; 1 << 20];
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
     }
 
     if std::env::var_os("SEGPOOL_BENCH_MAPS").is_some() {
-        // SAFETY (bench): nothing writes or truncates the file while the slice lives.
+        // SAFETY: (bench) nothing writes or truncates the file while the slice lives.
         let a = unsafe { mf.with_bytes(0, 1, |b| b.as_ptr() as usize) }.unwrap();
         eprintln!("segpool map {a:#x} memmap2 {:#x}", raw.as_ptr() as usize);
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();

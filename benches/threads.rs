@@ -1,9 +1,10 @@
 //! Allocate+release pairs across threads, memory untouched: one thread; two threads each
 //! allocating and releasing its own (time per pair per thread); producer/consumer (allocate on
 //! one thread, release on the other, through a bounded channel), with the bare channel measured
-//! alone so the allocator's share can be computed.
+//! alone so the allocator's share can be computed. mimalloc and jemalloc are built from C, so
+//! they are measured only with the `peers` feature:
 //!
-//! `cargo bench --bench threads -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench --features peers --bench threads -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
 use std::sync::mpsc::sync_channel;
@@ -110,7 +111,9 @@ fn threads(c: &mut Criterion) {
     group(c, &peers::Segpool(pool));
     group(c, &peers::ThreadLocalFloor);
     group(c, &peers::system());
+    #[cfg(feature = "peers")]
     group(c, &peers::mimalloc());
+    #[cfg(feature = "peers")]
     group(c, &peers::jemalloc());
     let mut g = c.benchmark_group("threads/channel");
     for size in SIZES {

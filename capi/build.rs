@@ -5,11 +5,20 @@ use std::env;
 use std::fs;
 use std::path::PathBuf;
 
+/// The ABI version in the shared library's soname (`libsegpool.so.0`).
+const ABI_VERSION: u32 = 0;
+
 fn main() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+
+    // The shared library's soname: a program linked with `-lsegpool` records `libsegpool.so.0`
+    // and runs with any build installed under that name (capi/install.sh installs
+    // `libsegpool.so.<version>` and the links to it). The number changes only when a change of
+    // the ABI would break programs already linked.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libsegpool.so.{ABI_VERSION}");
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("capi/cbindgen.toml is readable and valid");

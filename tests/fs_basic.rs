@@ -224,20 +224,23 @@ fn absurd_offsets_and_lengths_are_clear_errors() {
             .kind(),
         ErrorKind::InvalidInput
     );
-    // SAFETY (the three `with_bytes`): nothing else writes or truncates the file.
     assert_eq!(
+        // SAFETY: nothing else writes or truncates the file while the slice lives.
         unsafe { f.with_bytes(2, 5, |b| b.len()) }
             .unwrap_err()
             .kind(),
         ErrorKind::UnexpectedEof
     );
     assert_eq!(
+        // SAFETY: as above.
         unsafe { f.with_bytes(u64::MAX, 1, |b| b.len()) }
             .unwrap_err()
             .kind(),
         ErrorKind::InvalidInput
     );
-    assert_eq!(unsafe { f.with_bytes(1, 0, |b| b.len()) }.unwrap(), 0);
+    // SAFETY: as above.
+    let empty = unsafe { f.with_bytes(1, 0, |b| b.len()) };
+    assert_eq!(empty.unwrap(), 0);
     assert_eq!(
         f.with_view(2, 5, |v| v.len()).unwrap_err().kind(),
         ErrorKind::UnexpectedEof

@@ -69,7 +69,7 @@ const CHILD_ENV: &str = "SEGPOOL_FS_TEST_MEMLOCK_CHILD";
 #[test]
 fn refused_lock_is_a_clear_error() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
-        // SAFETY (test): plain syscalls on this process's own limits and capabilities.
+        // SAFETY: (test) plain syscalls on this process's own limits and capabilities.
         unsafe {
             let lim = libc::rlimit {
                 rlim_cur: 0,

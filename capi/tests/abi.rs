@@ -36,8 +36,8 @@ fn allocate(pool: SegpoolPool, size: usize) -> Result<SegpoolSegment, SegpoolSta
 
 fn stats(pool: SegpoolPool) -> SegpoolStats {
     let mut s = SegpoolStats::default();
-    // SAFETY: `s` is a live local; no class array.
     assert_eq!(
+        // SAFETY: `s` is a live local; no class array.
         unsafe { segpool_stats(pool, &mut s, std::ptr::null_mut(), 0) },
         SegpoolStatus::Ok
     );

@@ -1,6 +1,6 @@
 //! The file I/O section of `segpool bench`: `segpool::fs::MappedFile` against `std::fs::File`
 //! positioned I/O (`pread`/`pwrite`), a sequential `Read::read`, and a raw `memmap2` copy, on a
-//! file in the page cache (issue 4).
+//! file in the page cache.
 //!
 //! Every cell is measured in the same process, in the same run: for each run, every (row,
 //! contender) cell is timed once, and a cell's value is the median of its runs. The contenders of
@@ -150,7 +150,7 @@ pub struct FileReport {
     /// Contender names in column order.
     pub contenders: Vec<String>,
     pub rows: Vec<FileRow>,
-    /// The fault guard's cost on a warm 64-byte `read_at` (issue 5): [`GUARD_CELLS`], in order.
+    /// The fault guard's cost on a warm 64-byte `read_at`: [`GUARD_CELLS`], in order.
     #[serde(default)]
     pub guard: Vec<FileCell>,
     /// The page-cache row: mmap mode against direct I/O (`None` where the file system has no
@@ -630,7 +630,7 @@ fn guard_ns(guard: &[FileCell]) -> Option<(f64, f64)> {
 fn guard_line(r: &FileReport) -> String {
     match guard_ns(&r.guard) {
         Some((on, off)) => format!(
-            "warm 64 B read_at (fault guard, issue 5): guarded {}, unguarded {} (guarded/unguarded {:.2}x)",
+            "warm 64 B read_at (fault guard): guarded {}, unguarded {} (guarded/unguarded {:.2}x)",
             num(on),
             num(off),
             on / off
@@ -750,7 +750,7 @@ pub fn markdown_table(r: &FileReport) -> String {
 /// The file section of docs/benchmarks.md.
 pub fn docs_section(r: &FileReport, command: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "## File I/O (issue 4)\n");
+    let _ = writeln!(out, "## File I/O\n");
     let _ = writeln!(
         out,
         "ns per operation (lower is better) on a {} file in the page cache ({}), median of {} \
@@ -770,20 +770,14 @@ pub fn docs_section(r: &FileReport, command: &str) -> String {
     let _ = writeln!(out, "- **pread/pwrite**: `std::fs::File` with `std::os::unix::fs::FileExt::read_at`/`write_at`.");
     let _ = writeln!(out, "- **read()**: `std::io::Read::read` on a second `std::fs::File`, 1 MiB at a time, sequentially (sequential row only).");
     let _ = writeln!(out, "- **memmap2**: `ptr::copy_nonoverlapping` from/to a `memmap2::MmapMut` of the same file: the copy alone, no checks, no guard.\n");
-    let _ = writeln!(out, "- **warm 64 B read_at** (below the table): `MappedFile::read_at` of 64 bytes at offsets walking the first 64 KiB of the file (cache- and TLB-warm), with the fault guard, against the same path without it (`read_at_unguarded`, a hidden entry point of the `bench-internals` feature): what the guard costs (issue 5).\n");
+    let _ = writeln!(out, "- **warm 64 B read_at** (below the table): `MappedFile::read_at` of 64 bytes at offsets walking the first 64 KiB of the file (cache- and TLB-warm), with the fault guard, against the same path without it (`read_at_unguarded`, a hidden entry point of the `bench-internals` feature): what the guard costs.\n");
     let _ = writeln!(out, "- **page cache** (below the table): a cache of 4 KiB segments from a pool with a budget smaller than the file, filled on misses (allocate, read the page; the oldest page is dropped at the budget) through `MappedFile::read_exact_at` (mmap mode, `Advice::Random`) or `DirectFile::read_at` (`O_DIRECT`, direct mode), from a cold start (the file written back and dropped from the page cache before each mode). Memory: the pool's peak mapped bytes plus the file's pages left in the kernel's page cache (`mincore`).\n");
     let _ = writeln!(out, "The file is written, then read once through each of the three (page cache and both mappings' page tables warm). Random offsets come from a fixed-seed xorshift64*, aligned to the block size; every contender gets the same offsets in the same order within a run; the sequential row reads 1 MiB after 1 MiB and wraps at the end. Every buffer is page-aligned. The contenders of a row take turns going first from one run to the next.\n");
     let _ = writeln!(out, "### Table\n");
     out.push_str(&markdown_table(r));
-    let _ = writeln!(out, "\n### Targets (issue 4)\n");
+    let _ = writeln!(out, "\n### Claims, and what this run measured\n");
     for t in &r.targets {
-        let _ = writeln!(
-            out,
-            "- {} **{}**: {}",
-            t.target,
-            if t.holds { "holds" } else { "missed" },
-            t.detail
-        );
+        let _ = writeln!(out, "- {}", crate::bench::claim_text(t));
     }
     out
 }
@@ -823,7 +817,7 @@ mod tests {
         assert!(r.guard.iter().all(|c| c.median_ns > 0.0));
         let docs = docs_section(&r, "x");
         assert!(docs.contains("| random 64 B read |"));
-        assert!(docs.contains("warm 64 B read_at (fault guard, issue 5): guarded"));
+        assert!(docs.contains("warm 64 B read_at (fault guard): guarded"));
         // The page cache row, where the temp folder's file system has direct I/O.
         if let Some(p) = &r.page_cache {
             assert_eq!(p.modes.len(), 2);

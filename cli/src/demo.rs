@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
 use segpool::{Segment, SegmentPool};
 
-use crate::{bytes_text, parse_size, parse_threads, Error};
+use crate::{bytes_text, parse_seed, parse_size, parse_threads, Error};
 
 /// The segment size: the one size class of the demo's pool.
 pub const SEGMENT: usize = 64 << 10;
@@ -43,14 +43,14 @@ pub struct Args {
     /// Records to serialize.
     #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub records: u64,
-    /// Memory budget of the pool (bytes, or 64M, 1G...).
+    /// Memory budget of the pool (bytes, or a number with K, M, G or T: 64M, 1G...).
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub budget: usize,
     /// Write the file here and keep it (default: a temporary file, removed at the end).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Seed of the record generator.
-    #[arg(long, default_value_t = 0x5E6_9001)]
+    /// Seed of the record generator: decimal, or hex with 0x as the run prints it.
+    #[arg(long, value_name = "SEED", default_value = "0x5e69001", value_parser = parse_seed)]
     pub seed: u64,
     /// Also write the pool's statistics at the end of the run to this file, as JSON (the
     /// `PoolStats` fields: counts, bytes, peaks, per-class numbers).
@@ -111,7 +111,33 @@ pub fn run(args: Args) -> Result<(), Error> {
         None => None,
     };
     let shown = args.out.clone().unwrap_or_else(|| dir.join(&name));
-    let cannot_write = |e: std::io::Error| format!("cannot write the output file: {e}");
+    // The reason alone, in the words of the OS: the file layer's own message names its root
+    // folder, a word this command never uses.
+    let why = |e: &std::io::Error| match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
+        None => e.kind().to_string(),
+    };
+    let cannot_write = |e: std::io::Error| {
+        format!(
+            "cannot write the output file {}: {}",
+            shown.display(),
+            why(&e)
+        )
+    };
+    // The folder first, so that its absence is named as such.
+    let folder_error = match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("not a folder".to_string()),
+        Err(e) => Some(why(&e)),
+    };
+    if let Some(reason) = folder_error {
+        return Err(format!(
+            "cannot write the output file {}: its folder {}: {reason}",
+            shown.display(),
+            dir.display()
+        )
+        .into());
+    }
     let fs = MmapFs::new(
         &dir,
         MapConfig {

@@ -6,7 +6,8 @@
 //!   optionally readers of mapped files that another thread truncates.
 //! * `segpool bench`: segpool against glibc, mimalloc and jemalloc, side by side (time per pair,
 //!   and resident memory after a release); and the file layer against pread/pwrite, read() and
-//!   a raw memmap2 copy.
+//!   a raw memmap2 copy. Needs the `peers` feature, which builds mimalloc and jemalloc from C:
+//!   `cargo run --release --features peers -- bench`.
 //!
 //! Every failure ends in one line on stderr and a non-zero exit, never a backtrace.
 
@@ -51,12 +52,19 @@ enum Command {
     Stress(stress::Args),
     /// ns per allocate+release pair for segpool and its peers, ns per file read/write against
     /// pread/pwrite, read() and memmap2, and resident memory over time after 90% of 100 MiB is
-    /// released, side by side (about a minute).
+    /// released, side by side (about a minute; needs the `peers` feature:
+    /// `cargo run --release --features peers -- bench`).
     Bench(bench::Args),
     /// One allocator's run of the memory section of `segpool bench` (it starts these itself).
     #[command(hide = true, name = "bench-memory-child")]
     BenchMemoryChild(bench_memory::ChildArgs),
 }
+
+/// What `segpool bench` says in a build without its C peers.
+const NO_PEERS: &str = "segpool bench compares segpool with mimalloc and jemalloc, which are \
+                        built from C and left out of this build: run it with the `peers` \
+                        feature, `cargo run --release --features peers -- bench` (needs a C \
+                        compiler and make)";
 
 /// The error every subcommand returns: printed as one line.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
         None => demo::run(cli.demo),
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Stress(args)) => stress::run(args),
+        Some(Command::Bench(_)) if !peers::C_PEERS => Err(NO_PEERS.into()),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::BenchMemoryChild(args)) => bench_memory::child(args),
     };
@@ -110,8 +119,8 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Parses a size in bytes: `65536`, `64K`, `64KiB`, `16M`, `1G`, `1.5G` (powers of 1024,
-/// case-insensitive, optional `B`/`iB`).
+/// Parses a size in bytes: `65536`, `64K`, `64KiB`, `16M`, `1G`, `1.5G`, `1T` (powers of 1024,
+/// case-insensitive, optional `B`/`iB`). Every size option's help names these units.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t
@@ -126,7 +135,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "t" | "tb" | "tib" => 40,
         _ => {
             return Err(format!(
-                "'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)"
+                "'{s}' is not a size: use bytes or a number with K, M, G or T (e.g. 64M, 1G)"
             ))
         }
     };
@@ -135,13 +144,25 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .filter(|v: &f64| v.is_finite())
         .ok_or_else(|| {
-            format!("'{s}' is not a size: use bytes or a number with K, M, G (e.g. 64M, 1G)")
+            format!("'{s}' is not a size: use bytes or a number with K, M, G or T (e.g. 64M, 1G)")
         })?;
     let bytes = value * (1u64 << shift) as f64;
     if bytes < 1.0 || bytes >= usize::MAX as f64 {
         return Err(format!("'{s}' is out of range: a size is at least 1 byte"));
     }
     Ok(bytes as usize)
+}
+
+/// Parses a seed: decimal, or hexadecimal with `0x` as the demo prints it (`0x5e69001`).
+pub fn parse_seed(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => t.parse::<u64>(),
+    };
+    parsed.map_err(|_| {
+        format!("'{s}' is not a seed: give a number, decimal or hex with 0x (e.g. 0x5e69001)")
+    })
 }
 
 /// Parses a thread count: 1 to 1024.
@@ -187,6 +208,21 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("-5M").is_err());
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("2TiB"), Ok(2 << 40));
+        assert!(parse_size("1P").is_err());
+    }
+
+    #[test]
+    fn seeds() {
+        assert_eq!(parse_seed("0x5e69001"), Ok(0x5E6_9001));
+        assert_eq!(parse_seed("0X5E69001"), Ok(0x5E6_9001));
+        assert_eq!(parse_seed("99000321"), Ok(99_000_321));
+        assert_eq!(parse_seed("0xffffffffffffffff"), Ok(u64::MAX));
+        assert!(parse_seed("0x").is_err());
+        assert!(parse_seed("0x1g").is_err());
+        assert!(parse_seed("-1").is_err());
+        assert!(parse_seed("0x10000000000000000").is_err());
     }
 
     #[test]

@@ -84,7 +84,12 @@ pub fn system() -> Global<System> {
     }
 }
 
+/// Whether the C peers (mimalloc, jemalloc) are in this build: the `peers` feature, off by
+/// default so that building and testing need no C compiler.
+pub const C_PEERS: bool = cfg!(feature = "peers");
+
 /// mimalloc, page-aligned.
+#[cfg(feature = "peers")]
 pub fn mimalloc() -> Global<mimalloc::MiMalloc> {
     Global {
         name: "mimalloc",
@@ -93,11 +98,46 @@ pub fn mimalloc() -> Global<mimalloc::MiMalloc> {
 }
 
 /// jemalloc (tikv-jemallocator), page-aligned.
+#[cfg(feature = "peers")]
 pub fn jemalloc() -> Global<tikv_jemallocator::Jemalloc> {
     Global {
         name: "jemalloc",
         alloc: tikv_jemallocator::Jemalloc,
     }
+}
+
+/// Stands in for mimalloc without the `peers` feature: refuses every allocation. Nothing measures
+/// it: `segpool bench` stops first, naming the feature (`C_PEERS`).
+#[cfg(not(feature = "peers"))]
+pub fn mimalloc() -> Global<NotBuilt> {
+    Global {
+        name: "mimalloc",
+        alloc: NotBuilt,
+    }
+}
+
+/// Stands in for jemalloc without the `peers` feature, like [`mimalloc`].
+#[cfg(not(feature = "peers"))]
+pub fn jemalloc() -> Global<NotBuilt> {
+    Global {
+        name: "jemalloc",
+        alloc: NotBuilt,
+    }
+}
+
+/// A C peer left out of this build: every allocation fails.
+#[cfg(not(feature = "peers"))]
+#[derive(Debug)]
+pub struct NotBuilt;
+
+// SAFETY: `alloc` hands out no memory (null is how `GlobalAlloc` reports a failed allocation), so
+// `dealloc` has no pointer of ours to be given back and does nothing.
+#[cfg(not(feature = "peers"))]
+unsafe impl GlobalAlloc for NotBuilt {
+    unsafe fn alloc(&self, _: Layout) -> *mut u8 {
+        std::ptr::null_mut()
+    }
+    unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
 }
 
 /// One anonymous `mmap` per buffer and one `munmap` per release.

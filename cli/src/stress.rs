@@ -11,12 +11,14 @@
 //!   (a read that meets a truncated page must fail with `Faulted` instead).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use segpool::fs::{MapConfig, MappedFile, MmapFs};
 use segpool::{Segment, SegmentPool};
 
@@ -31,7 +33,7 @@ pub struct Args {
     /// How long to run, in seconds (fractions allowed).
     #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = parse_seconds)]
     pub seconds: f64,
-    /// The pool's budget (bytes, or 16M, 1G...): tight on purpose.
+    /// The pool's budget (bytes, or a number with K, M, G or T: 16M, 1G...): tight on purpose.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub budget: usize,
     /// Also read mapped files while another thread truncates them (through another descriptor).
@@ -169,6 +171,33 @@ pub fn run(args: Args) -> Result<(), Error> {
             let run = &run;
             handles.push(s.spawn(move || files.truncator(run)));
         }
+        // The progress line, on this thread, until every worker is done.
+        let progress = progress_line(args.seconds);
+        while handles.iter().any(|h| !h.is_finished()) {
+            let st = pool.stats();
+            let c = &run.counts;
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let elapsed = started.elapsed();
+            progress.set_position(elapsed.as_millis().try_into().unwrap_or(u64::MAX));
+            progress.set_message(format!(
+                "{} allocations ({}/s)  in use {} / budget {}{}",
+                n(&c.allocations),
+                rate_text(n(&c.allocations), elapsed),
+                bytes_text(st.in_use_bytes),
+                bytes_text(args.budget),
+                if args.faults {
+                    format!(
+                        "  {} reads, {} faulted",
+                        n(&c.reads_ok) + n(&c.short_reads),
+                        n(&c.reads_faulted)
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
+        progress.finish_and_clear();
         handles
             .into_iter()
             .map(|h| {
@@ -242,6 +271,35 @@ pub fn run(args: Args) -> Result<(), Error> {
             Ok(())
         }
         Some(first) => Err(format!("corruption: {first}").into()),
+    }
+}
+
+/// A bar over the run's duration, like the demo's: drawn only on a terminal.
+fn progress_line(seconds: f64) -> ProgressBar {
+    let target = if std::io::stdout().is_terminal() {
+        ProgressDrawTarget::stdout()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let length = Duration::from_secs_f64(seconds).as_millis();
+    let pb = ProgressBar::with_draw_target(Some(length.try_into().unwrap_or(u64::MAX)), target);
+    pb.set_style(
+        ProgressStyle::with_template("stress     {bar:30.cyan/blue} {msg}  [{elapsed}]")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// "1.23 M", "456 k", "78": a rate per second.
+fn rate_text(done: u64, elapsed: Duration) -> String {
+    let r = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    if r >= 1e6 {
+        format!("{:.2} M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.0} k", r / 1e3)
+    } else {
+        format!("{r:.0}")
     }
 }
 

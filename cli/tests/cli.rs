@@ -129,6 +129,19 @@ fn unwritable_out_is_one_line() {
         ]),
         "cannot write",
     );
+    // The file layer's word for the folder ("root") is not the command's.
+    let err = text(
+        &segpool(&[
+            "demo",
+            "--records",
+            "10",
+            "--out",
+            missing.to_str().unwrap(),
+        ])
+        .stderr,
+    );
+    assert!(!err.contains("root"), "{err}");
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
     // A folder where the file should be.
     assert_one_line_error(
         &segpool(&[
@@ -140,6 +153,44 @@ fn unwritable_out_is_one_line() {
         ]),
         "cannot write",
     );
+}
+
+#[test]
+fn seed_accepts_the_hex_the_demo_prints() {
+    let out = segpool(&["demo", "--records", "100"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let seed = stdout
+        .split("seed ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no seed in {stdout}"));
+    assert!(seed.starts_with("0x"), "{stdout}");
+    let again = segpool(&["demo", "--records", "100", "--seed", seed]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains(&format!("seed {seed}")));
+    let decimal = segpool(&["demo", "--records", "100", "--seed", "12345"]);
+    assert!(decimal.status.success(), "{}", text(&decimal.stderr));
+    assert!(text(&decimal.stdout).contains("seed 0x3039"));
+    assert_one_line_error(&segpool(&["demo", "--seed", "0xzz"]), "--seed");
+}
+
+#[test]
+fn size_options_name_every_unit_they_accept() {
+    for sub in ["demo", "stress"] {
+        let help = text(&segpool(&[sub, "--help"]).stdout);
+        assert!(help.contains("K, M, G or T"), "{sub}: {help}");
+    }
+    assert_one_line_error(&segpool(&["demo", "--budget", "1P"]), "K, M, G or T");
+}
+
+/// Without the `peers` feature, `bench` says how to get it instead of running.
+#[cfg(not(feature = "peers"))]
+#[test]
+fn bench_without_the_peers_feature_names_it() {
+    let out = segpool(&["bench"]);
+    assert_one_line_error(&out, "--features peers -- bench");
+    assert!(text(&out.stdout).is_empty());
 }
 
 #[test]

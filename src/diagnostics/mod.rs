@@ -10,13 +10,13 @@
 //!   report is printed). `Sampled(n)` records every n-th allocation of the pool (a counter, so
 //!   exactly one in n); `Full` records every allocation. Records live in a map keyed by slice
 //!   address, removed on release; [`leaks`](crate::SegmentPool::leaks) lists them.
-//! * **Poison** (`Full`, [`poison`]): a released class slice is filled with [`poison::BYTE`]
+//! * **Poison** (`Full`): a released class slice is filled with the poison byte `0xdb`
 //!   before it goes back (to a thread cache or a region); when a slice that was handed out before
 //!   is handed out again it is checked, and any other byte is a write after release: an error
 //!   event naming the segment, its class and region, where it was allocated and where released,
 //!   and `PoolStats::write_after_release` counts it. Thread caches stay on: the check is made when
 //!   a segment is handed out, whoever held the slice in between.
-//! * **Guard pages** (`Full`, [`guard`]): every class slice is followed by one inaccessible page,
+//! * **Guard pages** (`Full`): every class slice is followed by one inaccessible page,
 //!   so an overrun faults at its first byte; a SIGSEGV hook prints which segment was overrun and
 //!   where it was allocated, then lets the process die as it would have.
 

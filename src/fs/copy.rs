@@ -35,11 +35,13 @@ pub(crate) const SMALL: usize = 64;
 /// One atomic access of `$t` (through `$a`) at `i`: from shared `src` to private `dst`.
 macro_rules! load {
     ($a:ty, $t:ty, $src:expr, $dst:expr, $i:expr) => {{
-        // SAFETY (of every expansion): the caller of the enclosing fn guarantees `src + i` is
+        // SAFETY: (of every expansion) the caller of the enclosing fn guarantees `src + i` is
         // readable for `size_of::<$t>()` bytes and naturally aligned for `$t` (the enclosing fn
         // checks the alignment before choosing the width), only accessed atomically by others in
         // this process; `dst + i` is writable and private.
         let v = unsafe { <$a>::from_ptr($src.add($i).cast::<$t>().cast_mut()) }.load(Relaxed);
+        // SAFETY: `dst + i` is writable and private to the caller, and an unaligned write needs
+        // no alignment.
         unsafe { $dst.add($i).cast::<$t>().write_unaligned(v) };
     }};
 }
@@ -47,8 +49,11 @@ macro_rules! load {
 /// One atomic access of `$t` at `i`: from private `src` to shared `dst`.
 macro_rules! store {
     ($a:ty, $t:ty, $src:expr, $dst:expr, $i:expr) => {{
-        // SAFETY: as in `load!`, with the roles of the two pointers swapped.
+        // SAFETY: as in `load!`, with the roles of the two pointers swapped: `src + i` is
+        // readable and private to the caller, and an unaligned read needs no alignment.
         let v = unsafe { $src.add($i).cast::<$t>().read_unaligned() };
+        // SAFETY: as in `load!`: the caller guarantees `dst + i` is writable for
+        // `size_of::<$t>()` bytes, naturally aligned for `$t`, and only accessed atomically.
         unsafe { <$a>::from_ptr($dst.add($i).cast::<$t>()) }.store(v, Relaxed);
     }};
 }
@@ -268,7 +273,7 @@ mod x86 {
     /// # Safety: as for [`super::copy_from_shared`].
     #[inline(always)]
     pub(super) unsafe fn copy_from_shared(src: *const u8, dst: *mut u8, n: usize) {
-        // SAFETY (every arm): each access lies in `src..src + n` / `dst..dst + n` by the arm's
+        // SAFETY: (every arm) each access lies in `src..src + n` / `dst..dst + n` by the arm's
         // bounds on `n`; the caller's contract covers the ranges.
         unsafe {
             if n <= SMALL {
@@ -301,7 +306,7 @@ mod x86 {
         /// Copies `n` bytes, `16 <= n <= 32`, as a head and a tail of 16 (which may overlap).
         #[inline(always)]
         unsafe fn pair16(src: *const u8, dst: *mut u8, n: usize) {
-            // SAFETY (every access): `16 <= n`, so both chunks lie in the ranges of the
+            // SAFETY: (every access) `16 <= n`, so both chunks lie in the ranges of the
             // caller's contract; stores to `dst` are plain (private memory).
             unsafe {
                 let head: __m128i =
@@ -316,7 +321,7 @@ mod x86 {
                 dst.add(n - 16).cast::<__m128i>().write_unaligned(tail);
             }
         }
-        // SAFETY (every arm): each access lies in `src..src + n` / `dst..dst + n` by the arm's
+        // SAFETY: (every arm) each access lies in `src..src + n` / `dst..dst + n` by the arm's
         // bounds on `n`; the caller's contract covers the ranges.
         unsafe {
             if n >= 16 {
@@ -357,7 +362,7 @@ mod x86 {
         /// the range).
         #[inline(always)]
         unsafe fn pair16(src: *const u8, dst: *mut u8, n: usize) {
-            // SAFETY (every access): as in `copy_from_shared`, roles swapped.
+            // SAFETY: (every access) as in `copy_from_shared`, roles swapped.
             unsafe {
                 let head = src.cast::<__m128i>().read_unaligned();
                 let tail = src.add(n - 16).cast::<__m128i>().read_unaligned();
@@ -371,7 +376,7 @@ mod x86 {
                 );
             }
         }
-        // SAFETY (every arm): as in `copy_from_shared`.
+        // SAFETY: (every arm) as in `copy_from_shared`.
         unsafe {
             if n >= 16 {
                 if n <= 32 {

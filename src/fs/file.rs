@@ -559,13 +559,13 @@ impl MappedFile {
             // below it, so the view is whole.
             unsafe { std::hint::unreachable_unchecked() }
         };
+        let dst = buf.as_mut_ptr();
         // SAFETY: `offset + n <= small_end + SMALL <= mapping length` (the invariant of
         // `small_end`, which agrees with the mapping inside our access), and the mapping stays
         // mapped while the access lasts; `buf` is a `&mut`, which cannot overlap a mapping that
         // the safe API never lends out as a reference (and `with_bytes`' callers promise no
         // write overlaps their slice); mapped memory is only accessed atomically (copy.rs);
         // `n <= SMALL` (asserted above).
-        let dst = buf.as_mut_ptr();
         let copy = || unsafe { copy_small_from_shared(w.base().add(offset as usize), dst, n) };
         self.finish_read::<GUARDED>(access, copy, n)
     }

@@ -15,6 +15,11 @@ import re
 import sys
 import threading
 
+if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+    print("usage: python3 client.py LIBSEGPOOL_CAPI_SO SEGPOOL_H", file=sys.stderr)
+    print("  e.g. python3 capi/tests/python/client.py target/release/libsegpool_capi.so "
+          "capi/include/segpool.h", file=sys.stderr)
+    sys.exit(2)
 LIB_PATH, HEADER_PATH = sys.argv[1], sys.argv[2]
 
 checks = 0
