@@ -184,6 +184,13 @@ impl Region {
         self.slices as usize * self.stride
     }
 
+    /// Bytes one slice accounts for: a segment's length (the class size, or a dedicated
+    /// mapping's exact length).
+    #[inline(always)]
+    pub(crate) fn slice_bytes(&self) -> usize {
+        self.slice_bytes
+    }
+
     pub(crate) fn slice_size(&self) -> usize {
         1 << self.slice_shift
     }
