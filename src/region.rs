@@ -24,11 +24,10 @@
 
 use std::ptr::NonNull;
 
-use crate::fault::{FileFaultState, RangeRegistration};
 use crate::free_stack::FreeStack;
 use crate::os::Mapping;
 use crate::pool::PoolShared;
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::sync::epoch::{Guard, Shared};
 use crate::sync::{Arc, Mutex};
 
@@ -41,11 +40,13 @@ pub(crate) const MAX_BATCH: usize = 128;
 /// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
 pub(crate) const ZERO_TAG: usize = 1;
 
-/// What backs a region's memory, dropped (unregistered, then unmapped) when it is destroyed.
+/// What backs a region's memory, unmapped when it is destroyed.
+///
+/// File-backed regions are not registered with the fault guard (`crate::fault`): a segment is a
+/// plain `&mut [u8]` with no operation that could report a lost page, so a SIGBUS in one kills
+/// the process as it would without segpool (`docs/faults.md`, "File-backed pools").
 #[derive(Debug)]
 pub(crate) struct RegionMemory {
-    // Field order is drop order: the fault registration goes before the unmap.
-    pub(crate) fault: Option<(RangeRegistration, Arc<FileFaultState>)>,
     pub(crate) mapping: Mapping,
 }
 
@@ -88,10 +89,6 @@ pub(crate) struct Region {
     pub(crate) pool_id: u64,
     pub(crate) id: u64,
     pub(crate) pool: Arc<PoolShared>,
-    /// The fault state of a file-backed region: once faulted, it hands out nothing more.
-    fault: Option<Arc<FileFaultState>>,
-    /// Set once the pool has counted and reported this region's fault.
-    fault_reported: AtomicBool,
     memory: Mutex<Option<RegionMemory>>,
 }
 
@@ -170,8 +167,6 @@ impl Region {
             pool_id: pool.id,
             id,
             pool,
-            fault: memory.fault.as_ref().map(|(_, s)| Arc::clone(s)),
-            fault_reported: AtomicBool::new(false),
             memory: Mutex::new(Some(memory)),
         }
     }
@@ -208,26 +203,17 @@ impl Region {
             .map_or(0, |m| m.mapping.resident_bytes().unwrap_or(0))
     }
 
-    /// Whether this is a file-backed region whose file faulted.
-    pub(crate) fn faulted(&self) -> bool {
-        self.fault.as_ref().is_some_and(|f| f.is_faulted())
-    }
-
     /// The first byte of the region.
     pub(crate) fn base(&self) -> usize {
         self.base
     }
 
-    /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired, a
-    /// faulted file region, or full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
+    /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired or
+    /// full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
     /// on slices never handed out before) and returns how many, and whether the region was empty
     /// before (for the class's empty-region count).
     pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
         let want = out.len().min(MAX_BATCH);
-        if self.faulted() {
-            self.report_fault();
-            return (0, false);
-        }
         let mut cur = self.hot.state.load(Ordering::Relaxed);
         let n = loop {
             if cur & RETIRED != 0 {
@@ -276,17 +262,6 @@ impl Region {
             *o = (self.base + i * self.stride) | tag;
         }
         (n, was_empty)
-    }
-
-    /// The first time the pool finds this region's file faulted: counts it and says so.
-    #[cold]
-    fn report_fault(&self) {
-        if self.fault_reported.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if let Some(f) = &self.fault {
-            self.pool.note_fault(self, f);
-        }
     }
 
     /// The slice index of a slice address of this region (tag bits ignored).
