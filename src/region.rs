@@ -209,9 +209,9 @@ impl Region {
     }
 
     /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired or
-    /// full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
-    /// on slices never handed out before) and returns how many, and whether the region was empty
-    /// before (for the class's empty-region count).
+    /// full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set on slices never
+    /// handed out before) and returns how many, and whether the region was empty before (for the
+    /// class's empty-region count).
     pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
         let want = out.len().min(MAX_BATCH);
         let mut cur = self.hot.state.load(Ordering::Relaxed);

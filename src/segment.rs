@@ -25,10 +25,10 @@ use crate::thread_cache;
 /// region's `slice_bytes` (the class size, or a dedicated mapping's length), read from the
 /// region, which the segment keeps alive.
 ///
-/// Two words, not three: a `Segment` (and the pool's internal results that carry one) comes back
-/// from a call in two registers. A three-word value is returned through memory and copied out with
-/// a wide load of narrower stores just made, which stalls on store forwarding on some CPUs (see
-/// `docs/design.md`, "Two words").
+/// Two words, not three: a `Segment` (or `Option<Segment>`) comes back from a call in two
+/// registers, and moves through memory as one 16-byte store and load. A three-word value is
+/// copied with a 16-byte load of the 8-byte stores just made, which stalls on store forwarding
+/// (see `docs/design.md`, "Two words").
 pub struct Segment {
     ptr: NonNull<u8>,
     region: RegionRef,
@@ -48,7 +48,7 @@ impl Segment {
     ///
     /// * `addr` (tag bits aside) is the start of a slice of `region` of at least `len` bytes,
     ///   counted in the region and handed to this segment alone.
-    ///   `len` is the region's slice length (checked in debug builds only: the segment reads it
+    /// * `len` is the region's slice length (checked in debug builds only: the segment reads it
     ///   from the region).
     #[inline(always)]
     pub(crate) unsafe fn from_slice(addr: usize, region: RegionRef, len: usize) -> Self {
