@@ -81,7 +81,6 @@ pub(crate) struct ClassSnapshot {
     pub(crate) slices: usize,
     pub(crate) out: usize,
     pub(crate) mapped_bytes: usize,
-    pub(crate) faulted: usize,
     pub(crate) resident_bytes: usize,
 }
 
@@ -211,19 +210,12 @@ impl ClassPool {
         Ok((region, n))
     }
 
-    /// Called by whoever moved `region`'s count to zero. Retires it at once if its file faulted.
-    /// Otherwise, when the class keeps more empty regions than it retains, unmaps the surplus
+    /// Called by whoever moved `region`'s count to zero. When the class keeps more empty regions than it retains, unmaps the surplus
     /// (newest first), unless the class mapped a region within the grace period: a flow whose
     /// demand swings (slices allocated on one thread, released on another) keeps a varying number
     /// of regions briefly empty, and unmapping each one would map a new one moments later.
-    pub(crate) fn on_emptied(&self, region: RegionRef, guard: &Guard) {
+    pub(crate) fn on_emptied(&self, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
-        // SAFETY: the caller is pinned and the region was reachable when it emptied it.
-        let faulted = unsafe { region.get() }.faulted();
-        if faulted {
-            self.retire_empty(Some(region), usize::MAX, guard);
-            return;
-        }
         let retain = self.retain_empty.min(isize::MAX as usize) as isize;
         if empty > retain {
             let since_grow = self
@@ -302,7 +294,7 @@ impl ClassPool {
                 self.empty_regions.fetch_sub(1, Ordering::Relaxed);
             }
             if done.outcome == Some(Released::Emptied) {
-                self.on_emptied(r, guard);
+                self.on_emptied(guard);
             }
         }
         bytes
@@ -354,7 +346,6 @@ impl ClassPool {
             s.slices += region.slices();
             s.out += region.in_use();
             s.mapped_bytes += region.len();
-            s.faulted += usize::from(region.faulted());
             s.resident_bytes += region.resident_bytes();
         }
         s
@@ -380,7 +371,6 @@ pub(crate) fn map_memory(
     huge_pages: bool,
     prefault: bool,
 ) -> io::Result<RegionMemory> {
-    use crate::fault::{self, FileFaultState};
     use crate::os::{file, Protection, Sharing};
     const HUGE: usize = 2 << 20;
     match backing {
@@ -394,8 +384,8 @@ pub(crate) fn map_memory(
                 mapping.populate_write()?;
             }
             Ok(RegionMemory {
-                fault: None,
                 mapping,
+                file_backed: false,
             })
         }
         crate::pool::Backing::File(dir) => {
@@ -405,16 +395,12 @@ pub(crate) fn map_memory(
             if prefault {
                 mapping.populate_write()?;
             }
-            let state = FileFaultState::new(Some(dir.clone()));
-            // SAFETY: `mapping` is a file mapping we own; the registration is stored before it in
-            // `RegionMemory`, so it is dropped (deregistered) before the mapping is unmapped.
-            let reg = unsafe { fault::register(mapping.as_ptr(), mapping.len(), &state) }
-                .map_err(io::Error::from)?;
-            // The mapping keeps the nameless file alive; the descriptor can go.
+            // Not registered with the fault guard (see `RegionMemory`). The mapping keeps the
+            // nameless file alive; the descriptor can go.
             drop(f);
             Ok(RegionMemory {
-                fault: Some((reg, state)),
                 mapping,
+                file_backed: true,
             })
         }
     }

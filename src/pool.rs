@@ -26,6 +26,11 @@ pub enum Backing {
     /// Files created in this directory, one per region, that no other process can open
     /// (`O_TMPFILE`), given their full size with `posix_fallocate` before they are mapped
     /// `MAP_SHARED`, so a full disk is an `Err` from `allocate`, never a SIGBUS later.
+    ///
+    /// A page of such a region that is lost all the same (an I/O error at page-in, the file cut
+    /// through `/proc/<pid>/map_files`) is not caught: touching it raises `SIGBUS` and the
+    /// process dies, as it would on any memory it lost. A segment is a plain `&mut [u8]` and has
+    /// no operation that could report it; see `docs/faults.md`.
     File(PathBuf),
 }
 
@@ -286,7 +291,6 @@ impl SegmentPoolBuilder {
         let shared = PoolShared {
             diagnosed: diag.is_some(),
             diag,
-            faults: AtomicU64::new(0),
             dedicated_allocations: AtomicU64::new(0),
             dedicated_releases: AtomicU64::new(0),
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -327,8 +331,6 @@ pub(crate) struct PoolShared {
     pub(crate) diagnosed: bool,
     /// Records, poison and guard state; `None` when diagnostics are off.
     pub(crate) diag: Option<Box<DiagState>>,
-    /// File-backed regions the pool found faulted (each counted once).
-    faults: AtomicU64,
     dedicated_allocations: AtomicU64,
     dedicated_releases: AtomicU64,
     pub(crate) size_classes: SizeClasses,
@@ -434,24 +436,6 @@ impl PoolShared {
         if let Some(c) = self.classes.get(class as usize) {
             c.out.sub(bytes / c.size);
         }
-    }
-
-    /// A region's file faulted (the pool found out when it tried to take from it).
-    #[cold]
-    pub(crate) fn note_fault(&self, region: &Region, state: &crate::fault::FileFaultState) {
-        self.faults.fetch_add(1, Ordering::Relaxed);
-        let addr = match state.error() {
-            Error::Faulted { addr, .. } => addr,
-            _ => 0,
-        };
-        tracing::error!(
-            target: "segpool",
-            region = region.id,
-            class = region.slice_size(),
-            path = %state.path().map_or_else(String::new, |p| p.display().to_string()),
-            addr,
-            "region fault"
-        );
     }
 
     /// Maps a new region for class `class` (budget first).
@@ -789,7 +773,6 @@ impl SegmentPool {
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),
-            faults: shared.faults.load(Ordering::Relaxed),
             purged_bytes: shared.purged_bytes.load(Ordering::Relaxed),
             write_after_release: shared
                 .diag
@@ -809,7 +792,6 @@ impl SegmentPool {
             stats.allocations += s.allocations;
             stats.releases += s.releases;
             stats.regions += snap.regions;
-            stats.faulted_regions += snap.faulted;
             stats.regions_mapped += c.regions_mapped.load(Ordering::Relaxed);
             stats.regions_unmapped += c.regions_unmapped.load(Ordering::Relaxed);
             stats.in_use_bytes += s.in_use * s.size;

@@ -34,11 +34,10 @@
 
 use std::ptr::NonNull;
 
-use crate::fault::{FileFaultState, RangeRegistration};
 use crate::free_stack::{FreeStack, AGED, MARK_SHIFT, PURGED};
 use crate::os::Mapping;
 use crate::pool::PoolShared;
-use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::sync::epoch::{Guard, Shared};
 use crate::sync::{Arc, Mutex};
 
@@ -51,12 +50,17 @@ pub(crate) const MAX_BATCH: usize = 128;
 /// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
 pub(crate) const ZERO_TAG: usize = 1;
 
-/// What backs a region's memory, dropped (unregistered, then unmapped) when it is destroyed.
+/// What backs a region's memory, unmapped when it is destroyed.
+///
+/// File-backed regions are not registered with the fault guard (`crate::fault`): a segment is a
+/// plain `&mut [u8]` with no operation that could report a lost page, so a SIGBUS in one kills
+/// the process as it would without segpool (`docs/faults.md`, "File-backed pools").
 #[derive(Debug)]
 pub(crate) struct RegionMemory {
-    // Field order is drop order: the fault registration goes before the unmap.
-    pub(crate) fault: Option<(RangeRegistration, Arc<FileFaultState>)>,
     pub(crate) mapping: Mapping,
+    /// A shared mapping of a nameless file (`Backing::File`): purging frees its blocks
+    /// (`MADV_REMOVE`) rather than dropping private pages.
+    pub(crate) file_backed: bool,
 }
 
 /// The fields of a region that takes and give-backs write, on their own 128-byte block (two
@@ -104,10 +108,6 @@ pub(crate) struct Region {
     /// Free slices may be purged: a class region of a pool without poison (poison must survive
     /// until the slice is handed out again, to be checked).
     purgeable: bool,
-    /// The fault state of a file-backed region: once faulted, it hands out nothing more.
-    fault: Option<Arc<FileFaultState>>,
-    /// Set once the pool has counted and reported this region's fault.
-    fault_reported: AtomicBool,
     memory: Mutex<Option<RegionMemory>>,
 }
 
@@ -188,8 +188,6 @@ impl Region {
             pool_id: pool.id,
             id,
             pool,
-            fault: memory.fault.as_ref().map(|(_, s)| Arc::clone(s)),
-            fault_reported: AtomicBool::new(false),
             memory: Mutex::new(Some(memory)),
         }
     }
@@ -200,6 +198,13 @@ impl Region {
 
     pub(crate) fn len(&self) -> usize {
         self.slices as usize * self.stride
+    }
+
+    /// Bytes one slice accounts for: a segment's length (the class size, or a dedicated
+    /// mapping's exact length).
+    #[inline(always)]
+    pub(crate) fn slice_bytes(&self) -> usize {
+        self.slice_bytes
     }
 
     pub(crate) fn slice_size(&self) -> usize {
@@ -219,26 +224,17 @@ impl Region {
             .map_or(0, |m| m.mapping.resident_bytes().unwrap_or(0))
     }
 
-    /// Whether this is a file-backed region whose file faulted.
-    pub(crate) fn faulted(&self) -> bool {
-        self.fault.as_ref().is_some_and(|f| f.is_faulted())
-    }
-
     /// The first byte of the region.
     pub(crate) fn base(&self) -> usize {
         self.base
     }
 
-    /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired, a
-    /// faulted file region, or full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set
-    /// on slices never handed out before or purged since) and returns how many, and whether the
-    /// region was empty before (for the class's empty-region count).
+    /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired or
+    /// full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set on slices never handed
+    /// out before or purged since) and returns how many, and whether the region was empty before
+    /// (for the class's empty-region count).
     pub(crate) fn take(&self, out: &mut [usize]) -> (usize, bool) {
         let want = out.len().min(MAX_BATCH);
-        if self.faulted() {
-            self.report_fault();
-            return (0, false);
-        }
         let mut cur = self.hot.state.load(Ordering::Relaxed);
         let n = loop {
             if cur & RETIRED != 0 {
@@ -289,17 +285,6 @@ impl Region {
             *o = (self.base + i * self.stride) | tag;
         }
         (n, was_empty)
-    }
-
-    /// The first time the pool finds this region's file faulted: counts it and says so.
-    #[cold]
-    fn report_fault(&self) {
-        if self.fault_reported.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if let Some(f) = &self.fault {
-            self.pool.note_fault(self, f);
-        }
     }
 
     /// The slice index of a slice address of this region (tag bits ignored).
@@ -475,7 +460,7 @@ pub(crate) unsafe fn purge(region: RegionRef, mode: PurgeMode, guard: &Guard) ->
     // SAFETY: the caller's pin and the list it loaded `region` from keep the metadata readable.
     let r = unsafe { region.get() };
     let mut done = Purged::default();
-    if !r.purgeable || r.faulted() || r.hot.released.load(Ordering::Relaxed) == 0 {
+    if !r.purgeable || r.hot.released.load(Ordering::Relaxed) == 0 {
         return done;
     }
     // Cleared before the pops: a give-back that pushes after them sets it again.
@@ -530,7 +515,7 @@ pub(crate) unsafe fn purge(region: RegionRef, mode: PurgeMode, guard: &Guard) ->
         let memory = memory
             .as_ref()
             .expect("a region with a reservation is mapped");
-        let file_backed = memory.fault.is_some();
+        let file_backed = memory.file_backed;
         let size = r.slice_size();
         let mut start = 0;
         while start < dirty.len() {

@@ -21,12 +21,21 @@ use crate::thread_cache;
 /// # Invariants
 ///
 /// `ptr..ptr + len` is a slice of `region`, counted in its state word, and owned by this value
-/// alone: no other segment, cache or free stack holds it until `drop` gives it back.
+/// alone: no other segment, cache or free stack holds it until `drop` gives it back. `len` is the
+/// region's `slice_bytes` (the class size, or a dedicated mapping's length), read from the
+/// region, which the segment keeps alive.
+///
+/// Two words, not three: a `Segment` (or `Option<Segment>`) comes back from a call in two
+/// registers, and moves through memory as one 16-byte store and load. A three-word value is
+/// copied with a 16-byte load of the 8-byte stores just made, which stalls on store forwarding
+/// (see `docs/design.md`, "Two words").
 pub struct Segment {
     ptr: NonNull<u8>,
-    len: usize,
     region: RegionRef,
 }
+
+const _: () = assert!(std::mem::size_of::<Segment>() == 16);
+const _: () = assert!(std::mem::size_of::<Option<Segment>>() == 16);
 
 // SAFETY: a segment owns its bytes exclusively (invariant above); releasing it from another thread
 // is what the region protocol is built for (all shared state is atomic).
@@ -39,14 +48,25 @@ impl Segment {
     ///
     /// * `addr` (tag bits aside) is the start of a slice of `region` of at least `len` bytes,
     ///   counted in the region and handed to this segment alone.
+    /// * `len` is the region's slice length (checked in debug builds only: the segment reads it
+    ///   from the region).
     #[inline(always)]
     pub(crate) unsafe fn from_slice(addr: usize, region: RegionRef, len: usize) -> Self {
+        // SAFETY: the caller's slice keeps the region alive.
+        debug_assert_eq!(len, unsafe { region.get() }.slice_bytes());
+        let _ = len;
         Self {
             // SAFETY: slices lie inside mappings, never at address zero (the caller's slice).
             ptr: unsafe { NonNull::new_unchecked((addr & !ZERO_TAG) as *mut u8) },
-            len,
             region,
         }
+    }
+
+    /// The length of the slice, from the region (one load of a read-mostly field).
+    #[inline(always)]
+    fn slice_len(&self) -> usize {
+        // SAFETY: the segment keeps its region alive.
+        unsafe { self.region.get() }.slice_bytes()
     }
 
     /// The region this segment's slice belongs to.
@@ -56,7 +76,7 @@ impl Segment {
 
     /// The size of the buffer in bytes (equal to `len()`).
     pub fn capacity(&self) -> usize {
-        self.len
+        self.slice_len()
     }
 
     /// The first byte.
@@ -75,7 +95,7 @@ impl Deref for Segment {
     #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: the segment owns `len` initialised (mapped, zero-filled at first) bytes at `ptr`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.slice_len()) }
     }
 }
 
@@ -83,7 +103,7 @@ impl DerefMut for Segment {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.slice_len()) }
     }
 }
 
@@ -105,7 +125,7 @@ impl fmt::Debug for Segment {
         let region = unsafe { self.region.get() };
         f.debug_struct("Segment")
             .field("addr", &self.ptr)
-            .field("len", &self.len)
+            .field("len", &self.slice_len())
             .field("region", &region.id)
             .field("dedicated", &(region.class == NO_CLASS))
             .finish()
@@ -123,7 +143,7 @@ impl Drop for Segment {
         let r = unsafe { self.region.get() };
         if r.class == NO_CLASS {
             // SAFETY: this segment owns the region's one slice and is never used again.
-            unsafe { release_dedicated(self.region, addr, self.len) };
+            unsafe { release_dedicated(self.region, addr, r.slice_bytes()) };
         } else {
             // SAFETY: this segment owns the slice; it is never used again. (With diagnostics on,
             // `release` takes its slow path, which tells the diagnostics first.)

@@ -66,16 +66,8 @@ pub struct PoolStats {
     pub dedicated_segments: usize,
     /// Bytes mapped for those dedicated segments (included in `mapped_bytes` and `in_use_bytes`).
     pub dedicated_bytes: usize,
-    /// Regions of a file-backed pool whose file faulted (a SIGBUS was caught in them: the file
-    /// was truncated behind the pool's back, or an I/O error happened at page-in). They hand out
-    /// no more slices and are unmapped once their segments are released. Bytes read from such a
-    /// region after the fault are zeros, not the data that was written.
-    pub faulted_regions: usize,
     /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
     pub budget_waiters: usize,
-    /// File-backed regions whose file faulted (SIGBUS: lost pages, I/O error, disk full), counted
-    /// once per region when the pool found out (a faulted region hands out nothing more).
-    pub faults: u64,
     /// Writes after release detected since the pool was built: slices handed out again whose
     /// poison pattern was damaged. Only `Diagnostics::Full` checks; otherwise always 0.
     pub write_after_release: u64,
@@ -141,20 +133,18 @@ impl fmt::Display for PoolStats {
         )?;
         writeln!(
             f,
-            "regions {} live, {} mapped, {} unmapped, {} faulted; dedicated {} segments, {}",
+            "regions {} live, {} mapped, {} unmapped; dedicated {} segments, {}",
             self.regions,
             self.regions_mapped,
             self.regions_unmapped,
-            self.faulted_regions,
             self.dedicated_segments,
             mib(self.dedicated_bytes)
         )?;
         writeln!(
             f,
-            "allocations {}, releases {}, faults {}, writes after release {}, purged {}",
+            "allocations {}, releases {}, writes after release {}, purged {}",
             self.allocations,
             self.releases,
-            self.faults,
             self.write_after_release,
             mib(self.purged_bytes as usize)
         )?;

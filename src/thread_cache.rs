@@ -435,7 +435,7 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
         if outcome == Released::Emptied {
             // SAFETY: pinned since before the give-back, so the metadata is readable.
             let class = unsafe { region.get() }.class as usize;
-            shared.classes[class].on_emptied(region, &guard);
+            shared.classes[class].on_emptied(&guard);
         }
     }
     shared.budget.notify();
@@ -455,7 +455,7 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     // SAFETY: forwarded from the caller; pinned.
     let outcome = unsafe { give_back(region, &[addr], &guard) };
     if outcome == Released::Emptied {
-        shared.classes[class].on_emptied(region, &guard);
+        shared.classes[class].on_emptied(&guard);
     }
     shared.count_direct_release(class);
     shared.budget.notify();

@@ -267,7 +267,6 @@ fn stats_count_resident_totals_and_peaks() {
     assert!(big.peak_in_use >= 2, "{s}");
     assert_eq!(big.in_use, 1);
     assert_eq!(big.mapped_bytes, 64 * PAGE * big.regions);
-    assert_eq!(s.faults, 0);
     assert_eq!(s.write_after_release, 0);
     let text = s.to_string();
     assert!(text.contains("resident"), "{text}");

@@ -129,6 +129,46 @@ fn eight_threads_with_a_trimmer_never_share_or_corrupt_a_byte() {
     assert!(stats.regions_unmapped > 0 && stats.regions_unmapped == stats.regions_mapped);
 }
 
+/// A segment is two words, so it (and `Option<Segment>`) comes back from a call in two
+/// registers; `len()` is read from its region, for class and dedicated segments alike, and
+/// stays right after the segment moved to another thread.
+#[test]
+fn a_segment_is_two_words_and_knows_its_length() {
+    assert_eq!(
+        std::mem::size_of::<Segment>(),
+        2 * std::mem::size_of::<usize>()
+    );
+    assert_eq!(
+        std::mem::size_of::<Option<Segment>>(),
+        std::mem::size_of::<Segment>()
+    );
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Segment>();
+    let pool = SegmentPool::new().unwrap();
+    let segs: Vec<Segment> = [1, 5000, 70_000, 300_000, 1 << 20, (3 << 20) + 1]
+        .iter()
+        .map(|&n| pool.allocate(n).unwrap())
+        .collect();
+    let lens = thread::spawn(move || {
+        segs.iter()
+            .map(|s| (s.len(), s.capacity(), s.as_ptr() as usize % 4096))
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        lens,
+        [
+            (4096, 4096, 0),
+            (16384, 16384, 0),
+            (262_144, 262_144, 0),
+            (1 << 20, 1 << 20, 0),
+            (1 << 20, 1 << 20, 0),
+            ((3 << 20) + 4096, (3 << 20) + 4096, 0),
+        ]
+    );
+}
+
 #[test]
 fn sizes_map_to_classes_and_segments_behave_like_buffers() {
     let pool = SegmentPool::new().unwrap();

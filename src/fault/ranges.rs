@@ -29,8 +29,8 @@ use super::FileFaultState;
 
 /// How many ranges can be registered at once, process-wide.
 ///
-/// Every live file mapping segpool makes (each `MappedFile` window, each region of a
-/// `Backing::File` pool) takes one slot. 4096 is far above what one process keeps mapped in
+/// Every live file mapping of the file layer (each `MappedFile` window, each `SharedMemory`)
+/// takes one slot (a `Backing::File` pool's regions take none: their faults are not caught). 4096 is far above what one process keeps mapped in
 /// practice and small enough for the handler to scan quickly (it only scans slots ever used).
 /// When all are taken, registering fails: the mapping is refused rather than left unprotected.
 pub const CAPACITY: usize = 4096;
