@@ -9,7 +9,9 @@
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
 //!   slices (128 slices or 4 MiB, whichever is less, at least one; under a budget at most 1/16 of
-//!   it). A full cache gives its older three quarters back to the regions in one batch per
+//!   it). A class above 4 MiB caches one slice, only while the thread's cached bytes in such
+//!   classes of the pool stay within `THREAD_LARGE_CACHE_BYTES` (checked where the release's push
+//!   missed: the fast path never caches these classes). A full cache gives its older three quarters back to the regions in one batch per
 //!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
 //!   When one thread allocates and another releases, every slice goes through these batches, so
 //!   their size sets what each pair pays.
