@@ -54,6 +54,18 @@ const ABOVE_LARGEST: usize = 2 << 30;
 const LARGE_SIZES: [usize; 4] = [2 << 20, 8 << 20, 64 << 20, 256 << 20];
 /// The large sizes of the producer/consumer rows (untouched).
 const LARGE_PC_SIZES: [usize; 3] = [2 << 20, 8 << 20, 64 << 20];
+/// The growth rows: ns per allocation while one class grows (every segment kept live), timed
+/// over `GROWTH_WINDOW` regions' worth of allocations starting at each of these region counts.
+const GROWTH_AT: [usize; 4] = [1, 1_000, 10_000, 50_000];
+/// The growth rows' class: 64 KiB slices in the default 2 MiB regions (huge pages off), so 50,000
+/// regions are 100 GiB of untouched address space and 1.6 million live segments.
+const GROWTH_SLICE: usize = 64 << 10;
+const GROWTH_SLICES: usize = (2 << 20) / GROWTH_SLICE;
+const GROWTH_WINDOW: usize = 100;
+/// What the growth target allows: the cost at the largest region count over the cost at one
+/// region.
+const GROWTH_TOLERANCE: f64 = 0.20;
+
 /// How much slower than the fastest peer a large row may be and still meet its target: the
 /// touched rows are the cost of the page writes for every allocator that reuses its memory, and
 /// two such cells differ by a few percent from run to run.
@@ -247,6 +259,93 @@ fn count_above_largest() -> Result<CallsPerPair, Error> {
     })
 }
 
+/// One growth row: allocations timed while a class grew from `regions` regions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrowthPoint {
+    pub regions: usize,
+    pub ns_per_allocation: f64,
+}
+
+/// Times allocations while one class grows: a pool of `GROWTH_SLICE` slices in regions of
+/// `GROWTH_SLICES` slices, every segment kept live, timed over `GROWTH_WINDOW` regions' worth of
+/// allocations from each count in `GROWTH_AT` (the allocations in between are not timed).
+fn measure_growth() -> Result<Vec<GrowthPoint>, Error> {
+    const SLICE: usize = GROWTH_SLICE;
+    let pool = segpool::SegmentPool::builder()
+        .size_classes(&[SLICE])
+        .region_size(GROWTH_SLICES * SLICE)
+        .huge_pages(false)
+        .build()?;
+    let last = GROWTH_AT[GROWTH_AT.len() - 1];
+    let mut held = Vec::with_capacity((last + GROWTH_WINDOW) * GROWTH_SLICES);
+    let mut out = Vec::new();
+    for &at in &GROWTH_AT {
+        eprint!("\rgrowth: {at} regions");
+        while held.len() < (at - 1) * GROWTH_SLICES {
+            held.push(pool.allocate(SLICE)?);
+        }
+        let regions = pool.stats().regions;
+        let n = GROWTH_WINDOW * GROWTH_SLICES;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            held.push(pool.allocate(SLICE)?);
+        }
+        let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+        black_box(held.last().map(|s| s.as_ptr()));
+        out.push(GrowthPoint {
+            regions,
+            ns_per_allocation: ns,
+        });
+    }
+    eprintln!();
+    Ok(out)
+}
+
+/// "Allocation cost does not grow with the pool": the last growth row within
+/// `GROWTH_TOLERANCE` of the first.
+fn growth_target(points: &[GrowthPoint]) -> Target {
+    let (first, last) = match (points.first(), points.last()) {
+        (Some(f), Some(l)) => (f, l),
+        _ => {
+            return Target {
+                target: "growth: allocation cost flat as the pool grows".into(),
+                holds: false,
+                detail: "not measured".into(),
+            }
+        }
+    };
+    let ratio = last.ns_per_allocation / first.ns_per_allocation;
+    let by_count: Vec<String> = points
+        .iter()
+        .map(|p| format!("{} regions {}", p.regions, ns_text(p.ns_per_allocation)))
+        .collect();
+    Target {
+        target: format!(
+            "growth: allocation from {} regions within {:.0}% of from {}",
+            last.regions,
+            GROWTH_TOLERANCE * 100.0,
+            first.regions
+        ),
+        holds: ratio <= 1.0 + GROWTH_TOLERANCE,
+        detail: format!("{} ({ratio:.2}x)", by_count.join(", ")),
+    }
+}
+
+fn growth_text(points: &[GrowthPoint]) -> String {
+    let mut out = String::from(
+        "growth: ns per allocation while one 64 KiB class grows (segments kept live)\n",
+    );
+    for p in points {
+        let _ = writeln!(
+            out,
+            "  from {:>6} regions: {}",
+            p.regions,
+            ns_text(p.ns_per_allocation)
+        );
+    }
+    out
+}
+
 /// Everything one `segpool bench` produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -267,6 +366,9 @@ pub struct Report {
     /// The large section: segpool against lgalloc, mimalloc and jemalloc at large sizes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub large_rows: Vec<Row>,
+    /// The growth rows: (regions when the window started, ns per allocation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub growth: Vec<GrowthPoint>,
     /// Memory-mapping system calls per allocate+release pair above the largest class, counted
     /// by `segpool::diagnostics::mapping_calls` over a loop of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,14 +426,15 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
     }
     let started = Instant::now();
-    let (rows, large_rows) = if alloc {
+    let (rows, large_rows, growth) = if alloc {
         let per_cell = Duration::from_millis(args.run_ms);
         (
             measure(args.runs, per_cell)?,
             measure_large(args.runs, per_cell)?,
+            measure_growth()?,
         )
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let files = if files {
         Some(bench_files::measure(
@@ -359,6 +462,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         allocators: COLUMNS.iter().map(|s| s.to_string()).collect(),
         rows,
         large_rows,
+        growth,
         above_largest_calls,
         targets: Vec::new(),
         files,
@@ -366,9 +470,12 @@ pub fn run(args: Args) -> Result<(), Error> {
     if alloc {
         report.targets = targets(&report.rows, report.above_largest_calls.as_ref());
         report.targets.extend(large_targets(&report.large_rows));
+        report.targets.push(growth_target(&report.growth));
         print!("{}", text_table(&report));
         println!();
         print!("{}", large_text_table(&report));
+        println!();
+        print!("{}", growth_text(&report.growth));
         println!();
         print_targets(&report.targets);
     }
@@ -1178,6 +1285,17 @@ fn docs_page(r: &Report) -> String {
         size_text(LARGE_IN_FLIGHT_BYTES)
     );
     out.push_str(&large_markdown_table(r));
+    out.push('\n');
+    let _ = writeln!(out, "## Growth\n");
+    let _ = writeln!(
+        out,
+        "ns per allocation while one class grows, every segment kept live: a pool of 64 KiB slices in 2 MiB regions of {GROWTH_SLICES} slices (huge pages off), timed over {GROWTH_WINDOW} regions' worth of allocations from each region count (once per `segpool bench`).\n"
+    );
+    let _ = writeln!(out, "| regions | ns per allocation |");
+    let _ = writeln!(out, "|---:|---:|");
+    for p in &r.growth {
+        let _ = writeln!(out, "| {} | {} |", p.regions, num(p.ns_per_allocation));
+    }
     out.push('\n');
     let _ = writeln!(out, "## Targets (issue 3)\n");
     let _ = writeln!(
