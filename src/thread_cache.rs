@@ -11,8 +11,8 @@
 //!   slices (128 slices or 4 MiB, whichever is less, at least one; under a budget at most 1/16 of
 //!   it). A class above 4 MiB caches one slice, only while the thread's cached bytes in such
 //!   classes of the pool stay within `THREAD_LARGE_CACHE_BYTES` (checked where the release's push
-//!   missed: the fast path never caches these classes). A full cache gives its older three quarters back to the regions in one batch per
-//!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
+//!   missed: the fast path never caches these classes). A full cache gives its older three
+//!   quarters back to the regions in one batch per region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
 //!   When one thread allocates and another releases, every slice goes through these batches, so
 //!   their size sets what each pair pays.
 //! * The pool's out-of-free-list counts (behind the `stats()` peaks) hear of a cache's
@@ -95,7 +95,7 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 /// # Invariants
 ///
 /// * Its length is `counters.cached()` (derived, module docs), and `length <= cap <=
-///   CACHE_MAX_SLICES`.
+///   CACHE_MAX_SLICES`, or `length <= 1` for a byte-bounded class (whose `cap` is 0).
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
 /// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
