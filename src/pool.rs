@@ -102,15 +102,17 @@ impl Default for SegmentPoolBuilder {
 
 impl SegmentPoolBuilder {
     /// The slice sizes: powers of two, at least 4096, strictly increasing. Default: 4 KiB, 16 KiB,
-    /// 64 KiB, 256 KiB, 1 MiB.
+    /// 64 KiB, 256 KiB, 1 MiB, then every power of two up to 1 GiB ([`DEFAULT_SIZE_CLASSES`]).
+    ///
+    /// [`DEFAULT_SIZE_CLASSES`]: crate::DEFAULT_SIZE_CLASSES
     pub fn size_classes(mut self, sizes: &[usize]) -> Self {
         self.size_classes = sizes.to_vec();
         self
     }
 
-    /// The size of every region (a multiple of 4096, at least the largest class, at most 1 GiB).
-    /// Default: 32 slices per region, at least 2 MiB and at most 32 MiB, and at most a quarter
-    /// of the budget.
+    /// The size of every region (a multiple of 4096, at most 1 GiB); a class larger than it gets
+    /// regions of one slice. Default: 32 slices per region, at least 2 MiB and at most 32 MiB
+    /// (but at least one slice), and at most a quarter of the budget (but at least one slice).
     pub fn region_size(mut self, bytes: usize) -> Self {
         self.region_size = Some(bytes);
         self
@@ -225,12 +227,6 @@ impl SegmentPoolBuilder {
             if r == 0 || r % page != 0 {
                 return Err(Error::InvalidConfig(format!(
                     "region_size: {r} is not a positive multiple of the page size ({page})"
-                )));
-            }
-            if r < classes.largest() {
-                return Err(Error::InvalidConfig(format!(
-                    "region_size: {r} cannot hold one slice of the largest class ({})",
-                    classes.largest()
                 )));
             }
             if r > MAX_REGION {

@@ -3,8 +3,26 @@
 
 use crate::{Error, Result};
 
-/// The default classes: 4 KiB, 16 KiB, 64 KiB, 256 KiB and 1 MiB.
-pub const DEFAULT_SIZE_CLASSES: [usize; 5] = [4096, 16384, 65536, 262_144, 1 << 20];
+/// The default classes: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, and every power of two from 2 MiB
+/// to 1 GiB (the large classes: regions of a few slices, one slice from 32 MiB up; see
+/// `docs/design.md`, "Large classes"). Requests above 1 GiB get a dedicated mapping.
+pub const DEFAULT_SIZE_CLASSES: [usize; 15] = [
+    4096,
+    16384,
+    65536,
+    262_144,
+    1 << 20,
+    2 << 20,
+    4 << 20,
+    8 << 20,
+    16 << 20,
+    32 << 20,
+    64 << 20,
+    128 << 20,
+    256 << 20,
+    512 << 20,
+    1 << 30,
+];
 
 /// The smallest class: one page on the machines segpool targets, so every slice is page-aligned.
 pub(crate) const MIN_CLASS: usize = 4096;
@@ -26,6 +44,12 @@ pub(crate) const CACHE_MAX_SLICES: usize = 128;
 /// row of `segpool bench` under the channel's cost plus 30 ns (docs/design.md); an idle thread
 /// holds up to this much per class until its next call or exit.
 pub(crate) const CACHE_MAX_BYTES: usize = 4 << 20;
+/// Classes above [`CACHE_MAX_BYTES`] are cached one slice per class per thread, and only while
+/// the thread's cached bytes in all such classes of one pool stay within this bound (checked on
+/// the slow release path; their fast path never caches). Beyond it a release goes straight back
+/// to the region, still without a system call. 1 GiB: one slice of every class up to 256 MiB
+/// fits at once, or one of the largest.
+pub(crate) const THREAD_LARGE_CACHE_BYTES: usize = 1 << 30;
 
 /// Marks a size with no class: served by a dedicated mapping.
 pub(crate) const NO_CLASS: u8 = u8::MAX;
@@ -101,14 +125,18 @@ impl SizeClasses {
         &self.sizes
     }
 
+    /// The largest class: bigger requests get dedicated mappings.
     pub(crate) fn largest(&self) -> usize {
         *self.sizes.last().expect("non-empty")
     }
 
     /// The region size for class `size`.
     ///
-    /// * An explicit `region_size` is used as given, rounded down to a multiple of the class.
-    /// * Otherwise `SLICES_PER_REGION` slices, clamped to `MIN_REGION..=MAX_DEFAULT_REGION`.
+    /// * An explicit `region_size` is used as given, rounded down to a multiple of the class; a
+    ///   class larger than it gets regions of one slice.
+    /// * Otherwise `SLICES_PER_REGION` slices, clamped to `MIN_REGION..=MAX_DEFAULT_REGION`, and
+    ///   at least one slice: the large classes get regions of 16 slices (2 MiB) down to one slice
+    ///   (32 MiB and up), so a large class never maps much more than it was asked for.
     /// * Under a budget, a region never exceeds a quarter of it (rounded down to a power of two,
     ///   at least one slice), so a small budget stays usable: a 4 MiB budget still serves four
     ///   1 MiB segments, or a mix of classes, instead of being spent on one idle region.
@@ -118,7 +146,9 @@ impl SizeClasses {
         budget: Option<usize>,
     ) -> usize {
         let mut r = match explicit {
-            Some(r) => r / size * size,
+            Some(r) if r >= size => r / size * size,
+            // A class larger than the explicit region size: regions of one slice.
+            Some(_) => size,
             None => (size * SLICES_PER_REGION).clamp(MIN_REGION, MAX_DEFAULT_REGION),
         };
         if let Some(b) = budget {
@@ -135,9 +165,10 @@ impl SizeClasses {
 
     /// How many free slices of class `size` one thread may keep cached.
     ///
-    /// `min(CACHE_MAX_SLICES, CACHE_MAX_BYTES / size)`, at least one; under a budget also at most
-    /// `budget / (16 * size)` (possibly zero: the class is then not cached), so caches can never
-    /// hold a large share of a tight budget.
+    /// `min(CACHE_MAX_SLICES, CACHE_MAX_BYTES / size)`, at least one (above `CACHE_MAX_BYTES`
+    /// the thread's total also bounds it, see [`THREAD_LARGE_CACHE_BYTES`]); under a budget also
+    /// at most `budget / (16 * size)` (possibly zero: the class is then not cached), so caches can
+    /// never hold a large share of a tight budget.
     pub(crate) fn cache_capacity(size: usize, budget: Option<usize>) -> usize {
         let mut cap = (CACHE_MAX_BYTES / size).clamp(1, CACHE_MAX_SLICES);
         if let Some(b) = budget {
@@ -160,7 +191,9 @@ mod tests {
         assert_eq!(c.class_of(10_000), Some(1));
         assert_eq!(c.class_of(16384), Some(1));
         assert_eq!(c.class_of(1 << 20), Some(4));
-        assert_eq!(c.class_of((1 << 20) + 1), None);
+        assert_eq!(c.class_of((1 << 20) + 1), Some(5));
+        assert_eq!(c.class_of(1 << 30), Some(14));
+        assert_eq!(c.class_of((1 << 30) + 1), None);
         assert_eq!(c.class_of(usize::MAX), None);
     }
 
@@ -177,5 +210,27 @@ mod tests {
             SizeClasses::region_size(1 << 20, None, Some(6 << 20)),
             1 << 20
         );
+    }
+
+    #[test]
+    fn large_classes_get_regions_of_few_slices_and_small_caches() {
+        assert_eq!(SizeClasses::region_size(2 << 20, None, None), 32 << 20);
+        assert_eq!(SizeClasses::region_size(16 << 20, None, None), 32 << 20);
+        assert_eq!(SizeClasses::region_size(64 << 20, None, None), 64 << 20);
+        assert_eq!(SizeClasses::region_size(1 << 30, None, None), 1 << 30);
+        // A small budget: one slice per region.
+        assert_eq!(
+            SizeClasses::region_size(2 << 20, None, Some(4 << 20)),
+            2 << 20
+        );
+        // An explicit region size smaller than the class: one slice.
+        assert_eq!(
+            SizeClasses::region_size(8 << 20, Some(1 << 20), None),
+            8 << 20
+        );
+        assert_eq!(SizeClasses::cache_capacity(2 << 20, None), 2);
+        assert_eq!(SizeClasses::cache_capacity(64 << 20, None), 1);
+        assert_eq!(SizeClasses::cache_capacity(1 << 30, None), 1);
+        assert_eq!(SizeClasses::cache_capacity(2 << 20, Some(16 << 20)), 0);
     }
 }

@@ -9,8 +9,10 @@
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
 //!   slices (128 slices or 4 MiB, whichever is less, at least one; under a budget at most 1/16 of
-//!   it). A full cache gives its older three quarters back to the regions in one batch per
-//!   region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
+//!   it). A class above 4 MiB caches one slice, only while the thread's cached bytes in such
+//!   classes of the pool stay within `THREAD_LARGE_CACHE_BYTES` (checked where the release's push
+//!   missed: the fast path never caches these classes). A full cache gives its older three
+//!   quarters back to the regions in one batch per region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
 //!   When one thread allocates and another releases, every slice goes through these batches, so
 //!   their size sets what each pair pays.
 //! * The pool's out-of-free-list counts (behind the `stats()` peaks) hear of a cache's
@@ -48,7 +50,7 @@ use crate::budget::WAITER_MASK;
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, give_back_uncounted, RegionRef, Released, MAX_BATCH, ZERO_TAG};
-use crate::size_class::CACHE_MAX_SLICES;
+use crate::size_class::{CACHE_MAX_BYTES, CACHE_MAX_SLICES, THREAD_LARGE_CACHE_BYTES};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{arc_slice, const_thread_local, epoch, Arc};
 
@@ -93,7 +95,7 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 /// # Invariants
 ///
 /// * Its length is `counters.cached()` (derived, module docs), and `length <= cap <=
-///   CACHE_MAX_SLICES`.
+///   CACHE_MAX_SLICES`, or `length <= 1` for a byte-bounded class (whose `cap` is 0).
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
 /// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
@@ -107,7 +109,12 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 #[repr(align(128))]
 pub(crate) struct ClassCache {
     pub(crate) counters: ClassCounters,
+    /// The bound the fast path checks. 0 for a byte-bounded class, whose fast path never caches.
     cap: usize,
+    /// The class is above `CACHE_MAX_BYTES` (8 MiB and up by default): the slow release caches
+    /// one slice while the thread's cached bytes in such classes of this pool stay within
+    /// `THREAD_LARGE_CACHE_BYTES` (see [`release_slow`]), and a refill takes exactly one slice.
+    byte_bounded: bool,
     /// The class's slice size (what a segment's `len()` is).
     size: usize,
     /// The class's index in its pool.
@@ -146,7 +153,12 @@ impl ClassCache {
     fn new(class: u8, size: usize, cap: usize) -> Self {
         Self {
             counters: ClassCounters::default(),
-            cap: cap.min(CACHE_MAX_SLICES),
+            cap: if size > CACHE_MAX_BYTES {
+                0
+            } else {
+                cap.min(CACHE_MAX_SLICES)
+            },
+            byte_bounded: size > CACHE_MAX_BYTES && cap > 0,
             size,
             class,
             uncounted: Cell::new(0),
@@ -199,6 +211,18 @@ impl ClassCache {
         if len >= self.cap {
             return false;
         }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_unchecked(len, r, slot) }
+    }
+
+    /// Caches `slot` at `len` (the caller checked the bound).
+    ///
+    /// # Safety
+    ///
+    /// * As for [`push`](Self::push); `(len, r)` is [`len_and_releases`](Self::len_and_releases)
+    ///   now.
+    #[inline(always)]
+    unsafe fn push_unchecked(&self, len: usize, r: u64, slot: Slot) -> bool {
         // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
         let slots = unsafe { &mut *self.slots.get() };
         let Some(s) = slots.get_mut(len) else {
@@ -554,7 +578,7 @@ pub(crate) fn refill(
 ) -> Result<(usize, RegionRef), Shortage> {
     let taken = with_entry(shared, |entry| {
         let cache = &entry.classes[class];
-        if cache.cap == 0 {
+        if cache.cap == 0 && !cache.byte_bounded {
             return None;
         }
         // SAFETY: this thread owns its entries.
@@ -568,7 +592,11 @@ pub(crate) fn refill(
             unsafe { cache.count_returned(shared, 0, true) };
         }
         // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
-        let want = cache.cap.max(2);
+        let want = if cache.byte_bounded {
+            1
+        } else {
+            cache.cap.max(2)
+        };
         Some(with_buffer(want, |buf| {
             let guard = epoch::pin();
             let result = shared.classes[class].take(shared, buf, &guard);
@@ -619,7 +647,18 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
             // class; a class region's `class` is a class of its pool.
             let cache = unsafe { &*f.classes.get().add(r.class as usize) };
             // SAFETY: this thread owns the cache; the caller hands us the slice.
-            unsafe { cache.push((addr, region)) }
+            if unsafe { cache.push((addr, region)) } {
+                return true;
+            }
+            if !cache.byte_bounded {
+                return false;
+            }
+            // SAFETY: as above, `FAST` points at this pool's whole class array, one entry per
+            // class of the pool.
+            let classes =
+                unsafe { std::slice::from_raw_parts(f.classes.get(), pool.classes.len()) };
+            // SAFETY: this thread owns the caches; the caller hands us the slice.
+            unsafe { push_byte_bounded(classes, cache, (addr, region)) }
         })
         .unwrap_or(false);
     if !cached {
@@ -649,7 +688,14 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
     // trim bumps it), so a waiter also gets the slices this thread had cached.
     let cached = with_entry(shared, |entry| {
         let cache = &entry.classes[class];
-        if cache.cap == 0 || entry.shared.budget.has_waiters() {
+        if entry.shared.budget.has_waiters() {
+            return false;
+        }
+        if cache.byte_bounded {
+            // SAFETY: this thread owns its entries; the caller hands us the slice.
+            return unsafe { push_byte_bounded(&entry.classes, cache, (addr, region)) };
+        }
+        if cache.cap == 0 {
             return false;
         }
         // SAFETY: this thread owns the cache; the caller hands us the slice.
@@ -668,6 +714,32 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         // SAFETY: forwarded from the caller.
         unsafe { release_direct(region, addr) };
     }
+}
+
+/// Caches a slice of a byte-bounded class (above `CACHE_MAX_BYTES`): one per class, and only
+/// while this thread's cached bytes in such classes of this pool stay within
+/// `THREAD_LARGE_CACHE_BYTES`.
+///
+/// # Safety
+///
+/// * The calling thread owns `classes` (one pool's caches) and `cache` is one of them; `slot` is
+///   a slice of its class that the caller owns (the cache owns it after `true`).
+unsafe fn push_byte_bounded(classes: &[ClassCache], cache: &ClassCache, slot: Slot) -> bool {
+    let (len, r) = cache.len_and_releases();
+    if len >= 1 {
+        return false;
+    }
+    let held: usize = classes
+        .iter()
+        .filter(|c| c.byte_bounded)
+        .map(|c| c.counters.cached() * c.size)
+        .sum();
+    if held + cache.size > THREAD_LARGE_CACHE_BYTES {
+        return false;
+    }
+    debug_assert!(cache.size > CACHE_MAX_BYTES);
+    // SAFETY: forwarded from the caller; the cache is empty, so slot 0 is free.
+    unsafe { cache.push_unchecked(len, r, slot) }
 }
 
 /// Gives this thread's cached slices of `shared` back to their regions now.

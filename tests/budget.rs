@@ -155,7 +155,7 @@ fn requests_that_can_never_fit_fail_at_once() {
             ..
         }) => {
             assert_eq!(requested, 5 * MIB);
-            assert_eq!(needed, 5 * MIB);
+            assert_eq!(needed, 8 * MIB, "one region (one slice) of the 8 MiB class");
             assert_eq!(budget, 4 * MIB);
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
@@ -183,7 +183,11 @@ fn requests_that_can_never_fit_fail_at_once() {
 
 #[test]
 fn dedicated_mappings_count_against_the_budget() {
-    let pool = SegmentPool::builder().budget(8 * MIB).build().unwrap();
+    let pool = SegmentPool::builder()
+        .size_classes(&[4096, MIB])
+        .budget(8 * MIB)
+        .build()
+        .unwrap();
     let big = pool.allocate(6 * MIB).unwrap();
     let stats = pool.stats();
     assert_eq!(stats.mapped_bytes, 6 * MIB);

@@ -37,10 +37,6 @@ fn every_invalid_builder_value_is_named_in_the_error() {
         SegmentPool::builder().region_size(5000),
         "region_size: 5000",
     );
-    invalid(
-        SegmentPool::builder().region_size(512 << 10),
-        "largest class",
-    );
     invalid(SegmentPool::builder().region_size(2 << 30), "maximum");
     invalid(
         SegmentPool::builder().region_size(8 << 20).budget(4 << 20),

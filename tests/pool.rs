@@ -187,13 +187,15 @@ fn sizes_map_to_classes_and_segments_behave_like_buffers() {
         (65536, 65536),
         (65537, 262_144),
         (1 << 20, 1 << 20),
+        ((1 << 20) + 1, 2 << 20),
+        (3 << 20, 4 << 20),
     ] {
         assert_eq!(pool.allocate(req).unwrap().len(), class, "request {req}");
     }
-    let big = pool.allocate((1 << 20) + 1).unwrap();
+    let big = pool.allocate((1 << 30) + 1).unwrap();
     assert_eq!(
         big.len(),
-        (1 << 20) + 4096,
+        (1 << 30) + 4096,
         "dedicated mappings are rounded to pages"
     );
     assert_eq!(pool.stats().dedicated_segments, 1);

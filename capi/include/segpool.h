@@ -119,7 +119,8 @@ typedef int32_t SegpoolStatus;
 typedef struct SegpoolConfig {
   /**
    * The slice sizes in bytes: powers of two, at least 4096, strictly increasing. Ignored when
-   * `size_class_count` is 0 (the defaults are used: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB).
+   * `size_class_count` is 0 (the defaults are used: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB,
+   * then powers of two up to 1 GiB).
    */
   const size_t *size_classes;
   /**

@@ -52,7 +52,8 @@ const MAX_SIZE_CLASSES: usize = 64;
 #[derive(Debug, Clone, Copy)]
 pub struct SegpoolConfig {
     /// The slice sizes in bytes: powers of two, at least 4096, strictly increasing. Ignored when
-    /// `size_class_count` is 0 (the defaults are used: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB).
+    /// `size_class_count` is 0 (the defaults are used: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB,
+    /// then powers of two up to 1 GiB).
     pub size_classes: *const usize,
     /// Entries in `size_classes`; 0 for the defaults, at most 64.
     pub size_class_count: usize,

@@ -5,7 +5,10 @@
 //! Every cell of the table is measured in the same process, in the same run: for each run, every
 //! (pattern, size, allocator) cell is timed once, the contenders of a row taking turns going
 //! first, so machine noise spreads over all allocators alike; a cell's value is the median of its
-//! runs. Memory is never touched: the numbers are the cost of the bookkeeping, not of page faults.
+//! runs. In the main table memory is never touched: the numbers are the cost of the bookkeeping,
+//! not of page faults. The large section (2 MiB to 256 MiB, against lgalloc, mimalloc and
+//! jemalloc) also has touched rows, one byte written per 4 KiB page, where an allocator that
+//! hands out fresh pages pays their faults.
 //!
 //! The producer/consumer rows are the exception: there the target is segpool's cost over the
 //! bare channel, and the channel alone swings by about a third from one cell to the next (thread
@@ -32,14 +35,42 @@ const BATCH: u64 = 256;
 /// Capacity of the channel in the producer/consumer pattern: deep enough that the two threads
 /// rarely park (a shallow channel measures futex wake-ups, not allocators), but at most
 /// `IN_FLIGHT_BYTES` of buffers in flight.
+/// Above 1 MiB (the large section) the channel holds at most 256 MiB of buffers, and at least 4.
 fn channel_bound(size: usize) -> usize {
-    (IN_FLIGHT_BYTES / size).clamp(64, 1024)
+    if size > 1 << 20 {
+        (LARGE_IN_FLIGHT_BYTES / size).clamp(4, 64)
+    } else {
+        (IN_FLIGHT_BYTES / size).clamp(64, 1024)
+    }
 }
 const IN_FLIGHT_BYTES: usize = 64 << 20;
-const CHANNEL_BOUND_TEXT: &str = "min(1024, max(64, 64 MiB / size))";
-/// The pool's size classes; the benchmark also asks for one size above the largest.
+const LARGE_IN_FLIGHT_BYTES: usize = 256 << 20;
+const CHANNEL_BOUND_TEXT: &str =
+    "min(1024, max(64, 64 MiB / size)); above 1 MiB min(64, max(4, 256 MiB / size))";
+/// The small classes the main table measures; the benchmark also asks for one size above the
+/// largest class of the default pool (1 GiB).
 const CLASSES: [usize; 5] = [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
-const ABOVE_LARGEST: usize = 2 << 20;
+const ABOVE_LARGEST: usize = 2 << 30;
+/// The large section: sizes of large classes, in 1 and 2 threads, untouched and touched.
+const LARGE_SIZES: [usize; 4] = [2 << 20, 8 << 20, 64 << 20, 256 << 20];
+/// The large sizes of the producer/consumer rows (untouched).
+const LARGE_PC_SIZES: [usize; 3] = [2 << 20, 8 << 20, 64 << 20];
+/// The growth rows: ns per allocation while one class grows (every segment kept live), timed
+/// over `GROWTH_WINDOW` regions' worth of allocations starting at each of these region counts.
+const GROWTH_AT: [usize; 4] = [1, 1_000, 10_000, 50_000];
+/// The growth rows' class: 64 KiB slices in the default 2 MiB regions (huge pages off), so 50,000
+/// regions are 100 GiB of untouched address space and 1.6 million live segments.
+const GROWTH_SLICE: usize = 64 << 10;
+const GROWTH_SLICES: usize = (2 << 20) / GROWTH_SLICE;
+const GROWTH_WINDOW: usize = 100;
+/// What the growth target allows: the cost at the largest region count over the cost at one
+/// region.
+const GROWTH_TOLERANCE: f64 = 0.20;
+
+/// How much slower than the fastest peer a large row may be and still meet its target: the
+/// touched rows are the cost of the page writes for every allocator that reuses its memory, and
+/// two such cells differ by a few percent from run to run.
+const LARGE_TOLERANCE: f64 = 0.05;
 /// Back-to-back (segpool, channel) pairs per run in each producer/consumer row; each of the two
 /// cells of a pair is timed for half of `--run-ms`, so a row's run takes `PC_PAIRS` run lengths
 /// for the two of them.
@@ -91,7 +122,8 @@ pub struct Args {
 /// A section of `segpool bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
-    /// ns per allocate+release pair against glibc, mimalloc, jemalloc and mmap.
+    /// ns per allocate+release pair against glibc, mimalloc, jemalloc and mmap; large sizes
+    /// against lgalloc, mimalloc and jemalloc.
     Alloc,
     /// ns per file operation against pread/pwrite, read() and memmap2.
     Files,
@@ -158,6 +190,9 @@ pub struct Row {
     /// median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paired_over_channel_ns: Vec<f64>,
+    /// One byte written per 4 KiB page of every buffer between allocate and release.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub touched: bool,
 }
 
 impl Row {
@@ -230,6 +265,93 @@ fn count_above_largest() -> Result<CallsPerPair, Error> {
     })
 }
 
+/// One growth row: allocations timed while a class grew from `regions` regions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrowthPoint {
+    pub regions: usize,
+    pub ns_per_allocation: f64,
+}
+
+/// Times allocations while one class grows: a pool of `GROWTH_SLICE` slices in regions of
+/// `GROWTH_SLICES` slices, every segment kept live, timed over `GROWTH_WINDOW` regions' worth of
+/// allocations from each count in `GROWTH_AT` (the allocations in between are not timed).
+fn measure_growth() -> Result<Vec<GrowthPoint>, Error> {
+    const SLICE: usize = GROWTH_SLICE;
+    let pool = segpool::SegmentPool::builder()
+        .size_classes(&[SLICE])
+        .region_size(GROWTH_SLICES * SLICE)
+        .huge_pages(false)
+        .build()?;
+    let last = GROWTH_AT[GROWTH_AT.len() - 1];
+    let mut held = Vec::with_capacity((last + GROWTH_WINDOW) * GROWTH_SLICES);
+    let mut out = Vec::new();
+    for &at in &GROWTH_AT {
+        eprint!("\rgrowth: {at} regions");
+        while held.len() < (at - 1) * GROWTH_SLICES {
+            held.push(pool.allocate(SLICE)?);
+        }
+        let regions = pool.stats().regions;
+        let n = GROWTH_WINDOW * GROWTH_SLICES;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            held.push(pool.allocate(SLICE)?);
+        }
+        let ns = t0.elapsed().as_nanos() as f64 / n as f64;
+        black_box(held.last().map(|s| s.as_ptr()));
+        out.push(GrowthPoint {
+            regions,
+            ns_per_allocation: ns,
+        });
+    }
+    eprintln!();
+    Ok(out)
+}
+
+/// "Allocation cost does not grow with the pool": the last growth row within
+/// `GROWTH_TOLERANCE` of the first.
+fn growth_target(points: &[GrowthPoint]) -> Target {
+    let (first, last) = match (points.first(), points.last()) {
+        (Some(f), Some(l)) => (f, l),
+        _ => {
+            return Target {
+                target: "growth: allocation cost flat as the pool grows".into(),
+                holds: false,
+                detail: "not measured".into(),
+            }
+        }
+    };
+    let ratio = last.ns_per_allocation / first.ns_per_allocation;
+    let by_count: Vec<String> = points
+        .iter()
+        .map(|p| format!("{} regions {}", p.regions, ns_text(p.ns_per_allocation)))
+        .collect();
+    Target {
+        target: format!(
+            "growth: allocation from {} regions within {:.0}% of from {}",
+            last.regions,
+            GROWTH_TOLERANCE * 100.0,
+            first.regions
+        ),
+        holds: ratio <= 1.0 + GROWTH_TOLERANCE,
+        detail: format!("{} ({ratio:.2}x)", by_count.join(", ")),
+    }
+}
+
+fn growth_text(points: &[GrowthPoint]) -> String {
+    let mut out = String::from(
+        "growth: ns per allocation while one 64 KiB class grows (segments kept live)\n",
+    );
+    for p in points {
+        let _ = writeln!(
+            out,
+            "  from {:>6} regions: {}",
+            p.regions,
+            ns_text(p.ns_per_allocation)
+        );
+    }
+    out
+}
+
 /// Everything one `segpool bench` produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -247,6 +369,12 @@ pub struct Report {
     /// Allocator names in column order.
     pub allocators: Vec<String>,
     pub rows: Vec<Row>,
+    /// The large section: segpool against lgalloc, mimalloc and jemalloc at large sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_rows: Vec<Row>,
+    /// The growth rows: (regions when the window started, ns per allocation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub growth: Vec<GrowthPoint>,
     /// Memory-mapping system calls per allocate+release pair above the largest class, counted
     /// by `segpool::diagnostics::mapping_calls` over a loop of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,10 +433,15 @@ pub fn run(args: Args) -> Result<(), Error> {
         }
     }
     let started = Instant::now();
-    let rows = if alloc {
-        measure(args.runs, Duration::from_millis(args.run_ms))?
+    let (rows, large_rows, growth) = if alloc {
+        let per_cell = Duration::from_millis(args.run_ms);
+        (
+            measure(args.runs, per_cell)?,
+            measure_large(args.runs, per_cell)?,
+            measure_growth()?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new(), Vec::new())
     };
     let files = if files {
         Some(bench_files::measure(
@@ -335,13 +468,21 @@ pub fn run(args: Args) -> Result<(), Error> {
         seconds: started.elapsed().as_secs_f64(),
         allocators: COLUMNS.iter().map(|s| s.to_string()).collect(),
         rows,
+        large_rows,
+        growth,
         above_largest_calls,
         targets: Vec::new(),
         files,
     };
     if alloc {
         report.targets = targets(&report.rows, report.above_largest_calls.as_ref());
+        report.targets.extend(large_targets(&report.large_rows));
+        report.targets.push(growth_target(&report.growth));
         print!("{}", text_table(&report));
+        println!();
+        print!("{}", large_text_table(&report));
+        println!();
+        print!("{}", growth_text(&report.growth));
         println!();
         print_targets(&report.targets);
     }
@@ -368,6 +509,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         let mut md = String::new();
         if alloc {
             md.push_str(&markdown_table(&report));
+            md.push('\n');
+            md.push_str(&large_markdown_table(&report));
         }
         if let Some(f) = &report.files {
             if alloc {
@@ -501,6 +644,7 @@ fn measure(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
                 size,
                 cells: Vec::new(),
                 paired_over_channel_ns: Vec::new(),
+                touched: false,
             })
         })
         .collect();
@@ -520,25 +664,104 @@ fn measure(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
                         let half = per_cell / 2;
                         for _ in 0..PC_PAIRS {
                             let (sp, ch) = if run % 2 == 0 {
-                                let sp = time(&segpool, p, s, half)?;
-                                (sp, time(&channel, p, s, half)?)
+                                let sp = time(&segpool, p, s, false, half)?;
+                                (sp, time(&channel, p, s, false, half)?)
                             } else {
-                                let ch = time(&channel, p, s, half)?;
-                                (time(&segpool, p, s, half)?, ch)
+                                let ch = time(&channel, p, s, false, half)?;
+                                (time(&segpool, p, s, false, half)?, ch)
                             };
                             row.record("segpool", sp);
                             row.record("channel", ch);
                             row.paired_over_channel_ns.push(sp - ch);
                         }
                     }
-                    0 => row.record("segpool", time(&segpool, p, s, per_cell)?),
-                    1 => row.record("floor", time(&floor, p, s, per_cell)?),
-                    2 => row.record("glibc", time(&glibc, p, s, per_cell)?),
-                    3 if peers::C_PEERS => row.record("mimalloc", time(&mimalloc, p, s, per_cell)?),
-                    4 if peers::C_PEERS => row.record("jemalloc", time(&jemalloc, p, s, per_cell)?),
+                    0 => row.record("segpool", time(&segpool, p, s, false, per_cell)?),
+                    1 => row.record("floor", time(&floor, p, s, false, per_cell)?),
+                    2 => row.record("glibc", time(&glibc, p, s, false, per_cell)?),
+                    3 if peers::C_PEERS => {
+                        row.record("mimalloc", time(&mimalloc, p, s, false, per_cell)?)
+                    }
+                    4 if peers::C_PEERS => {
+                        row.record("jemalloc", time(&jemalloc, p, s, false, per_cell)?)
+                    }
                     // Without the `peers` feature (only the tests measure then).
                     3 | 4 => {}
-                    _ => row.record("mmap", time(&mmap, p, s, per_cell)?),
+                    _ => row.record("mmap", time(&mmap, p, s, false, per_cell)?),
+                }
+            }
+        }
+    }
+    eprintln!();
+    for cell in rows.iter_mut().flat_map(|r| r.cells.iter_mut()) {
+        cell.median_ns = median(&cell.runs_ns);
+    }
+    Ok(rows)
+}
+
+/// Column order of the large section.
+const LARGE_COLUMNS: [&str; 5] = ["segpool", "lgalloc", "mimalloc", "jemalloc", "channel"];
+
+/// The large section: like [`measure`], with lgalloc among the peers, at large sizes, untouched
+/// and touched. A pool of its own, so the main table's pool is not mixed in.
+fn measure_large(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
+    let segpool = peers::Segpool(segpool::SegmentPool::new()?);
+    let lgalloc = peers::lgalloc();
+    let mimalloc = peers::mimalloc();
+    let jemalloc = peers::jemalloc();
+    let channel = peers::Nothing;
+    let mut rows = Vec::new();
+    for touched in [false, true] {
+        for pattern in [Pattern::OneThread, Pattern::TwoThreads] {
+            for size in LARGE_SIZES {
+                rows.push((pattern, size, touched));
+            }
+        }
+    }
+    rows.extend(
+        LARGE_PC_SIZES
+            .iter()
+            .map(|&s| (Pattern::ProducerConsumer, s, false)),
+    );
+    let mut rows: Vec<Row> = rows
+        .into_iter()
+        .map(|(pattern, size, touched)| Row {
+            pattern,
+            size,
+            cells: Vec::new(),
+            paired_over_channel_ns: Vec::new(),
+            touched,
+        })
+        .collect();
+    for run in 0..runs {
+        eprint!("\rlarge sizes: run {}/{runs}", run + 1);
+        for row in rows.iter_mut() {
+            let (p, s, t) = (row.pattern, row.size, row.touched);
+            for k in 0..4 {
+                match (k + run as usize) % 4 {
+                    0 if p == Pattern::ProducerConsumer => {
+                        let half = per_cell / 2;
+                        for _ in 0..PC_PAIRS {
+                            let (sp, ch) = if run % 2 == 0 {
+                                let sp = time(&segpool, p, s, t, half)?;
+                                (sp, time(&channel, p, s, t, half)?)
+                            } else {
+                                let ch = time(&channel, p, s, t, half)?;
+                                (time(&segpool, p, s, t, half)?, ch)
+                            };
+                            row.record("segpool", sp);
+                            row.record("channel", ch);
+                            row.paired_over_channel_ns.push(sp - ch);
+                        }
+                    }
+                    0 => row.record("segpool", time(&segpool, p, s, t, per_cell)?),
+                    1 => row.record("lgalloc", time(&lgalloc, p, s, t, per_cell)?),
+                    2 if peers::C_PEERS => {
+                        row.record("mimalloc", time(&mimalloc, p, s, t, per_cell)?)
+                    }
+                    3 if peers::C_PEERS => {
+                        row.record("jemalloc", time(&jemalloc, p, s, t, per_cell)?)
+                    }
+                    _ => {}
                 }
             }
         }
@@ -561,16 +784,23 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// ns per pair of `a` in pattern `p` at `size`, timed for about `per_cell`.
-fn time<A: Allocator>(a: &A, p: Pattern, size: usize, per_cell: Duration) -> Result<f64, Error> {
+/// ns per pair of `a` in pattern `p` at `size` (writing one byte per page of every buffer when
+/// `touch`), timed for about `per_cell`.
+fn time<A: Allocator>(
+    a: &A,
+    p: Pattern,
+    size: usize,
+    touch: bool,
+    per_cell: Duration,
+) -> Result<f64, Error> {
     match p {
-        Pattern::OneThread => own_pairs(a, size, per_cell, None),
+        Pattern::OneThread => own_pairs(a, size, touch, per_cell, None),
         Pattern::TwoThreads => {
             let barrier = Barrier::new(2);
             let b = &barrier;
             std::thread::scope(|s| {
-                let t = s.spawn(move || own_pairs(a, size, per_cell, Some(b)));
-                let mine = own_pairs(a, size, per_cell, Some(b));
+                let t = s.spawn(move || own_pairs(a, size, touch, per_cell, Some(b)));
+                let mine = own_pairs(a, size, touch, per_cell, Some(b));
                 let theirs = t.join().map_err(|_| "benchmark thread panicked")?;
                 Ok((mine? + theirs?) / 2.0)
             })
@@ -580,31 +810,50 @@ fn time<A: Allocator>(a: &A, p: Pattern, size: usize, per_cell: Duration) -> Res
     .map_err(|e: Error| format!("{} ({}, {size} bytes): {e}", a.name(), p.label()).into())
 }
 
-/// Allocate+release pairs on this thread; after warming up, waits at `start` (if any) so two
-/// threads time the same period.
+/// Writes one byte into every 4 KiB page of the `size` bytes at `addr`.
+fn touch_pages(addr: usize, size: usize) {
+    for off in (0..size).step_by(peers::PAGE) {
+        // SAFETY: `addr` is a buffer of at least `size` bytes that the caller owns and that no
+        // one else reads or writes.
+        unsafe { std::ptr::write_volatile((addr + off) as *mut u8, 1) };
+    }
+}
+
+/// Allocate+release pairs on this thread (writing one byte per page of each buffer when
+/// `touch`); after warming up, waits at `start` (if any) so two threads time the same period.
 fn own_pairs<A: Allocator>(
     a: &A,
     size: usize,
+    touch: bool,
     per_cell: Duration,
     start: Option<&Barrier>,
 ) -> Result<f64, Error> {
     let pairs = |n: u64| -> Result<(), String> {
         for _ in 0..n {
             let b = a.alloc(size)?;
+            if touch {
+                touch_pages(A::addr(&b), size);
+            }
             black_box(A::addr(&b));
             a.release(b, size);
         }
         Ok(())
     };
-    pairs(BATCH)?;
+    // Touched pairs cost microseconds to milliseconds: fewer per clock read.
+    let batch = if touch {
+        (BATCH * (64 << 10) / size as u64).max(1)
+    } else {
+        BATCH
+    };
+    pairs(batch)?;
     if let Some(b) = start {
         b.wait();
     }
     let t0 = Instant::now();
     let mut done = 0u64;
     loop {
-        pairs(BATCH)?;
-        done += BATCH;
+        pairs(batch)?;
+        done += batch;
         let el = t0.elapsed();
         if el >= per_cell {
             return Ok(el.as_nanos() as f64 / done as f64);
@@ -708,7 +957,7 @@ fn targets(rows: &[Row], calls: Option<&CallsPerPair>) -> Vec<Target> {
         holds: ns <= 15.0,
         detail: format!("worst {} at {}", ns_text(ns), size_text(s)),
     });
-    out.push(producer_consumer_target(rows));
+    out.push(producer_consumer_target(rows, &CLASSES));
     if let Some(r) = of(Pattern::OneThread).find(|r| r.size == ABOVE_LARGEST) {
         let (sp, mm) = (
             r.ns("segpool").unwrap_or(f64::NAN),
@@ -745,13 +994,13 @@ fn targets(rows: &[Row], calls: Option<&CallsPerPair>) -> Vec<Target> {
 /// differences (segpool minus channel, timed back to back), not on the difference of the two
 /// medians, which the channel's swings from cell to cell dominate; that difference is shown
 /// beside it for comparison. A class without paired differences fails.
-fn producer_consumer_target(rows: &[Row]) -> Target {
+fn producer_consumer_target(rows: &[Row], sizes: &[usize]) -> Target {
     let mut holds = true;
     let mut missing = Vec::new();
     let mut by_class = Vec::new();
     // (size, paired median, pairs, difference of medians) of the worst class.
     let mut worst: Option<(usize, f64, usize, f64)> = None;
-    for size in CLASSES {
+    for &size in sizes {
         let row = rows
             .iter()
             .find(|r| r.pattern == Pattern::ProducerConsumer && r.size == size)
@@ -791,15 +1040,89 @@ fn producer_consumer_target(rows: &[Row]) -> Target {
             by_class.join(", ")
         );
     }
+    let which = if sizes == CLASSES {
+        "every class".to_string()
+    } else {
+        sizes
+            .iter()
+            .map(|&s| size_text(s))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     Target {
-        target: format!("producer/consumer, every class: <= channel + {PC_OVER_CHANNEL_NS:.0} ns"),
+        target: format!("producer/consumer, {which}: <= channel + {PC_OVER_CHANNEL_NS:.0} ns"),
         holds,
         detail,
     }
 }
 
+/// The large section's targets: at every large size, 1 and 2 threads, untouched and touched,
+/// segpool no slower than the fastest of lgalloc, mimalloc and jemalloc (within
+/// `LARGE_TOLERANCE`); and allocate on one thread, release on another, within the channel's cost
+/// plus `PC_OVER_CHANNEL_NS`.
+fn large_targets(rows: &[Row]) -> Vec<Target> {
+    let mut holds = true;
+    let mut worst: Option<(f64, String)> = None;
+    let mut missing = Vec::new();
+    for touched in [false, true] {
+        for pattern in [Pattern::OneThread, Pattern::TwoThreads] {
+            for size in LARGE_SIZES {
+                let label = format!(
+                    "{} {}{}",
+                    pattern.label(),
+                    size_text(size),
+                    if touched { " touched" } else { "" }
+                );
+                let row = rows
+                    .iter()
+                    .find(|r| r.pattern == pattern && r.size == size && r.touched == touched);
+                let ratio = row.map_or(f64::NAN, |r| {
+                    let best = ["lgalloc", "mimalloc", "jemalloc"]
+                        .iter()
+                        .map(|p| r.ns(p).unwrap_or(f64::NAN))
+                        .fold(
+                            f64::INFINITY,
+                            |a, b| if b.is_nan() { f64::NAN } else { a.min(b) },
+                        );
+                    r.ns("segpool").unwrap_or(f64::NAN) / best
+                });
+                if ratio.is_nan() {
+                    missing.push(label.clone());
+                }
+                // Written so that a NaN fails.
+                holds &= ratio <= 1.0 + LARGE_TOLERANCE;
+                if worst.as_ref().is_none_or(|w| ratio.is_nan() || ratio > w.0) && !ratio.is_nan() {
+                    worst = Some((ratio, label));
+                }
+            }
+        }
+    }
+    let mut detail = String::new();
+    if !missing.is_empty() {
+        let _ = write!(detail, "not measured: {}; ", missing.join(", "));
+    }
+    if let Some((ratio, label)) = worst {
+        let _ = write!(detail, "worst {ratio:.2}x the fastest peer at {label}");
+    }
+    vec![
+        Target {
+            target: format!(
+                "large sizes ({} to {}), 1 and 2 threads, untouched and touched: <= the fastest of lgalloc, mimalloc, jemalloc (+{:.0}%)",
+                size_text(LARGE_SIZES[0]),
+                size_text(LARGE_SIZES[LARGE_SIZES.len() - 1]),
+                LARGE_TOLERANCE * 100.0
+            ),
+            holds,
+            detail,
+        },
+        producer_consumer_target(rows, &LARGE_PC_SIZES),
+    ]
+}
+
 pub fn size_text(bytes: usize) -> String {
-    if bytes >= 1 << 20 {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else if bytes >= 1 << 20 {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{} KiB", bytes >> 10)
@@ -866,6 +1189,56 @@ fn text_table(r: &Report) -> String {
         let mut cols = vec![row.pattern.label().to_string(), size_text(row.size)];
         cols.extend(COLUMNS.iter().map(|c| cell_text(row, c)));
         let _ = writeln!(out, "{}", line(&cols));
+    }
+    out
+}
+
+/// The row label of the large section: the pattern, and whether pages were touched.
+fn large_label(row: &Row) -> String {
+    if row.touched {
+        format!("{}, touched", row.pattern.label())
+    } else {
+        row.pattern.label().to_string()
+    }
+}
+
+fn large_text_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "large sizes: ns per allocate+release pair, median of {} runs (peer (peer/segpool)); touched: one byte written per 4 KiB page",
+        r.runs
+    );
+    let _ = write!(out, "{:<32} {:<9}", "pattern", "size");
+    for c in LARGE_COLUMNS {
+        let _ = write!(out, " {c:>20}");
+    }
+    out.push('\n');
+    for row in &r.large_rows {
+        let _ = write!(out, "{:<32} {:<9}", large_label(row), size_text(row.size));
+        for c in LARGE_COLUMNS {
+            let _ = write!(out, " {:>20}", cell_text(row, c));
+        }
+        let trimmed = out.trim_end().len();
+        out.truncate(trimmed);
+        out.push('\n');
+    }
+    out
+}
+
+fn large_markdown_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| pattern | size | {} |", LARGE_COLUMNS.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---:|".repeat(LARGE_COLUMNS.len()));
+    for row in &r.large_rows {
+        let cols: Vec<String> = LARGE_COLUMNS.iter().map(|c| cell_text(row, c)).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            large_label(row),
+            size_text(row.size),
+            cols.join(" | ")
+        );
     }
     out
 }
@@ -939,6 +1312,25 @@ fn docs_page(r: &Report) -> String {
     let _ = writeln!(out, "## Table\n");
     out.push_str(&markdown_table(r));
     let _ = writeln!(out, "\n![ns per pair by size class](bench-alloc.svg)\n");
+    let _ = writeln!(out, "## Large sizes\n");
+    let _ = writeln!(
+        out,
+        "segpool (its default pool: classes up to 1 GiB) against **lgalloc** (`lgalloc::allocate`/`deallocate`, default configuration: per-thread caches of 32 MiB per class, no background worker), mimalloc and jemalloc, at sizes of the large classes. *touched*: one byte is written into every 4 KiB page of each buffer between allocate and release, so an allocator that hands out fresh pages pays their faults. The producer/consumer rows carry at most {} of buffers in the channel (at least 4).\n",
+        size_text(LARGE_IN_FLIGHT_BYTES)
+    );
+    out.push_str(&large_markdown_table(r));
+    out.push('\n');
+    let _ = writeln!(out, "## Growth\n");
+    let _ = writeln!(
+        out,
+        "ns per allocation while one class grows, every segment kept live: a pool of 64 KiB slices in 2 MiB regions of {GROWTH_SLICES} slices (huge pages off), timed over {GROWTH_WINDOW} regions' worth of allocations from each region count (once per `segpool bench`).\n"
+    );
+    let _ = writeln!(out, "| regions | ns per allocation |");
+    let _ = writeln!(out, "|---:|---:|");
+    for p in &r.growth {
+        let _ = writeln!(out, "| {} | {} |", p.regions, num(p.ns_per_allocation));
+    }
+    out.push('\n');
     let _ = writeln!(out, "## Claims, and what this run measured\n");
     let _ = writeln!(
         out,
@@ -1040,6 +1432,7 @@ mod tests {
             size,
             cells: vec![cell("segpool", segpool), cell("channel", channel)],
             paired_over_channel_ns: paired.to_vec(),
+            touched: false,
         }
     }
 
@@ -1048,6 +1441,48 @@ mod tests {
             .into_iter()
             .find(|t| t.target.starts_with("producer/consumer"))
             .expect("the producer/consumer target is always checked")
+    }
+
+    #[test]
+    fn the_large_target_compares_with_the_fastest_peer_and_fails_on_a_gap() {
+        let row = |pattern, size, touched, segpool: f64| Row {
+            pattern,
+            size,
+            cells: [
+                ("segpool", segpool),
+                ("lgalloc", 100.0),
+                ("mimalloc", 90.0),
+                ("jemalloc", 200.0),
+            ]
+            .iter()
+            .map(|&(n, ns)| Cell {
+                allocator: n.into(),
+                median_ns: ns,
+                runs_ns: vec![ns],
+            })
+            .collect(),
+            paired_over_channel_ns: Vec::new(),
+            touched,
+        };
+        let all = |segpool: f64| {
+            let mut rows = Vec::new();
+            for touched in [false, true] {
+                for p in [Pattern::OneThread, Pattern::TwoThreads] {
+                    for s in LARGE_SIZES {
+                        rows.push(row(p, s, touched, segpool));
+                    }
+                }
+            }
+            rows
+        };
+        let of = |rows: &[Row]| large_targets(rows).remove(0);
+        assert!(of(&all(90.0)).holds);
+        assert!(of(&all(94.0)).holds, "within the tolerance");
+        let t = of(&all(99.0));
+        assert!(!t.holds, "slower than mimalloc, the fastest: {}", t.detail);
+        let mut gap = all(50.0);
+        gap.pop();
+        assert!(!of(&gap).holds);
     }
 
     #[test]
@@ -1070,6 +1505,7 @@ mod tests {
                 size,
                 cells,
                 paired_over_channel_ns: Vec::new(),
+                touched: false,
             }
         };
         let of = |rows: &[Row]| {

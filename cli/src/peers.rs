@@ -140,6 +140,55 @@ unsafe impl GlobalAlloc for NotBuilt {
     unsafe fn dealloc(&self, _: *mut u8, _: Layout) {}
 }
 
+/// lgalloc (Materialize's large-object allocator): power-of-two classes from 2 MiB, anonymous
+/// areas advised `MADV_HUGEPAGE`, per-thread caches of 32 MiB per class, no background worker.
+/// Sizes below 2 MiB are refused.
+#[derive(Debug)]
+pub struct Lgalloc(());
+
+/// A buffer from lgalloc: its address (the handle does not expose it) and the handle.
+pub struct LgBuf(NonNull<u8>, lgalloc::Handle);
+
+impl std::fmt::Debug for LgBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LgBuf")
+            .field(&self.0)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: an `LgBuf` is an exclusively owned allocation; lgalloc's handles are `Send` and take a
+// deallocation from any thread.
+unsafe impl Send for LgBuf {}
+
+/// lgalloc, enabled once for the process with its default configuration.
+pub fn lgalloc() -> Lgalloc {
+    static ENABLE: std::sync::Once = std::sync::Once::new();
+    ENABLE.call_once(|| lgalloc::lgalloc_set_config(lgalloc::LgAlloc::new().enable()));
+    Lgalloc(())
+}
+
+impl Allocator for Lgalloc {
+    type Buf = LgBuf;
+    fn name(&self) -> &'static str {
+        "lgalloc"
+    }
+    #[inline]
+    fn alloc(&self, size: usize) -> Result<LgBuf, String> {
+        let (p, _, handle) =
+            lgalloc::allocate::<u8>(size).map_err(|e| format!("lgalloc: allocate({size}): {e}"))?;
+        Ok(LgBuf(p, handle))
+    }
+    #[inline]
+    fn addr(buf: &LgBuf) -> usize {
+        buf.0.as_ptr() as usize
+    }
+    #[inline]
+    fn release(&self, buf: LgBuf, _size: usize) {
+        lgalloc::deallocate(buf.1);
+    }
+}
+
 /// One anonymous `mmap` per buffer and one `munmap` per release.
 #[derive(Debug, Default)]
 pub struct MmapPerBuffer;

@@ -53,8 +53,8 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Sizes the workers ask for: every default class, sizes between classes, and one above the
-/// largest (a dedicated mapping).
+/// Sizes the workers ask for: the small default classes, sizes between classes, and one in a
+/// large class (2 MiB + 4 KiB: a slice of the 4 MiB class).
 const SIZES: [usize; 8] = [
     1000,
     4096,

@@ -105,7 +105,7 @@ static void config_checks(void) {
     EXPECT(SEGPOOL_STATUS_OK, segpool_pool_create(&cfg, &pool));
     CHECK(strcmp(segpool_last_error_message(), "") == 0, "success clears the last error");
     SegpoolStats s = take_stats(pool);
-    CHECK(s.class_count == 5, "default pool has 5 classes, got %zu", s.class_count);
+    CHECK(s.class_count == 15, "default pool has 15 classes, got %zu", s.class_count);
     CHECK(s.budget_bytes == 0, "no budget");
     EXPECT(SEGPOOL_STATUS_OK, segpool_pool_free(pool));
 }
