@@ -205,6 +205,17 @@ impl PeakCounter {
         }
     }
 
+    /// Adds `n`; moves the peak to the new count, but to no more than `cap` (what exists: the
+    /// count may be high while give-backs are counted late, and a peak above what exists would
+    /// be a figure that cannot be true).
+    pub(crate) fn add_capped(&self, n: usize, cap: usize) {
+        use crate::sync::atomic::Ordering::Relaxed;
+        let now = (self.now.fetch_add(n, Relaxed) + n).min(cap);
+        if now > self.peak.load(Relaxed) {
+            self.peak.fetch_max(now, Relaxed);
+        }
+    }
+
     pub(crate) fn sub(&self, n: usize) {
         self.now
             .fetch_sub(n, crate::sync::atomic::Ordering::Relaxed);
