@@ -23,8 +23,9 @@ use std::fmt;
 #[non_exhaustive]
 pub struct PoolStats {
     /// Bytes the pool has mapped right now: every region (used or not) plus every dedicated
-    /// mapping. This is what the budget bounds. Under `Diagnostics::Full` it includes the guard
-    /// pages.
+    /// mapping. This is what the pool counts against its budget (on a shared budget, other pools
+    /// and reservations count beside it: see `Budget::used`). Under `Diagnostics::Full` it
+    /// includes the guard pages.
     pub mapped_bytes: usize,
     /// Bytes of the pool's regions that are resident in RAM right now, measured with `mincore(2)`
     /// over every live region when the snapshot is taken (dedicated mappings not included). Never
@@ -36,15 +37,16 @@ pub struct PoolStats {
     /// Bytes of free slices parked in per-thread caches (free, but not available to other
     /// threads until given back; `trim()` makes them go back).
     pub cached_bytes: usize,
-    /// The budget in bytes, if one was set.
+    /// The limit of the pool's budget in bytes (its own, or the shared one), if it has one.
     pub budget_bytes: Option<usize>,
     /// The highest number of bytes that were out of the regions' free lists at once: live
     /// segments, dedicated mappings, and slices held in thread caches. It is an upper bound of the
     /// peak of `in_use_bytes` (higher by at most what thread caches held at that moment, plus
     /// what threads had given back to the regions but not counted yet: at most four caches'
-    /// worth per thread and class).
+    /// worth per thread and class). Each time it moves it is clamped to what the pool had mapped
+    /// at that moment, so it never exceeds `peak_mapped_bytes` (nor the budget).
     pub peak_in_use_bytes: usize,
-    /// The highest `mapped_bytes` ever reached.
+    /// The highest `mapped_bytes` ever reached (exact).
     pub peak_mapped_bytes: usize,
     /// Segments handed out since the pool was built (every class, and dedicated mappings).
     pub allocations: u64,
@@ -67,7 +69,9 @@ pub struct PoolStats {
     /// no more slices and are unmapped once their segments are released. Bytes read from such a
     /// region after the fault are zeros, not the data that was written.
     pub faulted_regions: usize,
-    /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
+    /// Allocations queued for room under the pool's budget right now: waiting in
+    /// `allocate_timeout` or `allocate_async`, or running a pressure callback inside `allocate`
+    /// (on a shared budget, those of every pool on it).
     pub budget_waiters: usize,
     /// File-backed regions whose file faulted (SIGBUS: lost pages, I/O error, disk full), counted
     /// once per region when the pool found out (a faulted region hands out nothing more).
@@ -91,7 +95,9 @@ pub struct ClassStats {
     /// The highest number of slices of this class that were out of the regions' free lists at
     /// once since the pool was built: live segments plus slices parked in thread caches (so an
     /// upper bound of the peak of `in_use`; thread caches count what they give back late, by at
-    /// most four caches' worth per thread, which can only make it higher).
+    /// most four caches' worth per thread, which can only make it higher). Each time it moves it
+    /// is clamped to the slices the class's regions had at that moment, so it never exceeds the
+    /// slices that existed.
     pub peak_in_use: usize,
     /// Slices on the regions' free lists, available to any thread.
     pub free: usize,
