@@ -437,6 +437,13 @@ impl PoolShared {
         self.budget.release(len);
     }
 
+    /// Bytes out of the free lists as the pool counts them (an upper bound: thread caches count
+    /// their give-backs late, see `thread_cache::UNCOUNTED_CACHES`).
+    #[cfg(test)]
+    pub(crate) fn out_bytes_now(&self) -> usize {
+        self.out_bytes.now()
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }

@@ -454,9 +454,12 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     // An allocation of this class is queued on the budget: the slice is its, still counted in
     // the region (see `crate::budget`).
     if shared.has_waiters()
-        && shared
-            .budget
-            .offer(Arc::as_ptr(&shared) as usize, r.class, addr, region)
+        && shared.budget.offer(
+            &*shared as *const PoolShared as usize,
+            r.class,
+            addr,
+            region,
+        )
     {
         shared.count_direct_release(class);
         return;

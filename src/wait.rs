@@ -76,7 +76,7 @@ impl Waiter {
         shared.signals.add_waiter();
         let ticket = shared
             .budget
-            .enqueue(Arc::as_ptr(shared) as usize, class, kind);
+            .enqueue(&**shared as *const PoolShared as usize, class, kind);
         Self {
             shared: Arc::clone(shared),
             ticket,
