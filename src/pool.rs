@@ -439,9 +439,13 @@ impl PoolShared {
 
     /// Bytes out of the free lists as the pool counts them (an upper bound: thread caches count
     /// their give-backs late, see `thread_cache::UNCOUNTED_CACHES`).
-    #[cfg(test)]
     pub(crate) fn out_bytes_now(&self) -> usize {
         self.out_bytes.now()
+    }
+
+    /// Bytes this pool has mapped right now.
+    pub(crate) fn mapped_now(&self) -> usize {
+        self.mapped.now()
     }
 
     pub(crate) fn is_closed(&self) -> bool {

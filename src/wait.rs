@@ -146,15 +146,14 @@ fn ask_others(
 
 /// Calls a pressure callback, and logs what it did.
 fn call(hook: &PoolHook, f: &crate::pool::PressureFn, needed: usize) {
-    let before = hook.shared.budget.used();
-    let mark = released_here();
+    let shared = &hook.shared;
+    let (mapped, in_use) = (shared.mapped_now(), shared.out_bytes_now());
     f(needed);
-    tracing::debug!(
+    tracing::info!(
         target: "segpool",
-        pool = hook.shared.id,
         needed,
-        released = released_here() != mark,
-        freed = before.saturating_sub(hook.shared.budget.used()),
+        freed_mapped = mapped.saturating_sub(shared.mapped_now()),
+        freed_in_use = in_use.saturating_sub(shared.out_bytes_now()),
         "pressure callback"
     );
 }

@@ -39,10 +39,11 @@ fn two_pools_and_a_reservation_share_sixteen_mib_and_the_sum_never_exceeds_it() 
     let max_seen = AtomicUsize::new(0);
     let mut r = budget.reserve(MIB).unwrap();
     std::thread::scope(|s| {
+        let mut threads = Vec::new();
         for (t, pool) in pools.iter().enumerate() {
             for k in 0..2u64 {
                 let (budget, max_seen) = (&budget, &max_seen);
-                s.spawn(move || {
+                threads.push(s.spawn(move || {
                     let mut held: Vec<Segment> = Vec::new();
                     let mut rng = 0x2545_F491_4F6C_DD1D ^ (t as u64 * 2 + k + 1);
                     for _ in 0..4000 {
@@ -65,7 +66,7 @@ fn two_pools_and_a_reservation_share_sixteen_mib_and_the_sum_never_exceeds_it() 
                         }
                         max_seen.fetch_max(budget.used(), Ordering::Relaxed);
                     }
-                });
+                }));
             }
         }
         let (budget, max_seen, r) = (&budget, &max_seen, &mut r);
@@ -78,6 +79,11 @@ fn two_pools_and_a_reservation_share_sixteen_mib_and_the_sum_never_exceeds_it() 
                 }
             }
         });
+        // Joined by hand: a joined thread has also run its thread-local destructors, which give
+        // its cached slices back (the scope's own wait does not wait for those).
+        for t in threads {
+            t.join().unwrap();
+        }
     });
     assert!(r.size() >= MIB);
     drop(r);
