@@ -17,8 +17,8 @@
 //! it first. Only what nobody queued for goes back to the region's free list.
 //!
 //! Whoever makes room otherwise (a slice given back to a region, a region or dedicated mapping
-//! unmapped, a reservation shrunk) calls [`Budget::notify`], which costs one load when nobody
-//! waits. A waiter registers *before* it retries, and a notifier publishes its room *before* it
+//! unmapped, a reservation shrunk) calls [`Budget::notify`], which costs a fence, one load and a
+//! thread-local count when nobody waits. A waiter registers *before* it retries, and a notifier publishes its room *before* it
 //! reads the waiter count (both sides `SeqCst`), so either the waiter's retry sees the room or the
 //! notifier sees the waiter; the `wakeups` sequence number, compared under the queue lock before a
 //! waiter sleeps, closes the window between the retry and the sleep.
