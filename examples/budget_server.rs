@@ -7,6 +7,11 @@
 //! sends data on each, checks every echoed byte, and the example exits by itself. Loopback only
 //! (127.0.0.1, a port the kernel picks).
 //!
+//! The async variant ([`run_async`]) does the same on one thread: a tokio runtime of one thread
+//! runs the accept loop, every connection's handler and every client as tasks. A handler that
+//! finds the budget used up awaits `allocate_async`, which parks the task (not the thread) until a
+//! buffer is released, so hundreds of connections wait on one thread, served in arrival order.
+//!
 //! ```sh
 //! cargo run --release --example budget_server
 //! ```
@@ -15,7 +20,7 @@ use std::error::Error;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use segpool::SegmentPool;
@@ -214,13 +219,127 @@ pub fn run(cfg: &Config) -> Result<Report> {
     Ok(report)
 }
 
-fn main() -> Result<()> {
-    let cfg = Config::default();
-    let t = std::time::Instant::now();
-    let r = run(&cfg)?;
+/// One connection of the async server: a buffer from the pool (awaited when the budget is used
+/// up), then echo until the client shuts its side.
+async fn serve_async(
+    pool: &SegmentPool,
+    mut stream: tokio::net::TcpStream,
+    waited: &AtomicU64,
+    echoed: &AtomicU64,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = match pool.allocate(BUFFER) {
+        Ok(buf) => buf,
+        Err(segpool::Error::BudgetExceeded { .. }) => {
+            waited.fetch_add(1, Ordering::Relaxed);
+            pool.allocate_async(BUFFER).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        stream.write_all(&buf[..n]).await?;
+        echoed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// One client connection of the async variant (as [`client`]).
+async fn client_async(addr: SocketAddr, c: usize, total: usize) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let (mut out, mut back) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let mut sent = 0;
+    while sent < total {
+        let n = CHUNK.min(total - sent);
+        for (k, b) in out[..n].iter_mut().enumerate() {
+            *b = byte(c, sent + k);
+        }
+        s.write_all(&out[..n]).await?;
+        s.read_exact(&mut back[..n]).await?;
+        if back[..n] != out[..n] {
+            return Err(format!("connection {c}: wrong echo at byte {sent}").into());
+        }
+        sent += n;
+    }
+    s.shutdown().await?;
+    if s.read(&mut back).await? != 0 {
+        return Err(format!("connection {c}: extra bytes after the echo").into());
+    }
+    Ok(())
+}
+
+/// The async variant: server and clients as tasks of one runtime on one thread.
+pub fn run_async(cfg: &Config) -> Result<Report> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let pool = SegmentPool::builder()
+        .size_classes(&[BUFFER])
+        .budget(cfg.budget)
+        .build()?;
+    let (waited, echoed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = {
+            let (pool, waited, echoed) = (pool.clone(), Arc::clone(&waited), Arc::clone(&echoed));
+            let connections = cfg.connections;
+            tokio::task::spawn(async move {
+                let mut handlers = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    let (stream, _) = listener.accept().await?;
+                    let (pool, waited, echoed) =
+                        (pool.clone(), Arc::clone(&waited), Arc::clone(&echoed));
+                    handlers.push(tokio::task::spawn(async move {
+                        serve_async(&pool, stream, &waited, &echoed).await
+                    }));
+                }
+                let mut served = 0u64;
+                for h in handlers {
+                    h.await.map_err(|e| format!("server task: {e}"))??;
+                    served += 1;
+                }
+                Result::Ok(served)
+            })
+        };
+        let next = Arc::new(AtomicU64::new(0));
+        let clients: Vec<_> = (0..cfg.concurrency)
+            .map(|_| {
+                let (next, total, bytes) =
+                    (Arc::clone(&next), cfg.connections, cfg.bytes_per_connection);
+                tokio::task::spawn(async move {
+                    loop {
+                        let c = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if c >= total {
+                            return Result::Ok(());
+                        }
+                        client_async(addr, c, bytes).await?;
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.await.map_err(|e| format!("client task: {e}"))??;
+        }
+        server.await.map_err(|e| format!("server task: {e}"))?
+    })?;
+    let report = Report {
+        connections: served,
+        bytes_echoed: echoed.load(Ordering::Relaxed),
+        waited: waited.load(Ordering::Relaxed),
+        peak_mapped: pool.stats().peak_mapped_bytes,
+    };
+    assert!(report.peak_mapped <= cfg.budget);
+    Ok(report)
+}
+
+fn print(what: &str, cfg: &Config, r: &Report, t: std::time::Instant) {
     println!(
-        "{} connections ({} at once) echoed {} MiB, every byte checked, in {:.2} s; {} waited for \
-         a buffer instead of failing; peak memory {} KiB mapped of a {} KiB budget",
+        "{what}: {} connections ({} at once) echoed {} MiB, every byte checked, in {:.2} s; {} \
+         waited for a buffer instead of failing; peak memory {} KiB mapped of a {} KiB budget",
         r.connections,
         cfg.concurrency,
         r.bytes_echoed >> 20,
@@ -229,5 +348,20 @@ fn main() -> Result<()> {
         r.peak_mapped >> 10,
         cfg.budget >> 10
     );
+}
+
+fn main() -> Result<()> {
+    let cfg = Config::default();
+    let t = std::time::Instant::now();
+    let r = run(&cfg)?;
+    print("threads", &cfg, &r, t);
+    let cfg = Config {
+        concurrency: 128,
+        connections: 512,
+        ..Config::default()
+    };
+    let t = std::time::Instant::now();
+    let r = run_async(&cfg)?;
+    print("async, one thread", &cfg, &r, t);
     Ok(())
 }

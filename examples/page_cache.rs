@@ -7,10 +7,15 @@
 //!   no second copy of the pages in its page cache: the cache's budget is then all the memory
 //!   the file costs.
 //! * Eviction is a clock (second chance) that runs from the pool's `on_pressure` callback: when
-//!   an allocation would take the pool past its budget, the pool asks the cache to free pages,
-//!   then tries again. No separate "is the cache full?" bookkeeping can drift from the truth.
+//!   an allocation would take the pool past its budget, the pool asks the cache to free a page,
+//!   hands the freed slice to the allocation that asked first, and asks again while that is not
+//!   enough. No separate "is the cache full?" bookkeeping can drift from the truth, and an
+//!   allocation never fails while the cache has a page to evict (the rules are in the rustdoc of
+//!   `SegmentPoolBuilder::on_pressure`).
 //! * Lock order: the pool calls `on_pressure` from inside `allocate`, and the callback locks the
 //!   cache's table; so the table's lock is never held while allocating.
+//! * The callback owns the table, hence segments of its own pool: the pool drops it with its last
+//!   handle, so nothing leaks.
 //!
 //! A zipfian read workload from several threads prints the hit rate, checks every page it reads,
 //! and asserts that the pool never mapped more than the budget. Then the cache shrinks in steps
@@ -35,9 +40,6 @@ use segpool::fs::{Advice, DirectFile, MapConfig, MapMode, MappedFile, MmapFs};
 use segpool::{Segment, SegmentPool};
 
 const PAGE: usize = 4096;
-/// Pages one eviction round frees: enough that the pool's slow path (which trims before it asks
-/// us) runs once per batch of misses, not on every one.
-const EVICT_BATCH: usize = 16;
 /// How long a page the cache let go keeps its memory (the pool's purge decay).
 pub const DECAY: Duration = Duration::from_millis(100);
 
@@ -191,9 +193,10 @@ impl PageCache {
             .budget(budget)
             .purge_decay(DECAY)
             .on_pressure(move |needed| {
-                // Called by `allocate` with no pool lock held, and never while we hold `table`.
-                let n = needed.div_ceil(PAGE).clamp(1, EVICT_BATCH);
-                let evicted = t.lock().unwrap().evict(n);
+                // Called by `allocate` with no pool lock held, and never while we hold `table`;
+                // `needed` is one page (one page of the class is enough). The pool calls again
+                // while that is not enough.
+                let evicted = t.lock().unwrap().evict(needed.div_ceil(PAGE));
                 e.fetch_add(evicted as u64, Ordering::Relaxed);
             })
             .build()?;
@@ -236,18 +239,7 @@ impl PageCache {
         // Miss: allocate without the table's lock (the pool may call on_pressure, which takes
         // it), read the page, then publish it unless another thread was faster.
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let mut seg = match self.pool.allocate(PAGE) {
-            Ok(seg) => seg,
-            // The callback's batch went to other threads' misses first: evict again and wait a
-            // little for the room (slices freed on other threads reach us when they next call
-            // the pool).
-            Err(segpool::Error::BudgetExceeded { .. }) => {
-                let evicted = self.table.lock().unwrap().evict(EVICT_BATCH);
-                self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
-                self.pool.allocate_timeout(PAGE, Duration::from_secs(5))?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mut seg = self.pool.allocate(PAGE)?;
         self.file.read_page(&mut seg, page)?;
         let mut t = self.table.lock().unwrap();
         if let Some(&slot) = t.slots.get(&page) {

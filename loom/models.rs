@@ -88,7 +88,7 @@ fn release_racing_the_retire_of_its_region() {
         t.join().unwrap();
         assert!(trimmed == 0 || trimmed == PAGE);
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
         drop(pool);
     });
 }
@@ -107,7 +107,7 @@ fn release_racing_the_close_of_the_pool() {
         drop(pool);
         t.join().unwrap();
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
     });
 }
 
@@ -139,11 +139,7 @@ fn allocate_racing_the_retire() {
         // SAFETY: taken by the thread above, released once.
         unsafe { release_direct(r, a) };
         drop(pool);
-        assert_eq!(
-            shared.budget.mapped(),
-            0,
-            "every region unmapped in the end"
-        );
+        assert_eq!(shared.budget.used(), 0, "every region unmapped in the end");
     });
 }
 
@@ -173,7 +169,7 @@ fn two_releases_racing_to_be_last_out_of_a_retired_region() {
             r.join().unwrap();
         }
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
     });
 }
 
@@ -208,7 +204,7 @@ fn allocate_racing_a_release_on_a_one_slice_region() {
         releaser.join().unwrap();
         taker.join().unwrap();
         drop(pool);
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
     });
 }
 

@@ -11,18 +11,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// Mapping `requested` more bytes would take the pool past its budget.
     ///
-    /// `requested` is the size the caller asked for, `needed` what the pool had to map to serve it
-    /// (a new region of that class, or a dedicated mapping), `in_use` what the pool had mapped at
-    /// the time of the failure (regions plus dedicated mappings), `budget` the limit; all bytes.
-    #[error("budget exceeded: requested {requested} bytes (needs a new mapping of {needed} bytes), {in_use} of {budget} bytes mapped")]
+    /// `requested` is the size the caller asked for, `needed` what had to fit under the budget to
+    /// serve it (a new region of that class, a dedicated mapping, or a reservation's bytes),
+    /// `used` what the budget counted at the time of the failure (the mappings of every pool on
+    /// it plus reservations), `budget` the limit; all bytes.
+    #[error("budget exceeded: requested {requested} bytes (needs {needed} more bytes under the budget), {used} of {budget} bytes used")]
     BudgetExceeded {
         /// The size the caller asked for.
         requested: usize,
-        /// Bytes the pool had to map to serve it.
+        /// Bytes that had to fit under the budget to serve it.
         needed: usize,
-        /// Bytes mapped by the pool when the request failed (regions and dedicated mappings).
-        in_use: usize,
-        /// The pool's budget in bytes.
+        /// Bytes the budget counted when the request failed: mapped by its pools (regions and
+        /// dedicated mappings) plus held by reservations.
+        used: usize,
+        /// The budget's limit in bytes.
         budget: usize,
     },
     /// A request for zero bytes.

@@ -33,8 +33,10 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
+mod wait;
 mod writer;
 
+pub use budget::{Budget, Reservation};
 pub use diagnostics::{Diagnostics, Leak, LeakReport};
 pub use error::{Error, Result};
 pub use pool::{Backing, SegmentPool, SegmentPoolBuilder, DEFAULT_PURGE_DECAY};

@@ -5,7 +5,7 @@ use std::panic::Location;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::budget::Budget;
+use crate::budget::{Budget, Signals};
 use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
 use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
 use crate::region::{into_ref, PurgeMode, Region, RegionRef, ZERO_TAG};
@@ -44,13 +44,14 @@ pub const DEFAULT_PURGE_DECAY: Duration = Duration::from_secs(1);
 /// Largest region a pool accepts (its free-slice metadata stays small).
 pub(crate) const MAX_REGION: usize = 1 << 30;
 
-type PressureFn = dyn Fn(usize) + Send + Sync + 'static;
+pub(crate) type PressureFn = dyn Fn(usize) + Send + Sync + 'static;
 
 /// Configures and builds a [`SegmentPool`]. Every value is checked by [`build`](Self::build).
 pub struct SegmentPoolBuilder {
     size_classes: Vec<usize>,
     region_size: Option<usize>,
     budget: Option<usize>,
+    shared_budget: Option<Budget>,
     backing: Backing,
     on_pressure: Option<Box<PressureFn>>,
     huge_pages: bool,
@@ -68,6 +69,7 @@ impl fmt::Debug for SegmentPoolBuilder {
             .field("size_classes", &self.size_classes)
             .field("region_size", &self.region_size)
             .field("budget", &self.budget)
+            .field("shared_budget", &self.shared_budget)
             .field("backing", &self.backing)
             .field("on_pressure", &self.on_pressure.is_some())
             .field("huge_pages", &self.huge_pages)
@@ -87,6 +89,7 @@ impl Default for SegmentPoolBuilder {
             size_classes: DEFAULT_SIZE_CLASSES.to_vec(),
             region_size: None,
             budget: None,
+            shared_budget: None,
             backing: Backing::Anonymous,
             on_pressure: None,
             huge_pages: true,
@@ -118,9 +121,20 @@ impl SegmentPoolBuilder {
         self
     }
 
-    /// A hard limit on the bytes the pool maps (regions plus dedicated mappings).
+    /// A hard limit on the bytes the pool maps (regions plus dedicated mappings), in a
+    /// [`Budget`] of the pool's own ([`SegmentPool::budget`]).
     pub fn budget(mut self, bytes: usize) -> Self {
         self.budget = Some(bytes);
+        self
+    }
+
+    /// Counts the pool's mappings against `budget`, which other pools and
+    /// [`Reservation`](crate::Reservation)s may share: the sum of all of them never exceeds its
+    /// limit, and a shortage in any of them asks the pressure callbacks of every pool on it
+    /// before it fails. Regions are sized from its limit as for [`budget`](Self::budget), which
+    /// cannot be set as well.
+    pub fn shared_budget(mut self, budget: &Budget) -> Self {
+        self.shared_budget = Some(budget.clone());
         self
     }
 
@@ -130,9 +144,29 @@ impl SegmentPoolBuilder {
         self
     }
 
-    /// Called with the bytes the pool needs when the budget is exhausted (after the pool unmapped
-    /// its own empty regions), with no pool lock held, so it may release segments (a page cache
-    /// evicts here). The allocation is tried again once after it returns.
+    /// Called when an allocation finds no room under the budget (after the pool unmapped its own
+    /// empty regions), so the program can release segments: a page cache evicts here.
+    ///
+    /// The rules (`docs/design.md`, "The pressure protocol"):
+    ///
+    /// * It runs on the allocating thread, inside [`SegmentPool::allocate`] (and the other
+    ///   allocating calls), with no lock of the pool or its budget held. It must not hold a lock
+    ///   that a caller of `allocate` may hold while it allocates: a page cache allocates without
+    ///   holding its table's lock, and the callback takes that lock to evict.
+    /// * Its argument is what would satisfy the request: the class's slice size when releasing
+    ///   one segment of that class is enough (the class has regions mapped), otherwise the bytes
+    ///   of the region or dedicated mapping that has to be mapped.
+    /// * Segments of this pool released while it runs, on any thread, go to the allocations
+    ///   waiting for room in the order they asked, never to a newcomer.
+    /// * After it returns the allocation takes what was handed to it or tries again, and calls
+    ///   it again as long as the previous call released anything. An allocation fails with
+    ///   `BudgetExceeded` only after a call that released nothing (and after the other pools on
+    ///   a shared budget were asked too). Releasing one segment per call is enough.
+    /// * Several threads may run it at once. An allocation made from inside it does not call it
+    ///   again: a shortage there fails at once.
+    /// * The pool owns it until its last handle is dropped, then drops it, and with it anything
+    ///   it owns (the segments of a cache it captured). It must not own a `SegmentPool` handle
+    ///   of its own pool: that pool would then never be dropped.
     pub fn on_pressure<F: Fn(usize) + Send + Sync + 'static>(mut self, f: F) -> Self {
         self.on_pressure = Some(Box::new(f));
         self
@@ -205,9 +239,21 @@ impl SegmentPoolBuilder {
 
     /// Checks the configuration and builds the pool. No memory is mapped until the first
     /// allocation.
-    pub fn build(self) -> Result<SegmentPool> {
+    pub fn build(mut self) -> Result<SegmentPool> {
         let classes = SizeClasses::new(&self.size_classes)?;
         let page = crate::os::page_size();
+        let budget = match (self.shared_budget.take(), self.budget) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidConfig(
+                    "budget and shared_budget: set one of them, not both".into(),
+                ))
+            }
+            (Some(b), None) => b,
+            (None, Some(limit)) => Budget::new(limit),
+            (None, None) => Budget::unlimited(),
+        };
+        // Regions and caches are sized from the limit, whichever budget it comes from.
+        self.budget = budget.limit_opt();
         if self.diagnostics.is_full() {
             crate::diagnostics::guard::install_hook()?;
         }
@@ -292,11 +338,13 @@ impl SegmentPoolBuilder {
             id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             size_classes: classes,
             classes: class_pools.into_boxed_slice(),
-            budget: Budget::new(self.budget),
+            signals: Signals::new(),
+            budget: budget.clone(),
+            mapped: PeakCounter::default(),
+            class_slices: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             backing: self.backing,
             huge_pages: self.huge_pages,
             prefault: self.prefault,
-            on_pressure: self.on_pressure,
             closed: AtomicBool::new(false),
             next_region_id: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
@@ -310,9 +358,15 @@ impl SegmentPoolBuilder {
             purged_bytes: AtomicU64::new(0),
         };
         let shared = Arc::new(shared);
+        let hook = std::sync::Arc::new(PoolHook {
+            shared: Arc::clone(&shared),
+            on_pressure: self.on_pressure,
+        });
+        budget.join(&hook);
         Ok(SegmentPool {
             _handle: Arc::new(PoolHandle {
                 shared: Arc::clone(&shared),
+                hook,
             }),
             shared,
         })
@@ -331,11 +385,19 @@ pub(crate) struct PoolShared {
     dedicated_releases: AtomicU64,
     pub(crate) size_classes: SizeClasses,
     pub(crate) classes: Box<[ClassPool]>,
+    /// The trim generation and the count of this pool's allocations queued on the budget: the
+    /// one word the fast paths read (see `crate::budget`).
+    pub(crate) signals: Signals,
+    /// The budget the pool's mappings count against (its own, or shared with other pools).
     pub(crate) budget: Budget,
+    /// Bytes this pool has mapped (regions and dedicated mappings), and the most it ever had.
+    mapped: PeakCounter,
+    /// Slices of each class in the pool's live regions: what a class's out-of-free-list peak
+    /// is clamped to.
+    class_slices: Box<[AtomicUsize]>,
     backing: Backing,
     huge_pages: bool,
     prefault: bool,
-    on_pressure: Option<Box<PressureFn>>,
     closed: AtomicBool,
     next_region_id: AtomicU64,
     /// The caches of the threads that have one for this pool (read for their counters).
@@ -363,7 +425,7 @@ impl fmt::Debug for PoolShared {
         f.debug_struct("PoolShared")
             .field("id", &self.id)
             .field("classes", &self.size_classes.sizes())
-            .field("budget", &self.budget.limit())
+            .field("budget", &self.budget.limit_opt())
             .field("backing", &self.backing)
             .finish_non_exhaustive()
     }
@@ -374,13 +436,52 @@ impl PoolShared {
     /// The signals word: the trim generation (bumped by `trim()`, budget pressure and close:
     /// thread caches give everything back when they see it move) and the budget waiter count.
     pub(crate) fn signals(&self) -> u64 {
-        self.budget.signals.load()
+        self.signals.load()
+    }
+
+    /// Whether an allocation of this pool is queued on the budget (releases skip the caches).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.signals.has_waiters()
+    }
+
+    /// Whether class `class` has regions mapped (so a released segment of it frees a slice).
+    pub(crate) fn class_has_regions(&self, class: usize) -> bool {
+        self.class_slices[class].load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes `len` bytes of the budget for a mapping of class `class` (`NO_CLASS`: dedicated)
+    /// with `slices` slices.
+    fn reserve_mapping(&self, class: u8, len: usize, slices: usize) -> bool {
+        if self.budget.try_reserve(len).is_err() {
+            return false;
+        }
+        // Counted before any slice of it can be taken, so the peaks clamped to these counts
+        // never read low.
+        self.mapped.add(len);
+        if let Some(c) = self.class_slices.get(class as usize) {
+            c.fetch_add(slices, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Gives back what [`reserve_mapping`](Self::reserve_mapping) took (the mapping is gone).
+    fn release_mapping(&self, class: u8, len: usize, slices: usize) {
+        if let Some(c) = self.class_slices.get(class as usize) {
+            c.fetch_sub(slices, Ordering::Relaxed);
+        }
+        self.mapped.sub(len);
+        self.budget.release(len);
     }
 
     /// Bytes out of the free lists as the pool counts them (an upper bound: thread caches count
     /// their give-backs late, see `thread_cache::UNCOUNTED_CACHES`).
     pub(crate) fn out_bytes_now(&self) -> usize {
         self.out_bytes.now()
+    }
+
+    /// Bytes this pool has mapped right now.
+    pub(crate) fn mapped_now(&self) -> usize {
+        self.mapped.now()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -420,9 +521,14 @@ impl PoolShared {
     /// Slices of `class` (`NO_CLASS`: a dedicated mapping) left the free lists (taken by a
     /// thread cache or a segment).
     pub(crate) fn note_taken(&self, class: u8, bytes: usize) {
-        self.out_bytes.add(bytes);
+        // The counts may be high (give-backs counted late); their peaks are clamped to what
+        // exists, so they stay bounds that are possible.
+        self.out_bytes.add_capped(bytes, self.mapped.now());
         if let Some(c) = self.classes.get(class as usize) {
-            c.out.add(bytes / c.size);
+            c.out.add_capped(
+                bytes / c.size,
+                self.class_slices[class as usize].load(Ordering::Relaxed),
+            );
         }
     }
 
@@ -441,9 +547,10 @@ impl PoolShared {
         slice_size: usize,
         len: usize,
     ) -> std::result::Result<RegionRef, Shortage> {
-        this.budget
-            .try_reserve(len)
-            .map_err(|_| Shortage::Budget { needed: len })?;
+        let slices = len / this.classes[class as usize].stride;
+        if !this.reserve_mapping(class, len, slices) {
+            return Err(Shortage::Budget { needed: len });
+        }
         let guarded = this.classes[class as usize].stride != slice_size;
         let memory = map_memory(
             &this.backing,
@@ -462,7 +569,7 @@ impl PoolShared {
             Ok(m)
         })
         .map_err(|e| {
-            this.budget.release(len);
+            this.release_mapping(class, len, slices);
             Shortage::Map(e)
         })?;
         let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
@@ -486,10 +593,11 @@ impl PoolShared {
         if let Some(d) = &self.diag {
             d.forget_range(base, len);
         }
-        if class == NO_CLASS {
+        let slices = if class == NO_CLASS {
             self.dedicated_segments.fetch_sub(1, Ordering::Relaxed);
             self.dedicated_bytes.fetch_sub(len, Ordering::Relaxed);
             self.dedicated_releases.fetch_add(1, Ordering::Relaxed);
+            0
         } else {
             let c = &self.classes[class as usize];
             c.regions_unmapped.fetch_add(1, Ordering::Relaxed);
@@ -500,8 +608,9 @@ impl PoolShared {
                 bytes = len,
                 "region unmapped"
             );
-        }
-        self.budget.release(len);
+            len / c.stride
+        };
+        self.release_mapping(class, len, slices);
     }
 
     /// Unmaps every empty region now (after this thread gave its cached slices back, and after
@@ -510,7 +619,7 @@ impl PoolShared {
     pub(crate) fn trim(&self) -> usize {
         let bytes = self.reclaim();
         let purged = self.purge(PurgeMode::All);
-        tracing::debug!(target: "segpool", bytes, purged, mapped = self.budget.mapped(), "trim");
+        tracing::debug!(target: "segpool", bytes, purged, mapped = self.mapped.now(), "trim");
         bytes
     }
 
@@ -518,7 +627,7 @@ impl PoolShared {
     /// after waiting for a purge pass in flight, whose reservations hide free slices from
     /// allocators while it runs.
     pub(crate) fn reclaim(&self) -> usize {
-        self.budget.signals.bump_generation();
+        self.signals.bump_generation();
         thread_cache::flush_current_thread(self);
         drop(self.purging.lock());
         self.unmap_empty_regions()
@@ -549,7 +658,7 @@ impl PoolShared {
         if self.purger_registered.load(Ordering::Relaxed) {
             crate::purge::unregister(self);
         }
-        self.budget.signals.bump_generation();
+        self.signals.bump_generation();
         thread_cache::flush_current_thread(self);
         let guard = epoch::pin();
         for c in self.classes.iter() {
@@ -558,9 +667,20 @@ impl PoolShared {
     }
 }
 
-/// The last `SegmentPool` handle closes the pool when it is dropped.
+/// What a pool's budget reaches it by: the pool's state and its pressure callback. The last
+/// `SegmentPool` handle owns it; the budget holds it weakly, so dropping that handle drops the
+/// callback and what it owns (a cache's segments keep the pool's shared state alive, and the
+/// callback would keep them: held by the shared state, it would never be dropped).
+pub(crate) struct PoolHook {
+    pub(crate) shared: Arc<PoolShared>,
+    pub(crate) on_pressure: Option<Box<PressureFn>>,
+}
+
+/// The last `SegmentPool` handle closes the pool when it is dropped, then drops the pressure
+/// callback (field order).
 struct PoolHandle {
     shared: Arc<PoolShared>,
+    hook: std::sync::Arc<PoolHook>,
 }
 
 impl Drop for PoolHandle {
@@ -603,7 +723,7 @@ impl fmt::Debug for SegmentPool {
 }
 
 /// The outcome of one attempt to serve an allocation.
-enum Attempt {
+pub(crate) enum Attempt {
     /// A segment, and whether its bytes are known to be zero.
     Done(Segment, bool),
     Short {
@@ -627,12 +747,23 @@ impl SegmentPool {
         &self.shared
     }
 
+    pub(crate) fn hook(&self) -> &std::sync::Arc<PoolHook> {
+        &self._handle.hook
+    }
+
+    /// The budget the pool's mappings count against: the one given to
+    /// [`SegmentPoolBuilder::shared_budget`], or the pool's own.
+    pub fn budget(&self) -> &Budget {
+        &self.shared.budget
+    }
+
     /// A segment of at least `size` bytes: the smallest class that fits, or a dedicated mapping
     /// (rounded up to pages) above the largest class. Its contents are unspecified (zero when the
     /// memory is fresh; use [`allocate_zeroed`](Self::allocate_zeroed) to be sure).
     ///
     /// Fails with `ZeroSize`, `TooLarge`, `BudgetExceeded` (after unmapping the pool's own empty
-    /// regions and calling the pressure callback once), or `Map`.
+    /// regions and asking the pressure callbacks, see
+    /// [`on_pressure`](SegmentPoolBuilder::on_pressure)), or `Map`.
     #[inline]
     #[track_caller]
     pub fn allocate(&self, size: usize) -> Result<Segment> {
@@ -689,43 +820,52 @@ impl SegmentPool {
 
     /// Like [`allocate`](Self::allocate), but when the budget is exhausted it waits up to
     /// `timeout` for segments to be released (or regions unmapped) instead of failing at once.
-    /// A request that could never fit the budget fails at once.
+    /// Waiters (this and [`allocate_async`](Self::allocate_async)) are served in the order they
+    /// started waiting. A request that could never fit the budget fails at once.
     #[track_caller]
     pub fn allocate_timeout(&self, size: usize, timeout: Duration) -> Result<Segment> {
         let at = Location::caller();
         // A timeout too long for an `Instant` waits without a deadline.
         let deadline = crate::sync::deadline_after(timeout);
-        match self.allocate(size) {
+        let needed = match self.allocate(size) {
             // Waiting cannot help a request larger than the whole budget.
-            Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => {}
+            Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => needed,
             other => return other,
+        };
+        let (seg, zero) = crate::wait::wait_blocking(self, size, needed, deadline)?;
+        self.diagnose_segment(&seg, zero, at);
+        Ok(seg)
+    }
+
+    /// Like [`allocate_timeout`](Self::allocate_timeout) without a timeout, as a future: when the
+    /// budget is exhausted it waits, without blocking the thread, until segments are released,
+    /// regions unmapped (a release, a `trim()`, a pressure callback) or room is given back to a
+    /// shared budget. It needs no particular runtime (it keeps the waker it is polled with).
+    ///
+    /// Waiters, async and blocking, are served in the order they started waiting. Dropping the
+    /// future before it completes leaves nothing behind: it leaves the queue, and a segment that
+    /// was handed to it goes to the next waiter or back to the pool. The first poll tries at
+    /// once (and may run the pressure callback, see
+    /// [`on_pressure`](SegmentPoolBuilder::on_pressure)); a request that could never fit the
+    /// budget fails at once.
+    #[track_caller]
+    pub fn allocate_async(
+        &self,
+        size: usize,
+    ) -> impl std::future::Future<Output = Result<Segment>> + Send + 'static {
+        crate::wait::AllocateFuture::new(self.clone(), size, Location::caller())
+    }
+
+    /// [`allocate`](Self::allocate) for a caller location recorded elsewhere.
+    pub(crate) fn allocate_located(
+        &self,
+        size: usize,
+        at: &'static Location<'static>,
+    ) -> Result<Segment> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
         }
-        let shared = self.shared();
-        let mut failure = None;
-        let got = shared.budget.wait_for(deadline, || {
-            let mut attempt = self.attempt(size);
-            // Regions of other classes may have emptied while we waited: unmap them, retry.
-            if matches!(attempt, Ok(Attempt::Short { .. })) && shared.unmap_empty_regions() > 0 {
-                attempt = self.attempt(size);
-            }
-            match attempt {
-                Ok(Attempt::Done(seg, zero)) => {
-                    if shared.diagnosed {
-                        self.diagnose_segment(&seg, zero, at);
-                    }
-                    Some(Ok(seg))
-                }
-                Ok(Attempt::Short { needed }) => {
-                    failure = Some(needed);
-                    None
-                }
-                Err(e) => Some(Err(e)),
-            }
-        });
-        match got {
-            Some(r) => r,
-            None => Err(self.budget_error(size, failure.unwrap_or(size))),
-        }
+        self.allocate_slow(size, at).map(|(seg, _)| seg)
     }
 
     /// Unmaps every region that has no segment in use, now, and returns the bytes unmapped. This
@@ -761,11 +901,16 @@ impl SegmentPool {
                 s.cached += c.cached();
             }
         }
+        // The peaks only grow, and each out-of-free-list peak was clamped to what was mapped
+        // when it was recorded: read them first, so none of them exceeds the mapped peak read
+        // after.
+        let peak_in_use_bytes = shared.out_bytes.peak();
+        let class_peaks: Vec<usize> = shared.classes.iter().map(|c| c.out.peak()).collect();
         let mut stats = PoolStats {
-            budget_bytes: shared.budget.limit(),
-            mapped_bytes: shared.budget.mapped(),
-            peak_mapped_bytes: shared.budget.peak_mapped(),
-            peak_in_use_bytes: shared.out_bytes.peak(),
+            budget_bytes: shared.budget.limit_opt(),
+            peak_in_use_bytes,
+            peak_mapped_bytes: shared.mapped.peak(),
+            mapped_bytes: shared.mapped.now(),
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),
@@ -776,12 +921,16 @@ impl SegmentPool {
                 .map_or(0, |d| d.write_after_release.load(Ordering::Relaxed)),
             ..PoolStats::default()
         };
-        for (s, c) in classes.iter_mut().zip(shared.classes.iter()) {
+        for ((s, c), peak) in classes
+            .iter_mut()
+            .zip(shared.classes.iter())
+            .zip(class_peaks)
+        {
             let snap = c.snapshot();
             s.in_use = s.allocations.saturating_sub(s.releases) as usize;
             s.regions = snap.regions;
             s.free = snap.slices.saturating_sub(snap.out);
-            s.peak_in_use = c.out.peak();
+            s.peak_in_use = peak;
             s.mapped_bytes = snap.mapped_bytes;
             s.resident_bytes = snap.resident_bytes;
             stats.resident_bytes += snap.resident_bytes;
@@ -826,7 +975,15 @@ impl SegmentPool {
         Ok((seg, zero))
     }
 
-    fn diagnose_segment(&self, seg: &Segment, zero: bool, at: &'static Location<'static>) {
+    pub(crate) fn diagnose_segment(
+        &self,
+        seg: &Segment,
+        zero: bool,
+        at: &'static Location<'static>,
+    ) {
+        if !self.shared().diagnosed {
+            return;
+        }
         let tag = if zero { ZERO_TAG } else { 0 };
         self.diagnose(seg.as_ptr() as usize | tag, seg.region_ref(), seg.len(), at);
     }
@@ -837,8 +994,8 @@ impl SegmentPool {
             Attempt::Done(seg, zero) => return Ok((seg, zero)),
             Attempt::Short { needed } => needed,
         };
-        if shared.budget.limit().is_some_and(|l| needed > l) {
-            return Err(self.budget_error(size, needed));
+        if needed > shared.budget.limit() {
+            return Err(shared.budget.exceeded(size, needed));
         }
         // 1. Unmap our own empty regions (any class) and tell other threads to give their cached
         //    slices back, then try again.
@@ -847,46 +1004,12 @@ impl SegmentPool {
             Attempt::Done(seg, zero) => return Ok((seg, zero)),
             Attempt::Short { needed } => needed,
         };
-        // 2. Ask the user to free memory, with no lock held, then try once more.
-        let Some(on_pressure) = &shared.on_pressure else {
-            return Err(self.budget_error(size, needed));
-        };
-        let (mapped, in_use) = (shared.budget.mapped(), shared.out_bytes_now());
-        on_pressure(needed);
-        let (mapped_after, in_use_after) = (shared.budget.mapped(), shared.out_bytes_now());
-        tracing::info!(
-            target: "segpool",
-            needed,
-            freed_mapped = mapped.saturating_sub(mapped_after),
-            freed_in_use = in_use.saturating_sub(in_use_after),
-            "pressure callback"
-        );
-        match self.attempt(size)? {
-            Attempt::Done(seg, zero) => Ok((seg, zero)),
-            Attempt::Short { needed } => Err(self.budget_error(size, needed)),
-        }
-    }
-
-    fn budget_error(&self, requested: usize, needed: usize) -> Error {
-        let shared = self.shared();
-        tracing::warn!(
-            target: "segpool",
-            requested,
-            needed,
-            mapped = shared.budget.mapped(),
-            budget = shared.budget.limit().unwrap_or(usize::MAX),
-            "budget exhausted"
-        );
-        Error::BudgetExceeded {
-            requested,
-            needed,
-            in_use: shared.budget.mapped(),
-            budget: shared.budget.limit().unwrap_or(usize::MAX),
-        }
+        // 2. The pressure protocol (`crate::wait`).
+        crate::wait::press(self, size, needed)
     }
 
     /// One try at serving `size` without pressure handling.
-    fn attempt(&self, size: usize) -> Result<Attempt> {
+    pub(crate) fn attempt(&self, size: usize) -> Result<Attempt> {
         let shared = self.shared();
         match shared.size_classes.class_of(size) {
             Some(class) => match thread_cache::refill(shared, class) {
@@ -907,7 +1030,7 @@ impl SegmentPool {
         let len = crate::os::round_up(size, crate::os::page_size())
             .filter(|&l| l <= isize::MAX as usize)
             .ok_or(Error::TooLarge { requested: size })?;
-        if shared.budget.try_reserve(len).is_err() {
+        if !shared.reserve_mapping(NO_CLASS, len, 0) {
             return Ok(Attempt::Short { needed: len });
         }
         // One mmap and one munmap, nothing more: no huge-page alignment (an over-sized map and
@@ -915,7 +1038,7 @@ impl SegmentPool {
         let memory = match map_memory(&shared.backing, len, false, shared.prefault) {
             Ok(m) => m,
             Err(e) => {
-                shared.budget.release(len);
+                shared.release_mapping(NO_CLASS, len, 0);
                 return Err(Error::Map(e));
             }
         };

@@ -23,8 +23,9 @@ use std::fmt;
 #[non_exhaustive]
 pub struct PoolStats {
     /// Bytes the pool has mapped right now: every region (used or not) plus every dedicated
-    /// mapping. This is what the budget bounds. Under `Diagnostics::Full` it includes the guard
-    /// pages.
+    /// mapping. This is what the pool counts against its budget (on a shared budget, other pools
+    /// and reservations count beside it: see `Budget::used`). Under `Diagnostics::Full` it
+    /// includes the guard pages.
     pub mapped_bytes: usize,
     /// Bytes of the pool's regions that are resident in RAM right now, measured with `mincore(2)`
     /// over every live region when the snapshot is taken (dedicated mappings not included). Never
@@ -36,15 +37,16 @@ pub struct PoolStats {
     /// Bytes of free slices parked in per-thread caches (free, but not available to other
     /// threads until given back; `trim()` makes them go back).
     pub cached_bytes: usize,
-    /// The budget in bytes, if one was set.
+    /// The limit of the pool's budget in bytes (its own, or the shared one), if it has one.
     pub budget_bytes: Option<usize>,
     /// The highest number of bytes that were out of the regions' free lists at once: live
     /// segments, dedicated mappings, and slices held in thread caches. It is an upper bound of the
     /// peak of `in_use_bytes` (higher by at most what thread caches held at that moment, plus
     /// what threads had given back to the regions but not counted yet: at most four caches'
-    /// worth per thread and class).
+    /// worth per thread and class). Each time it moves it is clamped to what the pool had mapped
+    /// at that moment, so it never exceeds `peak_mapped_bytes` (nor the budget).
     pub peak_in_use_bytes: usize,
-    /// The highest `mapped_bytes` ever reached.
+    /// The highest `mapped_bytes` ever reached (exact).
     pub peak_mapped_bytes: usize,
     /// Segments handed out since the pool was built (every class, and dedicated mappings).
     pub allocations: u64,
@@ -66,7 +68,9 @@ pub struct PoolStats {
     pub dedicated_segments: usize,
     /// Bytes mapped for those dedicated segments (included in `mapped_bytes` and `in_use_bytes`).
     pub dedicated_bytes: usize,
-    /// Threads blocked in `allocate_timeout` waiting for room under the budget right now.
+    /// Allocations queued for room under the pool's budget right now: waiting in
+    /// `allocate_timeout` or `allocate_async`, or running a pressure callback inside `allocate`
+    /// (on a shared budget, those of every pool on it).
     pub budget_waiters: usize,
     /// Writes after release detected since the pool was built: slices handed out again whose
     /// poison pattern was damaged. Only `Diagnostics::Full` checks; otherwise always 0.
@@ -87,7 +91,9 @@ pub struct ClassStats {
     /// The highest number of slices of this class that were out of the regions' free lists at
     /// once since the pool was built: live segments plus slices parked in thread caches (so an
     /// upper bound of the peak of `in_use`; thread caches count what they give back late, by at
-    /// most four caches' worth per thread, which can only make it higher).
+    /// most four caches' worth per thread, which can only make it higher). Each time it moves it
+    /// is clamped to the slices the class's regions had at that moment, so it never exceeds the
+    /// slices that existed.
     pub peak_in_use: usize,
     /// Slices on the regions' free lists, available to any thread.
     pub free: usize,
@@ -198,6 +204,17 @@ impl PeakCounter {
     pub(crate) fn add(&self, n: usize) {
         use crate::sync::atomic::Ordering::Relaxed;
         let now = self.now.fetch_add(n, Relaxed) + n;
+        if now > self.peak.load(Relaxed) {
+            self.peak.fetch_max(now, Relaxed);
+        }
+    }
+
+    /// Adds `n`; moves the peak to the new count, but to no more than `cap` (what exists: the
+    /// count may be high while give-backs are counted late, and a peak above what exists would
+    /// be a figure that cannot be true).
+    pub(crate) fn add_capped(&self, n: usize, cap: usize) {
+        use crate::sync::atomic::Ordering::Relaxed;
+        let now = (self.now.fetch_add(n, Relaxed) + n).min(cap);
         if now > self.peak.load(Relaxed) {
             self.peak.fetch_max(now, Relaxed);
         }

@@ -475,6 +475,19 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     let r = unsafe { region.get() };
     let shared = Arc::clone(&r.pool);
     let class = r.class as usize;
+    // An allocation of this class is queued on the budget: the slice is its, still counted in
+    // the region (see `crate::budget`).
+    if shared.has_waiters()
+        && shared.budget.offer(
+            &*shared as *const PoolShared as usize,
+            r.class,
+            addr,
+            region,
+        )
+    {
+        shared.count_direct_release(class);
+        return;
+    }
     let guard = epoch::pin();
     // SAFETY: forwarded from the caller; pinned.
     let outcome = unsafe { give_back(region, &[addr], &guard) };
@@ -688,7 +701,7 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
     // trim bumps it), so a waiter also gets the slices this thread had cached.
     let cached = with_entry(shared, |entry| {
         let cache = &entry.classes[class];
-        if entry.shared.budget.has_waiters() {
+        if entry.shared.has_waiters() {
             return false;
         }
         if cache.byte_bounded {

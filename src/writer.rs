@@ -223,7 +223,7 @@ impl SegmentWriter {
     /// is written (never less than what is reserved), or unbounded without a budget.
     #[cfg(feature = "bytes")]
     pub(crate) fn capacity_left(&self) -> usize {
-        match self.pool.shared().budget.limit() {
+        match self.pool.shared().budget.limit_opt() {
             Some(limit) => limit.saturating_sub(self.len).max(self.reserved()),
             None => usize::MAX - self.len,
         }

@@ -41,12 +41,12 @@ fn a_small_budget_serves_segments_up_to_about_the_budget() {
         Err(Error::BudgetExceeded {
             requested,
             needed,
-            in_use,
+            used,
             budget,
         }) => {
             assert_eq!(requested, MIB);
             assert_eq!(needed, MIB);
-            assert_eq!(in_use, 4 * MIB);
+            assert_eq!(used, 4 * MIB);
             assert_eq!(budget, 4 * MIB);
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
@@ -95,9 +95,9 @@ fn allocate_timeout_gives_up_with_budget_exceeded_when_nothing_is_released() {
     let pool = four_mib_pool();
     let _segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).unwrap()).collect();
     match pool.allocate_timeout(MIB, Duration::from_millis(30)) {
-        Err(Error::BudgetExceeded { budget, in_use, .. }) => {
+        Err(Error::BudgetExceeded { budget, used, .. }) => {
             assert_eq!(budget, 4 * MIB);
-            assert_eq!(in_use, 4 * MIB);
+            assert_eq!(used, 4 * MIB);
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
     }

@@ -81,7 +81,7 @@ fn zero_and_absurd_sizes_are_errors() {
     let msg = Error::BudgetExceeded {
         requested: 1,
         needed: 2,
-        in_use: 3,
+        used: 3,
         budget: 4,
     }
     .to_string();

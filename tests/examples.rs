@@ -125,3 +125,19 @@ fn budget_server_echoes_every_byte_and_applies_backpressure_within_budget() {
     assert_eq!(r.bytes_echoed, 24 * (64 << 10));
     assert!(r.peak_mapped <= cfg.budget);
 }
+
+#[test]
+fn budget_server_async_serves_many_connections_on_one_thread_within_budget() {
+    let cfg = budget_server::Config {
+        connections: 96,
+        concurrency: 48,
+        bytes_per_connection: 64 << 10,
+        budget: 256 << 10, // 4 buffers for 48 connections at once
+    };
+    let r = budget_server::run_async(&cfg).unwrap();
+    assert_eq!(r.connections, 96);
+    assert_eq!(r.bytes_echoed, 96 * (64 << 10));
+    // Far more connections at once than buffers: most handlers awaited theirs.
+    assert!(r.waited > 0);
+    assert!(r.peak_mapped <= cfg.budget);
+}

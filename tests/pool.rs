@@ -145,7 +145,7 @@ fn a_segment_is_two_words_and_knows_its_length() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Segment>();
     let pool = SegmentPool::new().unwrap();
-    let segs: Vec<Segment> = [1, 5000, 70_000, 300_000, 1 << 20, (3 << 20) + 1]
+    let segs: Vec<Segment> = [1, 5000, 70_000, 300_000, 1 << 20, (3 << 20) + 1, (1 << 30) + 1]
         .iter()
         .map(|&n| pool.allocate(n).unwrap())
         .collect();
@@ -164,7 +164,9 @@ fn a_segment_is_two_words_and_knows_its_length() {
             (262_144, 262_144, 0),
             (1 << 20, 1 << 20, 0),
             (1 << 20, 1 << 20, 0),
-            ((3 << 20) + 4096, (3 << 20) + 4096, 0),
+            (4 << 20, 4 << 20, 0),
+            // Above the largest class: a dedicated mapping, its length the request in pages.
+            ((1 << 30) + 4096, (1 << 30) + 4096, 0),
         ]
     );
 }

@@ -188,3 +188,68 @@ fn cross_thread_scenario() {
 fn thread_caches_across_threads_random_schedules() {
     shuttle::check_random(cross_thread_scenario, iterations());
 }
+
+/// The pressure protocol: a cache of 8 pages (the whole budget) evicts one page per callback
+/// while 3 threads miss; the evicted slices are handed to the queued allocations. No allocation
+/// may fail (the cache always has a page to evict), no range may be handed out twice, and every
+/// count comes back to zero.
+fn pressure_scenario() {
+    let victims: Arc<Mutex<Vec<Segment>>> = Arc::default();
+    let pool = {
+        let v = victims.clone();
+        SegmentPool::builder()
+            .size_classes(&[4096])
+            .region_size(32 << 10)
+            .budget(32 << 10)
+            .huge_pages(false)
+            .on_pressure(move |needed| {
+                assert_eq!(needed, 4096);
+                let seg = v.lock().unwrap().pop();
+                drop(seg);
+            })
+            .build()
+            .unwrap()
+    };
+    let live = Arc::new(Live::default());
+    {
+        let mut v = victims.lock().unwrap();
+        for _ in 0..8 {
+            let seg = pool.allocate(4096).unwrap();
+            live.insert(&seg);
+            live.remove(&seg);
+            v.push(seg);
+        }
+    }
+    let handles: Vec<_> = (0..3u8)
+        .map(|t| {
+            let (pool, live, victims) = (pool.clone(), live.clone(), victims.clone());
+            thread::spawn(move || {
+                for i in 0..3u8 {
+                    let mut seg = pool
+                        .allocate(4096)
+                        .unwrap_or_else(|e| panic!("a cache that can evict got {e}"));
+                    live.insert(&seg);
+                    seg[0] = t;
+                    seg[4095] = i;
+                    thread::yield_now();
+                    assert_eq!((seg[0], seg[4095]), (t, i));
+                    live.remove(&seg);
+                    victims.lock().unwrap().push(seg);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(pool.budget().waiters(), 0);
+    assert!(pool.budget().peak_used() <= 32 << 10);
+    victims.lock().unwrap().clear();
+    let stats = pool.stats();
+    assert_eq!(stats.in_use_bytes, 0, "{stats}");
+}
+
+#[test]
+fn pressure_hand_offs_random_schedules() {
+    shuttle::check_random(pressure_scenario, iterations());
+}
