@@ -11,6 +11,7 @@ mod error;
 pub mod fault;
 mod free_stack;
 pub mod fs;
+mod observer;
 mod os;
 mod pool;
 mod region;
@@ -19,6 +20,8 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
+#[cfg(feature = "io-uring")]
+pub mod uring;
 mod writer;
 
 pub use diagnostics::{Diagnostics, Leak, LeakReport};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::budget::Budget;
 use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
 use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
+use crate::observer::{ObserverList, RegionObserver};
 use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
@@ -279,6 +280,7 @@ impl SegmentPoolBuilder {
             out_bytes: PeakCounter::default(),
             dedicated_segments: AtomicUsize::new(0),
             dedicated_bytes: AtomicUsize::new(0),
+            observers: Mutex::new(Vec::new()),
         };
         let shared = Arc::new(shared);
         Ok(SegmentPool {
@@ -320,6 +322,9 @@ pub(crate) struct PoolShared {
     out_bytes: PeakCounter,
     dedicated_segments: AtomicUsize,
     dedicated_bytes: AtomicUsize,
+    /// Told when regions are mapped and before they are unmapped (`crate::observer`); locked only
+    /// then, never on the allocate/release path.
+    observers: Mutex<ObserverList>,
 }
 
 impl fmt::Debug for PoolShared {
@@ -456,6 +461,74 @@ impl PoolShared {
             id,
             false,
         )))
+    }
+
+    /// Tells the observers that a region of a size class was mapped (`ClassPool::grow`, under
+    /// the class lock, before any slice of it is handed out).
+    pub(crate) fn region_mapped(&self, region: &Region) {
+        let observers = self.observers.lock();
+        if observers.is_empty() {
+            return;
+        }
+        let info = region.info();
+        for o in observers.iter() {
+            // The observer reports and counts its own failure; the region just stays unknown
+            // to it.
+            let _ = o.mapped(&info);
+        }
+    }
+
+    /// Tells the observers that a region is about to be unmapped (`region::destroy`, with the
+    /// memory still mapped). Dedicated mappings were never reported, so they are not here either.
+    pub(crate) fn region_unmapping(&self, region: &Region) {
+        if region.class == NO_CLASS {
+            return;
+        }
+        let observers = self.observers.lock();
+        if observers.is_empty() {
+            return;
+        }
+        let info = region.info();
+        for o in observers.iter() {
+            o.unmapping(&info);
+        }
+    }
+
+    /// Adds an observer, then tells it about every region already mapped (see
+    /// `crate::observer` for why no region is missed). On the first error the observer is
+    /// removed again and the error returned; the observer is told `unmapping` for nothing it
+    /// accepted, so it lets go of those itself.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn add_observer(
+        &self,
+        observer: std::sync::Arc<dyn RegionObserver>,
+    ) -> std::io::Result<()> {
+        self.observers.lock().push(observer.clone());
+        let walked = self
+            .classes
+            .iter()
+            .try_for_each(|c| c.for_each_listed(|r| observer.mapped(&r.info())));
+        if walked.is_err() {
+            self.remove_observer(&observer);
+        }
+        walked
+    }
+
+    /// Removes an observer; once this returns it is not called again.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn remove_observer(&self, observer: &std::sync::Arc<dyn RegionObserver>) {
+        self.observers
+            .lock()
+            .retain(|o| !std::sync::Arc::ptr_eq(o, observer));
+    }
+
+    /// Where the pool's memory comes from.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn backing(&self) -> &Backing {
+        &self.backing
     }
 
     /// Called by a region's destroyer after it unmapped `len` bytes.
