@@ -525,8 +525,8 @@ impl PoolShared {
     }
 
     /// Where the pool's memory comes from.
-    // Used by the io_uring fixed-buffer table and the loom models only.
-    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    // Used by the io_uring fixed-buffer table only.
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
     pub(crate) fn backing(&self) -> &Backing {
         &self.backing
     }
