@@ -187,7 +187,10 @@ impl ClassPool {
             return Ok(got);
         }
         let region = PoolShared::new_region(pool, self.index, self.size, self.region_size)?;
+        // Observers learn of the region before any slice of it is handed out.
         // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
+        pool.region_mapped(unsafe { region.get() });
+        // SAFETY: as above.
         let (n, _) = unsafe { region.get() }.take(out);
         debug_assert!(n > 0);
         let mut list = self.list(guard).to_vec();
@@ -330,6 +333,23 @@ impl ClassPool {
             // SAFETY: `retire` gave us one reference; we are pinned.
             unsafe { drop_ref(r, 1, guard) };
         }
+    }
+
+    /// Calls `f` on every region in the class list, under the class lock (so none of them is
+    /// retired meanwhile); stops at the first error.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn for_each_listed<E>(
+        &self,
+        mut f: impl FnMut(&crate::region::Region) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let _g = self.lock.lock();
+        let guard = epoch::pin();
+        for &r in self.list(&guard) {
+            // SAFETY: `r` is in the list, which cannot change while we hold the lock.
+            f(unsafe { r.get() })?;
+        }
+        Ok(())
     }
 
     /// Counts over the live regions (a snapshot), with `mincore` for the resident bytes.

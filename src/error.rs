@@ -52,6 +52,18 @@ pub enum Error {
         /// The faulting address (the first fault seen on this file).
         addr: usize,
     },
+    /// The pool's memory could not be registered as io_uring fixed buffers
+    /// (`segpool::uring::FixedBuffers::register`); the message says why and what to change, the
+    /// source is the kernel's error when there is one.
+    #[cfg(feature = "io-uring")]
+    #[error("io_uring fixed buffers: {message}")]
+    FixedBuffers {
+        /// What was refused, and why.
+        message: String,
+        /// The kernel's error, when it refused.
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 impl From<Error> for std::io::Error {
@@ -63,6 +75,13 @@ impl From<Error> for std::io::Error {
             }
             Error::BudgetExceeded { .. } => std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
             Error::Faulted { .. } => std::io::Error::other(e),
+            #[cfg(feature = "io-uring")]
+            Error::FixedBuffers { ref source, .. } => {
+                let kind = source
+                    .as_ref()
+                    .map_or(std::io::ErrorKind::Unsupported, |s| s.kind());
+                std::io::Error::new(kind, e)
+            }
         }
     }
 }

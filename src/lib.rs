@@ -4,6 +4,7 @@
 // these come before the README, which defines the relative ones. A guide added to the README's
 // links needs its line here too (tests/front_page.rs checks that the two lists agree).
 #![doc = concat!("[docs/bridges.md]: https://docs.rs/crate/segpool/", env!("CARGO_PKG_VERSION"), "/source/docs/bridges.md")]
+#![doc = concat!("[docs/uring.md]: https://docs.rs/crate/segpool/", env!("CARGO_PKG_VERSION"), "/source/docs/uring.md")]
 #![doc = concat!("[docs/benchmarks.md]: https://docs.rs/crate/segpool/", env!("CARGO_PKG_VERSION"), "/source/docs/benchmarks.md")]
 #![doc = concat!("[docs/files.md#views-and-the-memory-model]: https://docs.rs/crate/segpool/", env!("CARGO_PKG_VERSION"), "/source/docs/files.md#views-and-the-memory-model")]
 #![doc = concat!("[docs/faults.md]: https://docs.rs/crate/segpool/", env!("CARGO_PKG_VERSION"), "/source/docs/faults.md")]
@@ -24,6 +25,7 @@ mod error;
 pub mod fault;
 mod free_stack;
 pub mod fs;
+mod observer;
 mod os;
 mod pool;
 mod purge;
@@ -33,6 +35,8 @@ mod size_class;
 mod stats;
 mod sync;
 mod thread_cache;
+#[cfg(feature = "io-uring")]
+pub mod uring;
 mod wait;
 mod writer;
 

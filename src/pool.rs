@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::budget::{Budget, Signals};
 use crate::class_pool::{map_memory, ClassConfig, ClassPool, Shortage};
 use crate::diagnostics::{DiagState, Diagnostics, LeakReport};
+use crate::observer::{ObserverList, RegionObserver};
 use crate::region::{into_ref, PurgeMode, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, NO_CLASS};
@@ -356,6 +357,7 @@ impl SegmentPoolBuilder {
             purger_registered: AtomicBool::new(false),
             purging: Mutex::new(()),
             purged_bytes: AtomicU64::new(0),
+            observers: Mutex::new(Vec::new()),
         };
         let shared = Arc::new(shared);
         let hook = std::sync::Arc::new(PoolHook {
@@ -395,7 +397,7 @@ pub(crate) struct PoolShared {
     /// Slices of each class in the pool's live regions: what a class's out-of-free-list peak
     /// is clamped to.
     class_slices: Box<[AtomicUsize]>,
-    backing: Backing,
+    pub(crate) backing: Backing,
     huge_pages: bool,
     prefault: bool,
     closed: AtomicBool,
@@ -418,6 +420,9 @@ pub(crate) struct PoolShared {
     purging: Mutex<()>,
     /// Bytes of free slices purged since the pool was built.
     purged_bytes: AtomicU64,
+    /// Told when regions are mapped and before they are unmapped (`crate::observer`); locked only
+    /// then, never on the allocate/release path.
+    observers: Mutex<ObserverList>,
 }
 
 impl fmt::Debug for PoolShared {
@@ -588,6 +593,77 @@ impl PoolShared {
         )))
     }
 
+    /// Tells the observers that a region of a size class was mapped (`ClassPool::grow`, under
+    /// the class lock, before any slice of it is handed out).
+    pub(crate) fn region_mapped(&self, region: &Region) {
+        let observers = self.observers.lock();
+        if observers.is_empty() {
+            return;
+        }
+        let info = region.info();
+        for o in observers.iter() {
+            // The observer reports and counts its own failure; the region just stays unknown
+            // to it.
+            let _ = o.mapped(&info);
+        }
+    }
+
+    /// Tells the observers that a region is about to be unmapped (`region::destroy`, with the
+    /// memory still mapped). Dedicated mappings were never reported, so they are not here either.
+    pub(crate) fn region_unmapping(&self, region: &Region) {
+        if region.class == NO_CLASS {
+            return;
+        }
+        let observers = self.observers.lock();
+        if observers.is_empty() {
+            return;
+        }
+        let info = region.info();
+        for o in observers.iter() {
+            o.unmapping(&info);
+        }
+    }
+
+    /// Adds an observer, then tells it about every region already mapped (see
+    /// `crate::observer` for why no region is missed). On the first error the observer is
+    /// removed again and the error returned; the observer is told `unmapping` for nothing it
+    /// accepted, so it lets go of those itself.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn add_observer(
+        &self,
+        observer: std::sync::Arc<dyn RegionObserver>,
+    ) -> std::io::Result<()> {
+        // No purge pass runs while an observer comes in: a pass that began before it saw no
+        // observer and may be dropping pages the observer is about to pin (see `purge`).
+        let _no_purge = self.purging.lock();
+        self.observers.lock().push(observer.clone());
+        let walked = self
+            .classes
+            .iter()
+            .try_for_each(|c| c.for_each_listed(|r| observer.mapped(&r.info())));
+        if walked.is_err() {
+            self.remove_observer(&observer);
+        }
+        walked
+    }
+
+    /// Removes an observer; once this returns it is not called again.
+    // Used by the io_uring fixed-buffer table and the loom models only.
+    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    pub(crate) fn remove_observer(&self, observer: &std::sync::Arc<dyn RegionObserver>) {
+        self.observers
+            .lock()
+            .retain(|o| !std::sync::Arc::ptr_eq(o, observer));
+    }
+
+    /// Where the pool's memory comes from.
+    // Used by the io_uring fixed-buffer table only.
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(crate) fn backing(&self) -> &Backing {
+        &self.backing
+    }
+
     /// Called by a region's destroyer after it unmapped `len` bytes.
     pub(crate) fn region_unmapped(&self, class: u8, id: u64, base: usize, len: usize) {
         if let Some(d) = &self.diag {
@@ -636,6 +712,12 @@ impl PoolShared {
     /// One purge pass over every class (`region::purge`); returns the bytes discarded.
     pub(crate) fn purge(&self, mode: PurgeMode) -> usize {
         let _one_pass = self.purging.lock();
+        // A pool with observers (io_uring fixed buffers) is not purged: the kernel pins a
+        // registered region's pages, and dropping them would give the process fresh pages while
+        // fixed I/O kept going to the old ones. Observers come in under `purging` (`add_observer`).
+        if !self.observers.lock().is_empty() {
+            return 0;
+        }
         let guard = epoch::pin();
         let bytes: usize = self.classes.iter().map(|c| c.purge(mode, &guard)).sum();
         if bytes > 0 {

@@ -229,6 +229,16 @@ impl Region {
         self.base
     }
 
+    /// The region as a `RegionObserver` sees it.
+    pub(crate) fn info(&self) -> crate::observer::RegionInfo {
+        crate::observer::RegionInfo {
+            id: self.id,
+            base: self.base,
+            len: self.len(),
+            file_backed: matches!(self.pool.backing, crate::pool::Backing::File(_)),
+        }
+    }
+
     /// Takes up to `out.len()` slices: reserves them in the state word (refused if retired or
     /// full), then pops them. Writes slice addresses (with [`ZERO_TAG`] set on slices never handed
     /// out before or purged since) and returns how many, and whether the region was empty before
@@ -409,6 +419,8 @@ unsafe fn destroy(region: RegionRef, guard: &Guard) {
     debug_assert!(memory.is_some(), "region destroyed twice");
     if let Some(memory) = memory {
         let len = memory.mapping.len();
+        // Observers (io_uring fixed-buffer tables) let go of the memory before it is unmapped.
+        r.pool.region_unmapping(r);
         drop(memory);
         r.pool.region_unmapped(r.class, r.id, r.base, len);
     }

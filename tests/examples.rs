@@ -1,4 +1,4 @@
-//! Runs the three examples' logic (their own `run` functions, compiled in here) with sizes small
+//! Runs the examples' logic (their own `run` functions, compiled in here) with sizes small
 //! enough for a debug build, and checks what each one promises.
 
 #[allow(dead_code)]
@@ -12,6 +12,47 @@ mod page_cache;
 #[allow(dead_code)]
 #[path = "../examples/budget_server.rs"]
 mod budget_server;
+
+#[cfg(feature = "io-uring")]
+#[allow(dead_code)]
+#[path = "../examples/uring_reader.rs"]
+mod uring_reader;
+
+#[cfg(feature = "io-uring")]
+#[test]
+fn uring_reader_streams_every_byte_in_order_within_budget() {
+    use std::io::Write as _;
+    // Not a whole number of chunks, so the last read is short of a segment.
+    let len = 3 * (1 << 20) + 12_345;
+    let bytes: Vec<u8> = (0..len as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
+        .collect();
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&bytes).unwrap();
+    let cfg = uring_reader::Config {
+        chunk: 64 << 10,
+        // 32 reads of 64 KiB would need 2 MiB: the 1 MiB budget holds the reader back.
+        depth: 32,
+        budget: 1 << 20,
+    };
+    let r = uring_reader::run(f.path(), &cfg).unwrap();
+    assert_eq!(r.bytes, len as u64);
+    assert_eq!(
+        r.checksum,
+        uring_reader::fnv1a(uring_reader::FNV_START, &bytes),
+        "the stream is the file, in order"
+    );
+    assert!(
+        r.peak_mapped <= cfg.budget,
+        "{} > {}",
+        r.peak_mapped,
+        cfg.budget
+    );
+    assert!(r.budget_waits > 0, "the budget limited the reads in flight");
+    assert!(r.peak_in_flight < cfg.depth);
+    assert!(r.fixed_reads >= (len / cfg.chunk) as u64);
+    assert_eq!(r.plain_reads, 0, "every segment had a fixed index");
+}
 
 #[test]
 fn parallel_serializer_writes_and_verifies_every_record_within_budget() {

@@ -145,10 +145,18 @@ fn a_segment_is_two_words_and_knows_its_length() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Segment>();
     let pool = SegmentPool::new().unwrap();
-    let segs: Vec<Segment> = [1, 5000, 70_000, 300_000, 1 << 20, (3 << 20) + 1, (1 << 30) + 1]
-        .iter()
-        .map(|&n| pool.allocate(n).unwrap())
-        .collect();
+    let segs: Vec<Segment> = [
+        1,
+        5000,
+        70_000,
+        300_000,
+        1 << 20,
+        (3 << 20) + 1,
+        (1 << 30) + 1,
+    ]
+    .iter()
+    .map(|&n| pool.allocate(n).unwrap())
+    .collect();
     let lens = thread::spawn(move || {
         segs.iter()
             .map(|s| (s.len(), s.capacity(), s.as_ptr() as usize % 4096))

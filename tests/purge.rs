@@ -103,7 +103,10 @@ fn resident_follows_use_after_the_decay_time_without_any_call() {
         s.in_use_bytes,
         released.elapsed()
     );
-    assert!(s.purged_bytes > 0, "nothing purged; before:\n{before}\nafter:\n{s}");
+    assert!(
+        s.purged_bytes > 0,
+        "nothing purged; before:\n{before}\nafter:\n{s}"
+    );
 }
 
 #[test]
@@ -266,7 +269,10 @@ fn slices_purged_while_other_threads_allocate_are_never_handed_out_half_purged()
                 std::thread::yield_now();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            assert_eq!(purging_trims, 50, "trims purged nothing while others allocated");
+            assert_eq!(
+                purging_trims, 50,
+                "trims purged nothing while others allocated"
+            );
         });
     });
 }
