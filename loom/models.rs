@@ -119,6 +119,8 @@ fn allocate_racing_the_retire() {
     model(|| {
         let (pool, shared) = pool(1, 1);
         let (region, addr) = take_one(&shared);
+        // SAFETY: the slice taken above keeps the region alive.
+        let original = unsafe { region.get() }.id;
         // SAFETY: taken above, released once; the region stays (one empty region is retained).
         unsafe { release_direct(region, addr) };
         let s2 = shared.clone();
@@ -129,10 +131,18 @@ fn allocate_racing_the_retire() {
         });
         let trimmed = class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
         let (r, a) = t.join().unwrap();
+        // SAFETY: the slice the thread took keeps its region alive.
+        let same = unsafe { r.get() }.id == original;
         if trimmed == 0 {
-            assert_eq!(
-                a, addr,
+            assert!(
+                same && a == addr,
                 "the retire lost, so the take got the original slice"
+            );
+        } else {
+            // A region mapped after the unmap may reuse the address: its id tells.
+            assert!(
+                !same,
+                "the retire won, so no slice of its region is handed out"
             );
         }
         write(a, 3);
@@ -354,10 +364,14 @@ mod cache_models {
 
     /// Classes of `sizes`, `slices` slices per region, thread caches on, nothing retained.
     fn cached_pool(sizes: &[usize], slices: usize) -> SegmentPool {
+        cached_pool_retaining(sizes, slices, 0)
+    }
+
+    fn cached_pool_retaining(sizes: &[usize], slices: usize, retain: usize) -> SegmentPool {
         SegmentPool::builder()
             .size_classes(sizes)
             .region_size(slices * sizes[sizes.len() - 1])
-            .retain_empty_regions(0)
+            .retain_empty_regions(retain)
             .empty_region_grace(std::time::Duration::ZERO)
             .thread_cache(true)
             .huge_pages(false)
@@ -423,6 +437,46 @@ mod cache_models {
             assert_eq!(stats.cached_bytes, 0, "{stats}");
             assert_eq!(stats.classes[0].in_use, 0, "{stats}");
             assert_eq!(stats.mapped_bytes, 0, "every region unmapped: {stats}");
+            drop(pool);
+            exit_current_thread();
+        });
+    }
+
+    #[test]
+    fn two_caches_refill_from_one_region_and_give_back_at_exit() {
+        // Two threads allocate through their caches at once: both refills race for the slices of
+        // one empty region (a batch each, or one thread gets both), each owner writes its slice,
+        // and each thread's exit gives its cache back to the region the other may be taking from.
+        model(|| {
+            let pool = cached_pool_retaining(&[PAGE], 2, 1);
+            let mut a = pool.allocate(PAGE).unwrap();
+            let mut b = pool.allocate(PAGE).unwrap();
+            let shadows = Shadows::of(&[&a, &b]);
+            shadows.own(&mut a, 1);
+            shadows.own(&mut b, 1);
+            drop((a, b));
+            // Both slices back in the region, which stays mapped (one empty region is kept).
+            exit_current_thread();
+            let threads: Vec<_> = (0..2u8)
+                .map(|i| {
+                    let (p, sh) = (pool.clone(), shadows.clone());
+                    spawn(move || {
+                        let mut s = p.allocate(PAGE).unwrap();
+                        sh.own(&mut s, 2 + i);
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let stats = pool.stats();
+            assert_eq!(stats.classes[0].in_use, 0, "{stats}");
+            assert_eq!(
+                stats.cached_bytes, 0,
+                "every cache went back at exit: {stats}"
+            );
+            pool.trim();
+            assert_eq!(pool.stats().mapped_bytes, 0, "every region unmapped");
             drop(pool);
             exit_current_thread();
         });
