@@ -965,6 +965,9 @@ impl SegmentPool {
     /// A snapshot of the pool's counts; `Display` prints it as a table.
     pub fn stats(&self) -> PoolStats {
         let shared = self.shared();
+        // Under the registry's lock: an exiting thread moves its counts from the registry to
+        // `departed` under it, so reading `departed` first could miss them both.
+        let threads = shared.threads.lock();
         let mut classes: Vec<ClassStats> = shared
             .classes
             .iter()
@@ -976,13 +979,14 @@ impl SegmentPool {
                 ..ClassStats::default()
             })
             .collect();
-        for t in shared.threads.lock().iter() {
+        for t in threads.iter() {
             for (s, c) in classes.iter_mut().zip(t.iter().map(|c| &c.counters)) {
                 s.allocations += c.allocations.load(Ordering::Relaxed);
                 s.releases += c.releases.load(Ordering::Relaxed);
                 s.cached += c.cached();
             }
         }
+        drop(threads);
         // The peaks only grow, and each out-of-free-list peak was clamped to what was mapped
         // when it was recorded: read them first, so none of them exceeds the mapped peak read
         // after.
@@ -1150,19 +1154,22 @@ impl SegmentPool {
 fn leaks(shared: &PoolShared) -> LeakReport {
     let mut outstanding = shared.dedicated_segments.load(Ordering::Relaxed);
     let mut per_class = vec![0u64; shared.classes.len()];
+    // `departed` under the registry's lock, as in `stats()`.
+    let threads = shared.threads.lock();
     for (p, d) in per_class.iter_mut().zip(shared.departed.iter()) {
         *p = d
             .allocations
             .load(Ordering::Relaxed)
             .wrapping_sub(d.releases.load(Ordering::Relaxed));
     }
-    for t in shared.threads.lock().iter() {
+    for t in threads.iter() {
         for (p, c) in per_class.iter_mut().zip(t.iter().map(|c| &c.counters)) {
             *p = p
                 .wrapping_add(c.allocations.load(Ordering::Relaxed))
                 .wrapping_sub(c.releases.load(Ordering::Relaxed));
         }
     }
+    drop(threads);
     outstanding += per_class
         .iter()
         .map(|&n| (n as i64).max(0) as usize)

@@ -65,6 +65,43 @@ pub(crate) mod epoch {
     pub(crate) use crossbeam_epoch::{pin, unprotected, Atomic, Guard, Owned, Shared};
 }
 
+/// A cell for data that the crate's own protocol keeps from being shared unsafely, in loom's
+/// style: every access is a closure over a raw pointer, `with` for reading and `with_mut` for
+/// writing. Under loom it is loom's own cell, so a model checks that every pair of accesses from
+/// two threads is ordered by the protocol (and reports a data race otherwise); elsewhere it is
+/// `std`'s, and the closures compile away.
+///
+/// The pointer must not be kept past the closure: an access outside it is one no model sees.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// See the loom form above: the same API over `std::cell::UnsafeCell`, at no cost.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Runs `f` on a pointer for reading. Its dereferences are the caller's to justify: no
+    /// write to the value may happen while `f` runs.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Runs `f` on a pointer for writing. Its dereferences are the caller's to justify: no
+    /// other access to the value may happen while `f` runs.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
 /// A mutex with `parking_lot`'s API on every backend.
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T> {

@@ -43,7 +43,7 @@
 //! `len = releases - allocations + adjust`, where `adjust` changes only on the slow paths (plus
 //! the slices a refill brought in, minus the slices a flush gave back).
 
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell};
 use std::ptr::{self, NonNull};
 
 use crate::budget::WAITER_MASK;
@@ -52,7 +52,7 @@ use crate::pool::PoolShared;
 use crate::region::{give_back, give_back_uncounted, RegionRef, Released, MAX_BATCH, ZERO_TAG};
 use crate::size_class::{CACHE_MAX_BYTES, CACHE_MAX_SLICES, THREAD_LARGE_CACHE_BYTES};
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{arc_slice, const_thread_local, epoch, Arc};
+use crate::sync::{arc_slice, const_thread_local, epoch, Arc, UnsafeCell};
 
 /// Allocation and release counts of one class. In a thread's [`ClassCache`] only that thread
 /// writes them (a load and a store); in a pool's `departed` counts, any thread adds to them with
@@ -123,6 +123,7 @@ pub(crate) struct ClassCache {
     /// (`PoolShared::note_returned`) do not show yet: at most `UNCOUNTED_CACHES * cap`. See
     /// [`ClassCache::count_returned`].
     uncounted: Cell<usize>,
+    /// Every access goes through the sync shim's cell, so the loom models see it.
     slots: UnsafeCell<[Slot; CACHE_MAX_SLICES]>,
 }
 
@@ -191,10 +192,11 @@ impl ClassCache {
             .load(Ordering::Relaxed)
             .wrapping_sub(a)
             .wrapping_add(c.adjust.load(Ordering::Relaxed)) as usize;
-        // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
-        let slots = unsafe { &*self.slots.get() };
         // One comparison covers both "empty" (wraps to usize::MAX) and the bound.
-        let slot = *slots.get(len.wrapping_sub(1))?;
+        let slot = self.slots.with(|slots| {
+            // SAFETY: the caller owns the cache, so nothing writes `slots` now.
+            unsafe { &*slots }.get(len.wrapping_sub(1)).copied()
+        })?;
         c.allocations.store(a.wrapping_add(1), Ordering::Relaxed);
         Some(slot)
     }
@@ -223,12 +225,17 @@ impl ClassCache {
     ///   now.
     #[inline(always)]
     unsafe fn push_unchecked(&self, len: usize, r: u64, slot: Slot) -> bool {
-        // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
-        let slots = unsafe { &mut *self.slots.get() };
-        let Some(s) = slots.get_mut(len) else {
+        let stored = self.slots.with_mut(|slots| {
+            // SAFETY: the caller owns the cache, so no other reference to `slots` exists now.
+            let Some(s) = unsafe { &mut *slots }.get_mut(len) else {
+                return false;
+            };
+            *s = slot;
+            true
+        });
+        if !stored {
             return false;
-        };
-        *s = slot;
+        }
         self.counters
             .releases
             .store(r.wrapping_add(1), Ordering::Relaxed);
@@ -242,11 +249,13 @@ impl ClassCache {
     /// * As for [`push`](Self::push), for every address; `len + addrs.len() <= cap`.
     unsafe fn stash(&self, addrs: &[usize], region: RegionRef) {
         let (len, _) = self.len_and_releases();
-        // SAFETY: the caller owns the cache.
-        let slots = unsafe { &mut *self.slots.get() };
-        for (s, &a) in slots[len..len + addrs.len()].iter_mut().zip(addrs) {
-            *s = (a, region);
-        }
+        self.slots.with_mut(|slots| {
+            // SAFETY: the caller owns the cache.
+            let slots = unsafe { &mut *slots };
+            for (s, &a) in slots[len..len + addrs.len()].iter_mut().zip(addrs) {
+                *s = (a, region);
+            }
+        });
         add(&self.counters.adjust, addrs.len() as u64);
     }
 
@@ -257,10 +266,12 @@ impl ClassCache {
     /// * The calling thread owns this cache; `n <=` its length.
     unsafe fn give_back_oldest(&self, shared: &PoolShared, n: usize) {
         let (len, _) = self.len_and_releases();
-        // SAFETY: the caller owns the cache.
-        let slots = unsafe { &mut *self.slots.get() };
-        give_back_batch(shared, &mut slots[..n]);
-        slots.copy_within(n..len, 0);
+        self.slots.with_mut(|slots| {
+            // SAFETY: the caller owns the cache.
+            let slots = unsafe { &mut *slots };
+            give_back_batch(shared, &mut slots[..n]);
+            slots.copy_within(n..len, 0);
+        });
         add(&self.counters.adjust, (n as u64).wrapping_neg());
         // SAFETY: the caller owns the cache.
         unsafe { self.count_returned(shared, n, false) };
@@ -753,6 +764,19 @@ unsafe fn push_byte_bounded(classes: &[ClassCache], cache: &ClassCache, slot: Sl
     debug_assert!(cache.size > CACHE_MAX_BYTES);
     // SAFETY: forwarded from the caller; the cache is empty, so slot 0 is free.
     unsafe { cache.push_unchecked(len, r, slot) }
+}
+
+/// Gives back and forgets this thread's caches now, as the thread's exit does (the same
+/// `PoolCache` drops). The loom models end each model thread with it: loom runs a thread's
+/// thread-local destructors after `join` has returned and in no fixed order (so an execution could
+/// not be replayed), where std runs them before the thread can be joined.
+#[cfg(loom)]
+pub(crate) fn exit_current_thread() {
+    let entries = CACHES.with(|caches| {
+        let mut caches = CachesBorrow::new(caches).expect("not called from inside the pool");
+        std::mem::take(&mut *caches.0)
+    });
+    drop(entries);
 }
 
 /// Gives this thread's cached slices of `shared` back to their regions now.

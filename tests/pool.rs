@@ -315,40 +315,55 @@ fn empty_regions_beyond_the_retained_bound_are_unmapped_without_trim() {
 
 #[test]
 fn thread_caches_are_bounded_counted_and_returned_at_thread_exit() {
-    let pool = SegmentPool::builder()
-        .size_classes(&[4096])
-        .build()
-        .unwrap();
-    let p = pool.clone();
-    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let t = thread::spawn(move || {
-        let segs: Vec<Segment> = (0..200).map(|_| p.allocate(4096).unwrap()).collect();
-        drop(segs);
-        seen_tx.send(p.stats()).unwrap();
-        go_rx.recv().unwrap();
-    });
-    let stats = seen_rx.recv().unwrap();
-    assert!(
-        stats.cached_bytes > 0,
-        "released slices stay in the thread's cache: {stats}"
-    );
-    // The bound: min(64 slices, 1 MiB) per class; 200 released, so the cache is full.
-    assert!(
-        stats.classes[0].cached > 0 && stats.classes[0].cached <= 64,
-        "cache bound is 64 slices of 4 KiB: {stats}"
-    );
-    assert_eq!(stats.classes[0].in_use, 0);
-    go_tx.send(()).unwrap();
-    t.join().unwrap();
-    let stats = pool.stats();
-    assert_eq!(
-        stats.cached_bytes, 0,
-        "an exiting thread gives its cache back: {stats}"
-    );
-    assert_eq!(stats.classes[0].allocations, 200);
-    assert_eq!(stats.classes[0].releases, 200);
-    assert_eq!(pool.trim(), stats.mapped_bytes);
+    // The bound per class: 128 slices or 4 MiB, whichever is less (docs/design.md): 128 slices of
+    // 4 KiB (the slice count binds), 64 slices of 64 KiB (the byte count binds). Each thread
+    // releases three times its bound and the cache is read after every release: it fills up to
+    // the bound, exactly, and never holds more.
+    for (size, bound) in [(4096, 128), (64 << 10, 64)] {
+        let pool = SegmentPool::builder()
+            .size_classes(&[size])
+            .build()
+            .unwrap();
+        let p = pool.clone();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let t = thread::spawn(move || {
+            let segs: Vec<Segment> = (0..3 * bound).map(|_| p.allocate(size).unwrap()).collect();
+            let mut most = 0;
+            for s in segs {
+                drop(s);
+                let stats = p.stats();
+                let cached = stats.classes[0].cached;
+                assert!(
+                    cached <= bound && stats.cached_bytes <= 4 << 20,
+                    "cache bound is {bound} slices of {size} bytes: {stats}"
+                );
+                most = most.max(cached);
+            }
+            assert_eq!(most, bound, "releases fill the cache up to its bound");
+            seen_tx.send(p.stats()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        let Ok(stats) = seen_rx.recv() else {
+            // The thread failed an assertion: report it.
+            std::panic::resume_unwind(t.join().unwrap_err());
+        };
+        assert!(
+            stats.cached_bytes > 0,
+            "released slices stay in the thread's cache: {stats}"
+        );
+        assert_eq!(stats.classes[0].in_use, 0);
+        go_tx.send(()).unwrap();
+        t.join().unwrap();
+        let stats = pool.stats();
+        assert_eq!(
+            stats.cached_bytes, 0,
+            "an exiting thread gives its cache back: {stats}"
+        );
+        assert_eq!(stats.classes[0].allocations, 3 * bound as u64);
+        assert_eq!(stats.classes[0].releases, 3 * bound as u64);
+        assert_eq!(pool.trim(), stats.mapped_bytes);
+    }
 }
 
 #[test]
