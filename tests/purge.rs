@@ -265,10 +265,7 @@ fn slices_purged_while_other_threads_allocate_are_never_handed_out_half_purged()
                 std::thread::yield_now();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            assert_eq!(
-                purging_trims, 50,
-                "trims purged nothing while others allocated"
-            );
+            assert_eq!(purging_trims, 50, "trims purged nothing while others allocated");
         });
     });
 }
