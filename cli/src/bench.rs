@@ -103,8 +103,9 @@ pub struct Args {
     /// The docs folder `--update-docs` writes to (default: the repository's docs/).
     #[arg(long, value_name = "DIR")]
     docs_dir: Option<PathBuf>,
-    /// Run only one section: `alloc` (allocate+release pairs) or `files` (file I/O against
-    /// pread/pwrite, read() and memmap2). Both run by default; `--update-docs` needs both.
+    /// Run only one section: `alloc` (allocate+release pairs, with the growth rows), `growth`
+    /// (the growth rows alone), `files` (file I/O against pread/pwrite, read() and memmap2) or
+    /// `memory`. All run by default; `--update-docs` needs all.
     #[arg(long, value_name = "SECTION", conflicts_with = "update_docs")]
     only: Option<Section>,
     /// Milliseconds each file I/O cell is timed for, per run.
@@ -119,6 +120,13 @@ pub struct Args {
     files_dir: PathBuf,
 }
 
+impl Args {
+    /// Whether this run measures the C peers (the growth rows alone measure segpool only).
+    pub fn needs_peers(&self) -> bool {
+        self.only != Some(Section::Growth)
+    }
+}
+
 /// A section of `segpool bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
@@ -130,6 +138,8 @@ pub enum Section {
     /// Resident memory over time after 90% of 100 MiB of 4 KiB buffers is released, against
     /// glibc, mimalloc and jemalloc.
     Memory,
+    /// ns per allocation while one class grows (part of `alloc`, alone).
+    Growth,
 }
 
 /// How threads use the allocator in a cell.
@@ -406,7 +416,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         Some(Section::Alloc) => (true, false, false),
         Some(Section::Files) => (false, true, false),
         Some(Section::Memory) => (false, false, true),
+        Some(Section::Growth) => (false, false, false),
     };
+    let growth_alone = args.only == Some(Section::Growth);
     if !alloc && args.plot.is_some() {
         return Err("--plot draws the allocator section: drop --only".into());
     }
@@ -440,6 +452,8 @@ pub fn run(args: Args) -> Result<(), Error> {
             measure_large(args.runs, per_cell)?,
             measure_growth()?,
         )
+    } else if growth_alone {
+        (Vec::new(), Vec::new(), measure_growth()?)
     } else {
         (Vec::new(), Vec::new(), Vec::new())
     };
@@ -482,6 +496,11 @@ pub fn run(args: Args) -> Result<(), Error> {
         println!();
         print!("{}", large_text_table(&report));
         println!();
+        print!("{}", growth_text(&report.growth));
+        println!();
+        print_targets(&report.targets);
+    } else if growth_alone {
+        report.targets.push(growth_target(&report.growth));
         print!("{}", growth_text(&report.growth));
         println!();
         print_targets(&report.targets);
