@@ -411,10 +411,8 @@ impl ClassPool {
         for (id, r) in room.iter() {
             assert!(list.contains(r), "a listed region {id} is not linked");
             // SAFETY: linked (checked above) while we hold the list's lock.
-            assert!(
-                !unsafe { r.get() }.is_retired(),
-                "a listed region is retired"
-            );
+            let region = unsafe { r.get() };
+            assert!(!region.is_retired(), "a listed region is retired");
         }
     }
 
