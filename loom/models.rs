@@ -10,7 +10,9 @@
 //! * a region is destroyed exactly once, after its last slice came back (the mapped byte count
 //!   and the unmapped-region count say so, and `destroy` asserts it runs once);
 //! * memory of a slice that is out is never unmapped (the owner writes to it after the race;
-//!   an unmapped page would crash the model).
+//!   an unmapped page would crash the model);
+//! * a region with room is listed as such once the races settle (`ClassPool::check_with_room`),
+//!   so a refill finds it without scanning and without mapping.
 
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
@@ -215,6 +217,48 @@ fn allocate_racing_a_release_on_a_one_slice_region() {
         taker.join().unwrap();
         drop(pool);
         assert_eq!(shared.budget.used(), 0);
+    });
+}
+
+#[test]
+fn a_release_out_of_full_racing_a_refill() {
+    // A two-slice region with both slices out: one comes back (the region goes from full to not
+    // full, and the give-back lists it as having room again) while another thread refills, which
+    // either finds that slice or maps a second region. Afterwards every region with room is
+    // listed, and the next refill takes from the oldest of them without mapping.
+    model(|| {
+        let (pool, shared) = pool(2, 1);
+        let (r0, a) = take_one(&shared);
+        let (r1, b) = take_one(&shared);
+        assert_eq!(r0, r1, "one region");
+        let releaser = thread::spawn(move || {
+            // SAFETY: taken above, released once.
+            unsafe { release_direct(r0, a) };
+        });
+        let (r2, c) = take_one(&shared);
+        releaser.join().unwrap();
+        let class = class(&shared);
+        class.check_with_room();
+        let mapped = class.regions_mapped.load(Ordering::Relaxed);
+        let snapshot = class.snapshot();
+        let (r3, d) = take_one(&shared);
+        if snapshot.out < snapshot.slices {
+            assert_eq!(
+                class.regions_mapped.load(Ordering::Relaxed),
+                mapped,
+                "a region had room, yet the refill mapped one"
+            );
+            if mapped == 2 {
+                assert_eq!(r3, r0, "the older region fills first");
+            }
+        }
+        class.check_with_room();
+        for (r, x) in [(r1, b), (r2, c), (r3, d)] {
+            // SAFETY: each taken above, released once.
+            unsafe { release_direct(r, x) };
+        }
+        drop(pool);
+        assert_eq!(shared.budget.mapped(), 0);
     });
 }
 

@@ -1,11 +1,21 @@
-//! One size class: its regions, in a list readers traverse without a lock.
+//! One size class: its regions, and the ones among them with room, oldest first.
 //!
-//! The list is copy-on-write: readers pin an epoch and load it; writers (growing by a region,
-//! retiring regions) hold the class lock, publish a new list, and defer the free of the old one.
-//! A region leaves the list only after it was retired (its state word refuses new takers), and its
-//! metadata is freed only after a grace period, so a reader that loaded it just before the unlink
-//! can still CAS its state word safely.
+//! Two structures, both behind mutexes that the allocate/release fast path never takes:
+//!
+//! * `regions`, every live region of the class in the order it was mapped. Growing appends (an
+//!   amortised O(1) push: nothing is copied per region), retiring removes. Its lock also
+//!   serialises growth, so two refills that both find no room map one region, not two. Purging,
+//!   stats and retirement walk it: they are not per allocation, and stay O(regions).
+//! * `with_room`, the regions that may have a free slice, keyed by region id (ids grow with age
+//!   within a class, so the first key is the oldest region). A refill takes from the first entry
+//!   and drops entries it finds full; a give-back that takes a region from full to not full (its
+//!   own `fetch_sub` on the state word tells it, see `region::drop_ref`) puts it back. So a refill
+//!   finds a region with room without looking at any full one, and older regions still fill
+//!   first while newer ones drain and go back.
+//!
+//! The invariants that make that sound are written next to `ClassPool::with_room`.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use crate::os::Mapping;
@@ -13,13 +23,8 @@ use crate::pool::PoolShared;
 use crate::region::{drop_ref, purge, PurgeMode, RegionMemory, RegionRef, Released};
 use crate::stats::PeakCounter;
 use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
-use crate::sync::epoch::{self, Atomic, Guard, Owned};
+use crate::sync::epoch::{self, Guard};
 use crate::sync::{Arc, Mutex};
-
-#[derive(Debug, Default)]
-struct RegionList {
-    regions: Vec<RegionRef>,
-}
 
 /// Nanoseconds since the pool was built (for the empty-region grace period).
 #[derive(Debug, Clone, Copy)]
@@ -60,9 +65,31 @@ pub(crate) struct ClassPool {
     grace_ns: u64,
     last_grow_ns: AtomicU64,
     clock: Clock,
-    regions: Atomic<RegionList>,
-    /// Serialises changes to `regions` (growth and retirement); never taken on the fast path.
-    lock: Mutex<()>,
+    /// Every live region of the class, oldest first. Its lock serialises growth and retirement
+    /// and is never taken on the fast path nor by a refill that finds room. A region leaves it
+    /// only after it was retired (its state word refuses new takers).
+    regions: Mutex<Vec<RegionRef>>,
+    /// The regions that may have room, by region id (oldest first).
+    ///
+    /// # Invariants (under this lock)
+    ///
+    /// * Every entry is a live, linked region of this class: an entry is inserted only after
+    ///   checking, under this lock, that the region is not retired, and a retirer removes the
+    ///   regions it retired, under this lock, before it drops its reference (so before any of
+    ///   them can be destroyed). A pointer read from here under the lock may be dereferenced.
+    /// * Every linked, non-retired region with a free slice is an entry, or a give-back that took
+    ///   it from full to not full is on its way to insert it. A region becomes not full only by a
+    ///   give-back's `fetch_sub` from exactly `slices` (inserts afterwards, under this lock) or
+    ///   by being mapped (`grow` inserts it); an entry is removed only when the remover saw the
+    ///   region full (or retired) under this lock, and any later step out of full is a
+    ///   `fetch_sub` whose insert, needing this lock, comes after the removal.
+    ///
+    /// Lock order: `regions` before `with_room`; nothing else is taken while holding it but the
+    /// atomics of one region.
+    with_room: Mutex<BTreeMap<u64, RegionRef>>,
+    /// Regions a refill looked at (unit tests check that a refill does not scan).
+    #[cfg(test)]
+    visited: AtomicU64,
     /// Regions whose state word is exactly 0 (live, nothing out). Updated after the transition
     /// it counts, so it can be off by the transitions in flight (even negative for a moment); it
     /// only steers when to retire, and retiring re-checks the state word itself.
@@ -120,8 +147,10 @@ impl ClassPool {
             grace_ns: u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
             last_grow_ns: AtomicU64::new(0),
             clock,
-            regions: Atomic::new(RegionList::default()),
-            lock: Mutex::new(()),
+            regions: Mutex::new(Vec::new()),
+            with_room: Mutex::new(BTreeMap::new()),
+            #[cfg(test)]
+            visited: AtomicU64::new(0),
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
@@ -129,19 +158,11 @@ impl ClassPool {
         }
     }
 
-    fn list<'g>(&self, guard: &'g Guard) -> &'g [RegionRef] {
-        let list = self.regions.load(Ordering::Acquire, guard);
-        // SAFETY: the list is replaced only under the class lock, and the old one is freed through
-        // `defer_destroy`, so it stays valid while `guard` is pinned. It is never null.
-        unsafe { list.as_ref() }.map_or(&[], |l| l.regions.as_slice())
-    }
-
-    fn publish(&self, regions: Vec<RegionRef>, guard: &Guard) {
-        let old = self
-            .regions
-            .swap(Owned::new(RegionList { regions }), Ordering::AcqRel, guard);
-        // SAFETY: the old list is unreachable now; readers that loaded it are pinned.
-        unsafe { guard.defer_destroy(old) };
+    /// A copy of the region list. Each region in it was linked after `_guard` was pinned, so
+    /// its metadata stays readable while the guard is (invariant 4 of `docs/design.md`), even if
+    /// it is retired meanwhile.
+    fn list_copy(&self, _guard: &Guard) -> Vec<RegionRef> {
+        self.regions.lock().clone()
     }
 
     /// Takes up to `out.len()` slices from one region, mapping a new region if none has room.
@@ -157,14 +178,21 @@ impl ClassPool {
         self.grow(pool, out, guard)
     }
 
-    fn take_existing(&self, out: &mut [usize], guard: &Guard) -> Option<(RegionRef, usize)> {
-        for &r in self.list(guard) {
-            // SAFETY: `r` was in the list loaded under `guard`.
+    /// Takes from the oldest region with room, dropping the full ones it meets from
+    /// `with_room`. Never looks at a region that was full when the refill before saw it.
+    fn take_existing(&self, out: &mut [usize], _guard: &Guard) -> Option<(RegionRef, usize)> {
+        let mut room = self.with_room.lock();
+        while let Some((&id, &r)) = room.first_key_value() {
+            #[cfg(test)]
+            self.visited.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: an entry of `with_room`, read under its lock, is live (its invariants).
             let region = unsafe { r.get() };
-            if region.in_use() >= region.slices() {
-                continue;
-            }
             let (n, was_empty) = region.take(out);
+            // Full now (or retired, which `with_room` never holds): the next give-back that
+            // frees a slice of it puts it back, after we release the lock.
+            if n == 0 || region.in_use() >= region.slices() {
+                room.remove(&id);
+            }
             if n > 0 {
                 if was_empty {
                     self.empty_regions.fetch_sub(1, Ordering::Relaxed);
@@ -175,13 +203,31 @@ impl ClassPool {
         None
     }
 
+    /// A give-back took `region` from full to not full (`region::drop_ref`): list it as having
+    /// room again, unless it was retired meanwhile.
+    ///
+    /// # Safety
+    ///
+    /// * `region` is a region of this class that the caller's pinned guard keeps readable (the
+    ///   caller held a reference on it when it was pinned).
+    pub(crate) unsafe fn on_room(&self, region: RegionRef) {
+        let mut room = self.with_room.lock();
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { region.get() };
+        // Checked under the lock: a retirer sets `RETIRED` before it takes this lock to remove
+        // what it retired, so either we see the bit, or our insert comes first and it removes it.
+        if !r.is_retired() {
+            room.insert(r.id, region);
+        }
+    }
+
     fn grow(
         &self,
         pool: &Arc<PoolShared>,
         out: &mut [usize],
         guard: &Guard,
     ) -> Result<(RegionRef, usize), Shortage> {
-        let _g = self.lock.lock();
+        let mut list = self.regions.lock();
         // Another thread may have grown the class while we waited.
         if let Some(got) = self.take_existing(out, guard) {
             return Ok(got);
@@ -189,13 +235,16 @@ impl ClassPool {
         let region = PoolShared::new_region(pool, self.index, self.size, self.region_size)?;
         // Observers learn of the region before any slice of it is handed out.
         // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
-        pool.region_mapped(unsafe { region.get() });
-        // SAFETY: as above.
-        let (n, _) = unsafe { region.get() }.take(out);
+        let fresh = unsafe { region.get() };
+        pool.region_mapped(fresh);
+        let (n, _) = fresh.take(out);
         debug_assert!(n > 0);
-        let mut list = self.list(guard).to_vec();
+        // Amortised O(1): the list is not copied.
         list.push(region);
-        self.publish(list, guard);
+        // Nobody else holds a slice of it yet, so no give-back can race this.
+        if fresh.in_use() < fresh.slices() {
+            self.with_room.lock().insert(fresh.id, region);
+        }
         self.regions_mapped.fetch_add(1, Ordering::Relaxed);
         self.last_grow_ns
             .store(self.clock.now_ns(), Ordering::Relaxed);
@@ -241,14 +290,14 @@ impl ClassPool {
     ) -> usize {
         let mut retired = Vec::new();
         {
-            let _g = self.lock.lock();
-            let list = self.list(guard);
-            let mut keep = Vec::with_capacity(list.len());
+            let mut list = self.regions.lock();
             for &r in list.iter().rev() {
+                if retired.len() >= limit {
+                    break;
+                }
                 // SAFETY: `r` is in the list, which cannot change while we hold the lock.
                 let region = unsafe { r.get() };
-                if retired.len() < limit && only.is_none_or(|o| o == r) && region.try_retire_empty()
-                {
+                if only.is_none_or(|o| o == r) && region.try_retire_empty() {
                     self.empty_regions.fetch_sub(1, Ordering::Relaxed);
                     tracing::debug!(
                         target: "segpool",
@@ -258,15 +307,24 @@ impl ClassPool {
                         "region retired"
                     );
                     retired.push(r);
-                } else {
-                    keep.push(r);
                 }
             }
             if retired.is_empty() {
                 return 0;
             }
-            keep.reverse();
-            self.publish(keep, guard);
+            {
+                // Before the references are dropped below (see `with_room`).
+                let mut room = self.with_room.lock();
+                for &r in &retired {
+                    // SAFETY: we hold the retirer's reference.
+                    room.remove(&unsafe { r.get() }.id);
+                }
+            }
+            // Unlink them by address (no region's metadata is read for it: with many regions,
+            // reading every one would be a cache miss each).
+            let addr = |r: &RegionRef| r.0.as_ptr() as usize;
+            retired.sort_unstable_by_key(addr);
+            list.retain(|r| retired.binary_search_by_key(&addr(r), addr).is_err());
         }
         let mut bytes = 0;
         for r in retired {
@@ -289,8 +347,8 @@ impl ClassPool {
     /// emptied, as a give-back would.
     pub(crate) fn purge(&self, mode: PurgeMode, guard: &Guard) -> usize {
         let mut bytes = 0;
-        for &r in self.list(guard) {
-            // SAFETY: `r` was in the list loaded under `guard`.
+        for r in self.list_copy(guard) {
+            // SAFETY: `r` was in the list after `guard` was pinned (`list_copy`).
             let done = unsafe { purge(r, mode, guard) };
             bytes += done.bytes;
             if done.was_empty {
@@ -307,8 +365,8 @@ impl ClassPool {
     /// last give-back.
     pub(crate) fn close(&self, guard: &Guard) {
         let all = {
-            let _g = self.lock.lock();
-            let all = self.list(guard).to_vec();
+            let mut list = self.regions.lock();
+            let all = std::mem::take(&mut *list);
             for &r in &all {
                 // SAFETY: `r` is in the list, which cannot change while we hold the lock.
                 let region = unsafe { r.get() };
@@ -326,7 +384,9 @@ impl ClassPool {
                     "region retired"
                 );
             }
-            self.publish(Vec::new(), guard);
+            // After the retires (an insert checks `RETIRED` under this lock) and before the
+            // references are dropped below (see `with_room`).
+            self.with_room.lock().clear();
             all
         };
         for r in all {
@@ -343,13 +403,37 @@ impl ClassPool {
         &self,
         mut f: impl FnMut(&crate::region::Region) -> Result<(), E>,
     ) -> Result<(), E> {
-        let _g = self.lock.lock();
-        let guard = epoch::pin();
-        for &r in self.list(&guard) {
-            // SAFETY: `r` is in the list, which cannot change while we hold the lock.
+        let list = self.regions.lock();
+        for &r in list.iter() {
+            // SAFETY: `r` is in the list, which cannot change while we hold its lock (the class
+            // lock: growth and retirement take it), so it is alive.
             f(unsafe { r.get() })?;
         }
         Ok(())
+    }
+
+    /// Checks, with nothing in flight, that every linked region with a free slice is listed in
+    /// `with_room` and that every entry there is linked and not retired.
+    #[cfg(test)]
+    pub(crate) fn check_with_room(&self) {
+        let list = self.regions.lock();
+        let room = self.with_room.lock();
+        for &r in list.iter() {
+            // SAFETY: linked, and the list cannot change while we hold its lock.
+            let region = unsafe { r.get() };
+            if region.in_use() < region.slices() {
+                assert!(
+                    room.contains_key(&region.id),
+                    "a region with room is not listed"
+                );
+            }
+        }
+        for (id, r) in room.iter() {
+            assert!(list.contains(r), "a listed region {id} is not linked");
+            // SAFETY: linked (checked above) while we hold the list's lock.
+            let region = unsafe { r.get() };
+            assert!(!region.is_retired(), "a listed region is retired");
+        }
     }
 
     /// Counts over the live regions (a snapshot), with `mincore` for the resident bytes.
@@ -359,8 +443,8 @@ impl ClassPool {
 
     fn snapshot_pinned(&self, guard: &Guard) -> ClassSnapshot {
         let mut s = ClassSnapshot::default();
-        for &r in self.list(guard) {
-            // SAFETY: `r` was in the list loaded under `guard`.
+        for r in self.list_copy(guard) {
+            // SAFETY: `r` was in the list after `guard` was pinned (`list_copy`).
             let region = unsafe { r.get() };
             s.regions += 1;
             s.slices += region.slices();
@@ -369,18 +453,6 @@ impl ClassPool {
             s.resident_bytes += region.resident_bytes();
         }
         s
-    }
-}
-
-impl Drop for ClassPool {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self`: no other thread can reach the list any more.
-        let list = unsafe { self.regions.load(Ordering::Relaxed, epoch::unprotected()) };
-        if !list.is_null() {
-            // SAFETY: as above; every region was destroyed before the pool's shared state could
-            // be dropped (each region holds an `Arc` to it), so only the list itself remains.
-            drop(unsafe { list.into_owned() });
-        }
     }
 }
 
@@ -423,5 +495,144 @@ pub(crate) fn map_memory(
                 file_backed: true,
             })
         }
+    }
+}
+
+#[cfg(all(test, not(any(loom, shuttle))))]
+mod tests {
+    use crate::sync::atomic::Ordering;
+    use crate::SegmentPool;
+
+    const PAGE: usize = 4096;
+
+    /// One 4 KiB class, `slices` per region, no thread caches (every allocation is a refill of
+    /// one slice, every release a give-back), empty regions unmapped at once.
+    fn pool(slices: usize) -> SegmentPool {
+        SegmentPool::builder()
+            .size_classes(&[PAGE])
+            .region_size(slices * PAGE)
+            .retain_empty_regions(0)
+            .empty_region_grace(std::time::Duration::ZERO)
+            .thread_cache(false)
+            .huge_pages(false)
+            .purge_decay(None)
+            .build()
+            .unwrap()
+    }
+
+    /// With thousands of full regions, a refill looks at the region with room and at most the
+    /// one it just filled: it never scans the full ones, not even after a give-back to the
+    /// oldest region (which the next refill takes first).
+    #[test]
+    fn a_refill_does_not_scan_the_full_regions() {
+        const SLICES: usize = 4;
+        const REGIONS: usize = 3_000;
+        let pool = pool(SLICES);
+        let class = &pool.shared().classes[0];
+        let mut held: Vec<_> = (0..REGIONS * SLICES)
+            .map(|_| pool.allocate(PAGE).unwrap())
+            .collect();
+        assert_eq!(pool.shared().classes[0].snapshot().regions, REGIONS);
+        let visits = |f: &mut dyn FnMut()| {
+            let before = class.visited.load(Ordering::Relaxed);
+            f();
+            class.visited.load(Ordering::Relaxed) - before
+        };
+        // Growing on: each allocation looks at no more than two regions.
+        let more = 10 * SLICES;
+        let seen = visits(&mut || held.extend((0..more).map(|_| pool.allocate(PAGE).unwrap())));
+        assert!(
+            seen <= 2 * more as u64,
+            "{seen} regions visited for {more} refills"
+        );
+        // A slice of the oldest region comes back: the next refill goes straight to it.
+        let oldest = held.swap_remove(0);
+        let region = oldest.region_ref();
+        drop(oldest);
+        let mut again = None;
+        let seen = visits(&mut || again = Some(pool.allocate(PAGE).unwrap()));
+        let again = again.unwrap();
+        assert_eq!(
+            again.region_ref(),
+            region,
+            "the oldest region with room fills first"
+        );
+        assert_eq!(seen, 1, "one region visited");
+        held.push(again);
+        class.check_with_room();
+        let seen = visits(&mut || held.push(pool.allocate(PAGE).unwrap()));
+        assert!(seen <= 2, "{seen} regions visited after a give-back");
+        class.check_with_room();
+    }
+
+    /// Older regions fill first, so after a drain the newer ones empty and are unmapped: the
+    /// region count drops back.
+    #[test]
+    fn older_regions_fill_first_so_newer_ones_drain() {
+        const SLICES: usize = 4;
+        const REGIONS: usize = 10;
+        let pool = pool(SLICES);
+        let class = &pool.shared().classes[0];
+        let segs: Vec<_> = (0..REGIONS * SLICES)
+            .map(|_| pool.allocate(PAGE).unwrap())
+            .collect();
+        assert_eq!(class.snapshot().regions, REGIONS);
+        // Every region gives back half its slices (newest regions first, so a structure that
+        // preferred recently freed room would pick the new ones).
+        let mut kept = Vec::new();
+        for (i, s) in segs.into_iter().enumerate().rev() {
+            if i % SLICES < SLICES / 2 {
+                kept.push(s);
+            }
+        }
+        class.check_with_room();
+        // Half as many allocations as were given back: they fill the oldest half of the regions.
+        let refill = REGIONS * SLICES / 4;
+        let fresh: Vec<_> = (0..refill).map(|_| pool.allocate(PAGE).unwrap()).collect();
+        assert_eq!(
+            class.snapshot().regions,
+            REGIONS,
+            "no region mapped for them"
+        );
+        let ids: Vec<u64> = fresh
+            .iter()
+            // SAFETY: the segment keeps its region alive.
+            .map(|s| unsafe { s.region_ref().get() }.id)
+            .collect();
+        let oldest: Vec<u64> = {
+            let mut all: Vec<u64> = kept
+                .iter()
+                // SAFETY: the segment keeps its region alive.
+                .map(|s| unsafe { s.region_ref().get() }.id)
+                .collect();
+            all.sort_unstable();
+            all.dedup();
+            all.truncate(REGIONS / 2);
+            all
+        };
+        for id in &ids {
+            assert!(
+                oldest.contains(id),
+                "region {id} is not one of the oldest half"
+            );
+        }
+        // The drain: the segments still out of the newer half come back, and those regions go.
+        kept.retain(|s| {
+            // SAFETY: the segment keeps its region alive.
+            oldest.contains(&unsafe { s.region_ref().get() }.id)
+        });
+        assert_eq!(
+            class.snapshot().regions,
+            REGIONS / 2,
+            "the newer half was unmapped"
+        );
+        assert_eq!(
+            class.regions_unmapped.load(Ordering::Relaxed),
+            (REGIONS / 2) as u64
+        );
+        class.check_with_room();
+        drop((kept, fresh));
+        assert_eq!(class.snapshot().regions, 0);
+        class.check_with_room();
     }
 }

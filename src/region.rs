@@ -308,6 +308,11 @@ impl Region {
         }
     }
 
+    /// The region was retired (it refuses takers; it may still have slices out).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.hot.state.load(Ordering::Acquire) & RETIRED != 0
+    }
+
     /// Retires the region if it is empty: CAS `0 → RETIRED | 1`. On success the caller owns one
     /// reference and must unlink the region, then [`Region::drop_ref`] it.
     pub(crate) fn try_retire_empty(&self) -> bool {
@@ -393,6 +398,15 @@ pub(crate) unsafe fn drop_ref(region: RegionRef, n: usize, guard: &Guard) -> Rel
     let prev = r.hot.state.fetch_sub(n, Ordering::AcqRel);
     debug_assert!(prev & !RETIRED >= n, "region count underflow");
     let now = prev - n;
+    if prev == r.slices as usize {
+        // Full to not full (a live region: `prev` has no `RETIRED` bit): list it with its class
+        // as having room again. Only this step out of full needs it, so a give-back to a region
+        // with room already takes no lock.
+        if let Some(class) = r.pool.classes.get(r.class as usize) {
+            // SAFETY: a region of that class, kept readable by the caller's pin.
+            unsafe { class.on_room(region) };
+        }
+    }
     if now == RETIRED {
         // SAFETY: we moved the word to RETIRED|0: no slice is out and no one can take one, and this
         // transition happens once, so we are the only destroyer.

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         None => demo::run(cli.demo),
         Some(Command::Demo(args)) => demo::run(args),
         Some(Command::Stress(args)) => stress::run(args),
-        Some(Command::Bench(_)) if !peers::C_PEERS => Err(NO_PEERS.into()),
+        Some(Command::Bench(args)) if !peers::C_PEERS && args.needs_peers() => Err(NO_PEERS.into()),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::BenchMemoryChild(args)) => bench_memory::child(args),
     };
