@@ -208,6 +208,10 @@ pub(crate) unsafe fn msync(addr: *mut c_void, len: usize, _flags: MsyncFlags) ->
 /// # Safety
 ///
 /// None: nothing changes.
-pub(crate) unsafe fn mprotect(_addr: *mut c_void, _len: usize, _flags: MprotectFlags) -> Result<()> {
+pub(crate) unsafe fn mprotect(
+    _addr: *mut c_void,
+    _len: usize,
+    _flags: MprotectFlags,
+) -> Result<()> {
     Err(Errno::NOSYS)
 }

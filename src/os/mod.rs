@@ -21,9 +21,9 @@ use std::ptr::NonNull;
 // Under Miri the mapping calls are emulated over the global allocator (see `miri.rs`).
 #[cfg(miri)]
 use self::miri as mm;
+use mm::{MapFlags, ProtFlags};
 #[cfg(not(miri))]
 use rustix::mm;
-use mm::{MapFlags, ProtFlags};
 
 pub(crate) use calls::{count, Call};
 
