@@ -45,8 +45,8 @@ struct Allocation {
     mapped: Vec<(usize, usize)>,
 }
 
-// SAFETY: the pointer is only dereferenced by `munmap` (to free) and `madvise` (to zero, through
-// the caller's pointer), both under the `ALLOCATIONS` lock; the allocation has no thread affinity.
+// SAFETY: the pointer is only used by `munmap`, under the `ALLOCATIONS` lock, to free the
+// allocation; heap memory has no thread affinity.
 unsafe impl Send for Allocation {}
 
 static ALLOCATIONS: Mutex<Vec<Allocation>> = Mutex::new(Vec::new());
