@@ -49,6 +49,9 @@ pub use size_class::DEFAULT_SIZE_CLASSES;
 pub use stats::{ClassStats, PoolStats};
 pub use writer::{SegmentChain, SegmentWriter};
 
+#[cfg(all(test, not(loom), not(shuttle)))]
+mod tests;
+
 #[cfg(all(test, loom))]
 #[path = "../loom/models.rs"]
 mod loom_models;

@@ -10,13 +10,20 @@
 
 pub(crate) mod file;
 pub(crate) mod membarrier;
+#[cfg(miri)]
+mod miri;
 pub(crate) mod signal;
 
 use std::io;
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 
-use rustix::mm::{self, MapFlags, ProtFlags};
+// Under Miri the mapping calls are emulated over the global allocator (see `miri.rs`).
+#[cfg(miri)]
+use self::miri as mm;
+use mm::{MapFlags, ProtFlags};
+#[cfg(not(miri))]
+use rustix::mm;
 
 pub(crate) use calls::{count, Call};
 
@@ -133,23 +140,29 @@ impl Mapping {
                 MapFlags::PRIVATE | MapFlags::NORESERVE,
             )
         }?;
-        let start = raw as usize;
+        let start = raw.addr();
         let aligned = round_up(start, align).ok_or_else(too_large)?;
         let head = aligned - start;
         let tail = total - head - len;
+        // The aligned start and the tail are derived from `raw` (not cast from integers), so
+        // they keep its provenance and Miri can check every access through them.
+        let raw = raw.cast::<u8>();
+        // SAFETY: `head + len + tail == total`: both offsets lie inside the mapping just created,
+        // and are computed before any of it is unmapped.
+        let (ptr, tail_ptr) = unsafe { (raw.add(head), raw.add(head + len)) };
         // SAFETY: head and tail lie inside the mapping just created, which nothing else uses yet.
         unsafe {
             if head > 0 {
                 count(Call::Munmap);
-                mm::munmap(raw, head)?;
+                mm::munmap(raw.cast(), head)?;
             }
             if tail > 0 {
                 count(Call::Munmap);
-                mm::munmap((aligned + len) as *mut _, tail)?;
+                mm::munmap(tail_ptr.cast(), tail)?;
             }
         }
         Ok(Mapping {
-            ptr: NonNull::new(aligned as *mut u8).expect("mmap returned null"),
+            ptr: NonNull::new(ptr).expect("mmap returned null"),
             len,
         })
     }
@@ -342,6 +355,12 @@ impl Mapping {
 impl Mapping {
     /// Bytes of this mapping resident in memory right now (`mincore(2)`, counted in whole pages).
     pub(crate) fn resident_bytes(&self) -> io::Result<usize> {
+        if cfg!(miri) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "mincore is not available under Miri",
+            ));
+        }
         let page = page_size();
         let pages = self.len / page;
         let mut vec = vec![0u8; pages];

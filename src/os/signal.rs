@@ -95,6 +95,9 @@ impl SignalAction {
 /// * No `SA_RESETHAND`, no `SA_RESTART`: the handler stays for the life of the process, and a
 ///   synchronous fault interrupts no system call.
 pub(crate) fn install_sigbus(handler: SigInfoHandler) -> io::Result<SignalAction> {
+    if cfg!(miri) {
+        return Err(no_signals_under_miri());
+    }
     // SAFETY: an all-zero `sigaction` is a valid value (SIG_DFL, no flags, empty mask); every
     // field we rely on is then set explicitly.
     let mut action: libc::sigaction = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -114,6 +117,9 @@ pub(crate) fn install_sigbus(handler: SigInfoHandler) -> io::Result<SignalAction
 
 /// The current SIGBUS action (`sigaction(SIGBUS, NULL, &old)`).
 pub(crate) fn current_sigbus_action() -> io::Result<SignalAction> {
+    if cfg!(miri) {
+        return Err(no_signals_under_miri());
+    }
     let mut current = MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a null new action only queries; `current` is valid for writes.
     if unsafe { libc::sigaction(libc::SIGBUS, std::ptr::null(), current.as_mut_ptr()) } != 0 {
@@ -258,6 +264,9 @@ impl Drop for ErrnoGuard {
 /// Installs `handler` as the process's SIGSEGV action with `SA_SIGINFO | SA_ONSTACK` (for the
 /// reasons given at [`install_sigbus`]) and returns the action it replaced.
 pub(crate) fn install_sigsegv(handler: SigInfoHandler) -> io::Result<SignalAction> {
+    if cfg!(miri) {
+        return Err(no_signals_under_miri());
+    }
     // SAFETY: an all-zero `sigaction` is a valid value (SIG_DFL, no flags, empty mask); every
     // field we rely on is then set explicitly.
     let mut action: libc::sigaction = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -307,4 +316,13 @@ pub(crate) fn write_stderr(mut bytes: &[u8]) {
         }
         bytes = &bytes[n as usize..];
     }
+}
+
+/// Miri cannot run `sigaction(2)`: the fault handler and the guard-page hook report this error
+/// instead, so pools and files that need them fail to build with a clear message.
+fn no_signals_under_miri() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "signal handlers are not available under Miri",
+    )
 }
