@@ -258,7 +258,7 @@ fn a_release_out_of_full_racing_a_refill() {
             unsafe { release_direct(r, x) };
         }
         drop(pool);
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
     });
 }
 
@@ -317,7 +317,7 @@ fn purge_racing_allocate_and_release() {
         taker.join().unwrap();
         drop(pool);
         assert_eq!(
-            shared.budget.mapped(),
+            shared.budget.used(),
             0,
             "every region unmapped in the end"
         );
@@ -345,7 +345,7 @@ fn purge_racing_the_retire_of_its_region() {
         drop(pool);
         purger.join().unwrap();
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
-        assert_eq!(shared.budget.mapped(), 0);
+        assert_eq!(shared.budget.used(), 0);
     });
 }
 
