@@ -316,11 +316,7 @@ fn purge_racing_allocate_and_release() {
         purge_all(&shared);
         taker.join().unwrap();
         drop(pool);
-        assert_eq!(
-            shared.budget.used(),
-            0,
-            "every region unmapped in the end"
-        );
+        assert_eq!(shared.budget.used(), 0, "every region unmapped in the end");
         let mapped = class(&shared).regions_mapped.load(Ordering::Relaxed);
         assert_eq!(unmapped_regions(&shared), mapped, "each destroyed once");
     });
