@@ -15,13 +15,15 @@
 //!
 //! A table of live guarded segments, fixed capacity ([`CAPACITY`]) in static memory, is keyed by
 //! the address of the segment's guard page and holds a message preformatted when the segment was
-//! handed out (its address, length, class, region, pool, and the caller of `allocate`). The
-//! SIGSEGV handler, installed once when the first `Full` pool is built (keeping the previous
-//! action), looks the faulting page up (lock-free: atomics only), and if it is a live segment's
-//! guard page writes the message to fd 2 with `write(2)`, restores the previous action and
-//! returns: the instruction faults again and the process dies exactly as it would have without
-//! segpool (or the previous handler does whatever it does). Every other SIGSEGV is handed to the
-//! previous action directly, like `crate::fault` does for SIGBUS. The signal is never swallowed.
+//! handed out (its address, length, class, region, pool, and the caller of `allocate`). When the
+//! first `Full` pool is built, the hook registers a claim on SIGSEGV with `crate::os::signal`
+//! (which installs segpool's handler once and keeps the previous action). The claim looks the
+//! faulting page up (lock-free: atomics only), and if it is a live segment's guard page writes the
+//! message to fd 2 with `write(2)` and answers `Reported`: the signal module restores the previous
+//! action and returns, so the instruction faults again and the process dies exactly as it would
+//! have without segpool (or the previous handler does whatever it does). Every other SIGSEGV
+//! passes, and the signal module hands it to the previous action directly. The signal is never
+//! swallowed.
 //!
 //! Segments handed out while the table is full are still guarded (they fault), but the crash
 //! message is then not printed; the first time that happens in the process, a `guard table full`
@@ -30,12 +32,11 @@
 use std::fmt::Write as _;
 use std::io;
 use std::panic::Location;
-use std::sync::OnceLock;
 
 // The table is read by a signal handler: plain hardware atomics, not the `crate::sync` shim.
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
-use crate::os::signal::{self, Disposition, ErrnoGuard, SignalAction};
+use crate::os::signal::{self, Claim, Claimer, Fault, Signal};
 use crate::os::Mapping;
 use crate::region::Region;
 
@@ -73,9 +74,7 @@ impl Slot {
 
 static SLOTS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
 
-/// The SIGSEGV action that was installed before ours.
-static PREVIOUS: OnceLock<SignalAction> = OnceLock::new();
-static INSTALLED: OnceLock<Result<(), io::ErrorKind>> = OnceLock::new();
+/// The page size, cached for the claim (`sysconf` is not async-signal-safe).
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 
 /// The stride of a guarded class of `size` bytes.
@@ -174,20 +173,14 @@ pub(crate) fn note_released(addr: usize, len: usize) {
     }
 }
 
-/// Installs the SIGSEGV hook once per process.
+/// Registers the SIGSEGV claim (the handler is installed once per process).
 pub(crate) fn install_hook() -> crate::Result<()> {
-    let outcome = INSTALLED.get_or_init(|| {
-        PAGE_SIZE.store(crate::os::page_size(), Ordering::Relaxed);
-        let mut previous = None;
-        let r = signal::install_sigsegv(on_sigsegv).map(|p| previous = Some(p));
-        if let Some(p) = previous {
-            let _ = PREVIOUS.set(p);
-        }
-        r.map_err(|e| e.kind())
-    });
-    outcome.map_err(|kind| {
+    PAGE_SIZE.store(crate::os::page_size(), Ordering::Relaxed);
+    // SAFETY: `claim` is async-signal-safe (atomic loads and `write(2)`, see the module docs) and
+    // the only claim registered for the guard pages.
+    unsafe { signal::register(Signal::Segv, Claimer::GuardPages, claim) }.map_err(|e| {
         crate::Error::Map(io::Error::new(
-            kind,
+            e.kind(),
             "installing segpool's SIGSEGV hook for guard pages failed",
         ))
     })
@@ -219,65 +212,17 @@ fn lookup(addr: usize, buf: &mut [u8; MESSAGE]) -> Option<usize> {
     None
 }
 
-extern "C" fn on_sigsegv(
-    signum: libc::c_int,
-    info: *mut libc::siginfo_t,
-    context: *mut libc::c_void,
-) {
-    let _errno = ErrnoGuard::save();
-    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
-    let (code, addr) = unsafe { signal::fault_code_and_address(info) };
-    if !signal::is_sent_by_process(code) {
-        let mut buf = [0u8; MESSAGE];
-        if let Some(len) = lookup(addr, &mut buf) {
-            signal::write_stderr(&buf[..len]);
-            // Let the process die as before: the previous action takes the repeated fault.
-            match PREVIOUS.get() {
-                Some(p) => signal::restore_sigsegv(p),
-                None => signal::reset_sigsegv_to_default(),
-            }
-            return;
-        }
+/// The claim: a kernel SIGSEGV on a live segment's guard page is reported.
+fn claim(fault: &Fault) -> Claim {
+    if fault.signal != Signal::Segv || fault.sent_by_process() {
+        return Claim::Pass;
     }
-    // SAFETY: `info` and `context` are the kernel's arguments for this signal.
-    unsafe { not_ours(signum, code, info, context) };
-}
-
-/// Hands a SIGSEGV that did not hit a guard page to whatever would have handled it.
-///
-/// # Safety
-///
-/// * `info` and `context` are the kernel's arguments for this signal.
-unsafe fn not_ours(
-    signum: libc::c_int,
-    code: libc::c_int,
-    info: *mut libc::siginfo_t,
-    context: *mut libc::c_void,
-) {
-    let previous = PREVIOUS.get();
-    let resets = previous.is_some_and(SignalAction::resets_on_delivery);
-    match previous.map_or(Disposition::Default, SignalAction::disposition) {
-        Disposition::SigInfo(f) => {
-            if resets {
-                signal::reset_sigsegv_to_default();
-            }
-            // SAFETY: the previous action had SA_SIGINFO, so `f` has the three-argument
-            // signature; we pass on the kernel's own arguments.
-            unsafe { signal::call_siginfo_handler(f, signum, info, context) }
+    let mut buf = [0u8; MESSAGE];
+    match lookup(fault.addr, &mut buf) {
+        Some(len) => {
+            signal::write_stderr(&buf[..len]);
+            Claim::Reported
         }
-        Disposition::Plain(f) => {
-            if resets {
-                signal::reset_sigsegv_to_default();
-            }
-            // SAFETY: the previous action had no SA_SIGINFO, so `f` takes the signal number.
-            unsafe { signal::call_plain_handler(f, signum) }
-        }
-        Disposition::Ignore if signal::is_sent_by_process(code) => {}
-        Disposition::Default | Disposition::Ignore => {
-            signal::reset_sigsegv_to_default();
-            if signal::is_sent_by_process(code) {
-                signal::raise_sigsegv();
-            }
-        }
+        None => Claim::Pass,
     }
 }
