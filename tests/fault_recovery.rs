@@ -164,21 +164,21 @@ fn empty_and_wrapping_ranges_are_refused() {
 }
 
 #[test]
-fn registry_full_refuses_a_new_mapping() {
-    const NAME: &str = "registry_full_refuses_a_new_mapping";
+fn full_fault_ranges_refuse_a_new_mapping() {
+    const NAME: &str = "full_fault_ranges_refuse_a_new_mapping";
     if is_child(NAME) {
         // Alone in this process, so the count is exact.
         let p = child_dir().join("full");
         let f = create_pattern_file(&p, 7, PAGE);
         let s = FileFaultState::new(None);
         let mut regs = Vec::new();
-        for _ in 0..fault::REGISTRY_CAPACITY {
-            regs.push(Guarded::map(&f, PAGE, false, &s).expect("registry has room"));
+        for _ in 0..fault::MAX_RANGES {
+            regs.push(Guarded::map(&f, PAGE, false, &s).expect("the ranges have room"));
         }
-        assert_eq!(fault::registered_ranges(), fault::REGISTRY_CAPACITY);
+        assert_eq!(fault::registered_ranges(), fault::MAX_RANGES);
         let err = Guarded::map(&f, PAGE, false, &s)
             .err()
-            .expect("registry is full");
+            .expect("the ranges are full");
         assert!(matches!(err, Error::Map(_)), "{err:?}");
         println!("refused: {err}");
         // Freeing one slot makes room again.
@@ -190,5 +190,5 @@ fn registry_full_refuses_a_new_mapping() {
     }
     let out = run_child(NAME, &[]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("the fault registry is full"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("the fault ranges are full"));
 }

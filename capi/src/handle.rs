@@ -8,7 +8,7 @@
 //!
 //! * Bit 63 says which kind a handle is, so a pool handle passed where a segment handle belongs
 //!   (or the reverse) is refused by name instead of being looked up as the other kind.
-//! * The pool index (1..=32767) is the pool's entry in the global registry; 0 is never used, so
+//! * The pool index (1..=32767) is the pool's entry in the global pool table; 0 is never used, so
 //!   the value 0 is never a valid handle of either kind (it is the null handle).
 //! * A pool's serial comes from a process-wide counter that never repeats (48 bits: one pool a
 //!   nanosecond for three days before it could wrap), so a freed pool's handle is refused forever,
@@ -30,7 +30,7 @@ pub(crate) const GEN_BITS: u32 = 24;
 /// Bits of a pool's serial.
 pub(crate) const SERIAL_BITS: u32 = 48;
 
-/// The highest pool index (the registry holds at most this many live pools).
+/// The highest pool index (the pool table holds at most this many live pools).
 pub(crate) const MAX_POOL_INDEX: u16 = (1 << INDEX_BITS) - 1;
 /// Slots a pool's table can hold.
 pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
@@ -55,7 +55,7 @@ pub(crate) fn segment_handle(index: u16, slot: u32, generation: u32) -> u64 {
     u64::from(index) << INDEX_SHIFT | u64::from(slot) << GEN_BITS | u64::from(generation & GEN_MASK)
 }
 
-/// What a value passed as a pool handle says about itself (before the registry is asked).
+/// What a value passed as a pool handle says about itself (before the pool table is asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PoolBits {
     Null,

@@ -1,12 +1,12 @@
-//! The registry of pools created through the C ABI, and each pool's table of segment slots.
+//! The pool table: the pools created through the C ABI, and each pool's table of segment slots.
 //!
 //! Nothing here trusts a handle: every lookup checks the handle's kind, index, serial or
 //! generation against state owned by this module before anything is touched, and a handle that
 //! fails a check leaves every table exactly as it was.
 //!
-//! Locks: one global `RwLock` for the registry (read for lookups, write to create and free
+//! Locks: one global `RwLock` for the pool table (read for lookups, write to create and free
 //! pools), one `Mutex` per pool for its slot table. A registered pool's `Arc` is never dropped
-//! while the registry lock is held, because the last drop takes that lock (`Drop for
+//! while the pool table's lock is held, because the last drop takes that lock (`Drop for
 //! RegisteredPool` hands its index back); segments are dropped after the slot lock is released.
 //! Neither lock is on segpool's own fast path: the Rust API does not use them.
 
@@ -26,7 +26,7 @@ use crate::status::{Failure, SegpoolStatus};
 /// deadline arithmetic can never overflow.
 const MAX_TIMEOUT_MS: u64 = 1 << 40;
 
-struct RegistryEntry {
+struct PoolEntry {
     /// The serial of the pool registered here, or of the last one that was (0: never used).
     serial: u64,
     /// The pool, while it is registered.
@@ -35,16 +35,16 @@ struct RegistryEntry {
     gen_floor: u32,
 }
 
-struct Registry {
+struct PoolTable {
     /// Index 0 is a placeholder: no pool has index 0, so no handle is 0.
-    entries: Vec<RegistryEntry>,
+    entries: Vec<PoolEntry>,
     /// Indices whose pool is gone, oldest first (first-in first-out makes reuse rare).
     free: VecDeque<u16>,
     /// The next serial to hand out; serials below it were issued.
     next_serial: u64,
 }
 
-static REGISTRY: RwLock<Registry> = const_rwlock(Registry {
+static POOLS: RwLock<PoolTable> = const_rwlock(PoolTable {
     entries: Vec::new(),
     free: VecDeque::new(),
     next_serial: 1,
@@ -77,42 +77,42 @@ pub(crate) struct RegisteredPool {
 
 /// Registers `pool` and returns its handle.
 pub(crate) fn register(pool: SegmentPool) -> Result<u64, Failure> {
-    let mut reg = REGISTRY.write();
-    if reg.entries.is_empty() {
-        reg.entries.push(RegistryEntry {
+    let mut table = POOLS.write();
+    if table.entries.is_empty() {
+        table.entries.push(PoolEntry {
             serial: 0,
             pool: None,
             gen_floor: 0,
         });
     }
-    let index = match reg.free.pop_front() {
+    let index = match table.free.pop_front() {
         Some(i) => i,
-        None if reg.entries.len() <= usize::from(MAX_POOL_INDEX) => {
-            reg.entries.push(RegistryEntry {
+        None if table.entries.len() <= usize::from(MAX_POOL_INDEX) => {
+            table.entries.push(PoolEntry {
                 serial: 0,
                 pool: None,
                 gen_floor: 0,
             });
-            (reg.entries.len() - 1) as u16
+            (table.entries.len() - 1) as u16
         }
         None => {
-            drop(reg);
+            drop(table);
             return Err(Failure::new(
                 SegpoolStatus::LimitReached,
                 format!("{MAX_POOL_INDEX} pools are live already; free one first"),
             ));
         }
     };
-    let serial = reg.next_serial;
+    let serial = table.next_serial;
     if serial >= SERIAL_LIMIT {
-        reg.free.push_front(index);
+        table.free.push_front(index);
         return Err(Failure::new(
             SegpoolStatus::LimitReached,
             "every pool serial has been used in this process",
         ));
     }
-    reg.next_serial += 1;
-    let entry = &mut reg.entries[usize::from(index)];
+    table.next_serial += 1;
+    let entry = &mut table.entries[usize::from(index)];
     let registered = Arc::new(RegisteredPool {
         index,
         serial,
@@ -147,11 +147,11 @@ pub(crate) fn lookup(h: u64) -> Result<Arc<RegisteredPool>, Failure> {
         }
         PoolBits::Pool { index, serial } => (index, serial),
     };
-    let reg = REGISTRY.read();
+    let table = POOLS.read();
     let issued = index != 0
-        && usize::from(index) < reg.entries.len()
+        && usize::from(index) < table.entries.len()
         && serial != 0
-        && serial < reg.next_serial;
+        && serial < table.next_serial;
     if !issued {
         return Err(Failure::new(
             SegpoolStatus::InvalidHandle,
@@ -160,7 +160,7 @@ pub(crate) fn lookup(h: u64) -> Result<Arc<RegisteredPool>, Failure> {
             ),
         ));
     }
-    let entry = &reg.entries[usize::from(index)];
+    let entry = &table.entries[usize::from(index)];
     match &entry.pool {
         Some(p) if entry.serial == serial => Ok(Arc::clone(p)),
         _ => Err(Failure::new(
@@ -176,8 +176,8 @@ pub(crate) fn lookup(h: u64) -> Result<Arc<RegisteredPool>, Failure> {
 pub(crate) fn free(h: u64) -> Result<(), Failure> {
     let pool = lookup(h)?;
     let removed = {
-        let mut reg = REGISTRY.write();
-        let entry = &mut reg.entries[usize::from(pool.index)];
+        let mut table = POOLS.write();
+        let entry = &mut table.entries[usize::from(pool.index)];
         // Another thread may have freed it between the lookup and this lock.
         if entry.serial == pool.serial {
             entry.pool.take()
@@ -395,10 +395,10 @@ impl Drop for RegisteredPool {
             .map(|s| s.generation)
             .max()
             .map_or(slots.gen_floor, |g| g.wrapping_add(1) & GEN_MASK);
-        let mut reg = REGISTRY.write();
-        if let Some(entry) = reg.entries.get_mut(usize::from(self.index)) {
+        let mut table = POOLS.write();
+        if let Some(entry) = table.entries.get_mut(usize::from(self.index)) {
             entry.gen_floor = floor;
         }
-        reg.free.push_back(self.index);
+        table.free.push_back(self.index);
     }
 }

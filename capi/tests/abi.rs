@@ -133,7 +133,7 @@ fn reused_pool_indices_refuse_the_segments_of_earlier_pools() {
     for round in 0..200 {
         let pool = create();
         // Every segment handle kept from a freed pool is refused by the new pool, even when it
-        // got the same registry index.
+        // got the same pool table index.
         for &(old_pool, seg) in &old {
             assert_ne!(old_pool, pool, "pool handles never repeat");
             let st = segpool_release(pool, seg);

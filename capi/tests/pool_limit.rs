@@ -1,5 +1,5 @@
-//! The registry's limit of live pools is a status code, and freeing one makes room again.
-//! (Its own test binary: it fills the process-wide registry.)
+//! The pool table's limit of live pools is a status code, and freeing one makes room again.
+//! (Its own test binary: it fills the process-wide pool table.)
 
 use segpool_capi::*;
 

@@ -9,16 +9,18 @@
 //!
 //! * [`FileFaultState`]: one per file, shared by every handle and mapping of it; its
 //!   [`guarded`](FileFaultState::guarded) runs an access under the fault protocol.
-//! * [`register`]: puts a mapped range in the registry (installing the handler on first use);
-//!   the returned [`RangeRegistration`] removes it when dropped.
+//! * [`register`]: adds a mapped range to the fault ranges (installing the handler on first
+//!   use); the returned [`RangeRegistration`] removes it when dropped.
 //! * [`handler_installed`]: whether our handler is still the process's SIGBUS action.
 //!
 //! The protocol every access to file-mapped memory follows: fail fast if the file is poisoned;
 //! read the fault counter; access; fence; read the counter again; if it moved, the access may
 //! have seen a replacement zero page (or written into one): return `Err`.
 //!
-//! The modules: `handler` (the signal handler and its installation), `ranges` (the fixed-capacity
-//! lock-free registry the handler reads); the system calls are in `crate::os::signal`.
+//! The modules: `handler` (the claim on SIGBUS: recovering a lost page), `ranges` (the fault
+//! ranges: the fixed-capacity lock-free table of guarded address ranges the claim reads); the
+//! handler itself, its installation and the chain to the previous action are in
+//! `crate::os::signal`.
 
 mod handler;
 mod ranges;
@@ -32,7 +34,7 @@ use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::Arc;
 use crate::{Error, Result};
 
-pub use ranges::CAPACITY as REGISTRY_CAPACITY;
+pub use ranges::CAPACITY as MAX_RANGES;
 
 /// The fault state of one file, shared by every handle and mapping of it in the process.
 ///
@@ -196,7 +198,7 @@ pub struct RangeRegistration {
     slot: usize,
     start: usize,
     end: usize,
-    /// Keeps the state the registry slot points to alive; dropped only after the slot is cleared
+    /// Keeps the state the range's slot points to alive; dropped only after the slot is cleared
     /// and no handler holds it (see `ranges::remove`).
     state: Arc<FileFaultState>,
 }
@@ -226,7 +228,7 @@ impl Drop for RangeRegistration {
 /// The range is widened to whole pages (a page belongs to one mapping only). A lost page is
 /// replaced by a read-write zero page; use [`register_with_access`] for a read-only mapping.
 ///
-/// Fails (with `Error::Map`) when the registry is full ([`REGISTRY_CAPACITY`] ranges): a mapping
+/// Fails (with `Error::Map`) when the fault ranges are full ([`MAX_RANGES`] ranges): a mapping
 /// is refused rather than left unprotected; also when the range is empty or wraps around, or the
 /// handler cannot be installed.
 ///
@@ -276,9 +278,7 @@ pub unsafe fn register_with_access(
         |ranges::Full| {
             Error::Map(std::io::Error::new(
                 std::io::ErrorKind::OutOfMemory,
-                format!(
-                    "the fault registry is full ({REGISTRY_CAPACITY} ranges): file mapping refused"
-                ),
+                format!("the fault ranges are full ({MAX_RANGES} ranges): file mapping refused"),
             ))
         },
     )?;
@@ -304,7 +304,7 @@ pub fn recovered_faults() -> u64 {
     handler::recovered()
 }
 
-/// How many ranges are registered right now (at most [`REGISTRY_CAPACITY`]).
+/// How many ranges are registered right now (at most [`MAX_RANGES`]).
 pub fn registered_ranges() -> usize {
     ranges::registered()
 }

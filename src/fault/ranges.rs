@@ -1,4 +1,5 @@
-//! The registry of our file-mapped ranges: fixed capacity, read lock-free from the SIGBUS handler.
+//! The fault ranges: the table of our file-mapped address ranges, fixed capacity, read lock-free
+//! from the SIGBUS handler.
 //!
 //! # Algorithm
 //!
@@ -222,7 +223,7 @@ pub(crate) fn poison_ranges_containing(
 
 #[cfg(all(test, not(any(loom, shuttle))))]
 mod tests {
-    //! The registry protocol without signals: threads playing the handler scan the registry
+    //! The ranges' protocol without signals: threads playing the handler scan the ranges
     //! while others register and deregister ranges. These ranges are plain numbers, never
     //! touched as memory, so no mapping is needed.
 
@@ -230,11 +231,11 @@ mod tests {
     use crate::fault::FileFaultState;
     use std::sync::atomic::AtomicBool as StdBool;
 
-    /// Fake addresses far from anything mapped (the registry never dereferences them).
+    /// Fake addresses far from anything mapped (the ranges never dereference them).
     const BASE: usize = 0x7000_0000_0000;
     const SPAN: usize = 1 << 20;
 
-    /// The tests below fill or watch the one process-wide registry: one at a time.
+    /// The tests below fill or watch the one process-wide table: one at a time.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     const ROUNDS: usize = 5_000;
@@ -298,9 +299,9 @@ mod tests {
     }
 
     #[test]
-    fn full_registry_is_refused_then_has_room_again() {
+    fn full_ranges_are_refused_then_have_room_again() {
         // Nothing else in the library's test binary registers (and `SERIAL` keeps the other
-        // registry test out): fill it completely.
+        // ranges test out): fill them completely.
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let state = FileFaultState::new(None);
         let before = registered();
