@@ -94,8 +94,14 @@ pub fn mapping_calls() -> MappingCalls {
 /// How much a pool records about its segments, chosen with
 /// [`SegmentPoolBuilder::diagnostics`](crate::SegmentPoolBuilder::diagnostics).
 ///
-/// `docs/diagnostics.md` gives the measured cost of each level.
+/// `docs/diagnostics.md` gives the measured cost of each level. More levels may come: a `match`
+/// on it needs a wildcard arm.
+///
+/// `Sampled` takes a plain `u32` rather than a `NonZeroU32`, so `Sampled(1000)` can be written as
+/// is; `Sampled(0)` is refused by [`build`](crate::SegmentPoolBuilder::build) with
+/// [`InvalidConfig`](crate::Error::InvalidConfig).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Diagnostics {
     /// Nothing is recorded (the default). The fast paths pay one predictable branch each.
     #[default]

@@ -194,6 +194,7 @@ pub enum Access {
 /// A registered range of file-mapped memory; the range is deregistered when this is dropped.
 /// Drop it *before* unmapping the range.
 #[derive(Debug)]
+#[must_use = "dropping the registration takes the range out of the fault ranges at once"]
 pub struct RangeRegistration {
     slot: usize,
     start: usize,
