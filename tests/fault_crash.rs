@@ -11,43 +11,6 @@ use segpool::fault::{self, FileFaultState};
 
 const PAGE: usize = 4096;
 
-/// A registered, healthy mapping (so our handler is installed), kept alive by the caller.
-fn register_one(dir: &std::path::Path) -> (std::fs::File, Guarded) {
-    let p = dir.join("ours");
-    let f = create_pattern_file(&p, 10, 2 * PAGE);
-    let s = FileFaultState::new(Some(p));
-    let g = Guarded::map(&f, 2 * PAGE, true, &s).unwrap();
-    assert!(fault::handler_installed());
-    (f, g)
-}
-
-/// Maps a file we never register, truncates it and reads the lost page with a plain load.
-fn fault_outside_our_ranges(dir: &std::path::Path) -> u8 {
-    let p = dir.join("not-ours");
-    let f = create_pattern_file(&p, 11, 2 * PAGE);
-    let map = memmap2::MmapOptions::new()
-        .len(2 * PAGE)
-        .map_raw_read_only(&f)
-        .unwrap();
-    truncate_elsewhere(&p, 0);
-    // SAFETY: in bounds of a live mapping; the page is gone, so this raises SIGBUS, which is the
-    // point of the test (a plain volatile load, no reference formed).
-    unsafe { std::ptr::read_volatile(map.as_ptr().add(PAGE)) }
-}
-
-/// Recovers one fault in our range, proving the handler works in this process.
-fn recover_one_of_ours(dir: &std::path::Path) {
-    let p = dir.join("ours-faulting");
-    let f = create_pattern_file(&p, 12, 2 * PAGE);
-    let s = FileFaultState::new(Some(p.clone()));
-    let g = Guarded::map(&f, 2 * PAGE, true, &s).unwrap();
-    truncate_elsewhere(&p, 0);
-    let mut buf = [0u8; 8];
-    assert!(g.read(PAGE, &mut buf).is_err());
-    assert!(s.is_faulted());
-    println!("recovered a fault in our range");
-}
-
 #[test]
 fn sigbus_outside_our_ranges_kills_with_sigbus() {
     const NAME: &str = "sigbus_outside_our_ranges_kills_with_sigbus";

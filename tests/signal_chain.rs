@@ -6,8 +6,10 @@
 
 mod fault_support;
 
+use std::path::Path;
+use std::process::Output;
+
 use fault_support::*;
-use segpool::fault::{self, FileFaultState};
 use segpool::{Diagnostics, Segment, SegmentPool};
 
 const PAGE: usize = 4096;
@@ -36,34 +38,106 @@ extern "C" fn user_handler(signum: libc::c_int, info: *mut libc::siginfo_t, _: *
     unsafe { libc::_exit(exit) };
 }
 
-/// The program's own SA_SIGINFO handlers for SIGBUS and SIGSEGV, installed before segpool's.
-fn install_user_handlers() {
-    for signal in [libc::SIGBUS, libc::SIGSEGV] {
-        // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature.
-        unsafe {
-            let mut a: libc::sigaction = std::mem::zeroed();
-            a.sa_sigaction = user_handler as *const () as usize;
-            a.sa_flags = libc::SA_SIGINFO;
-            assert_eq!(libc::sigaction(signal, &a, std::ptr::null_mut()), 0);
+/// What SIGBUS and SIGSEGV do before segpool installs its handler.
+#[derive(Clone, Copy)]
+enum Before {
+    /// The program's own `SA_SIGINFO` handler ([`user_handler`]).
+    ProgramHandler,
+    /// `SIG_DFL` (std's stack-overflow handler removed).
+    Default,
+}
+
+impl Before {
+    fn install(self) {
+        for signal in [libc::SIGBUS, libc::SIGSEGV] {
+            // SAFETY: a zeroed sigaction is valid (SIG_DFL); the handler has the SA_SIGINFO
+            // signature.
+            unsafe {
+                let mut a: libc::sigaction = std::mem::zeroed();
+                if let Before::ProgramHandler = self {
+                    a.sa_sigaction = user_handler as *const () as usize;
+                    a.sa_flags = libc::SA_SIGINFO;
+                }
+                assert_eq!(libc::sigaction(signal, &a, std::ptr::null_mut()), 0);
+            }
         }
     }
 }
 
-/// Both claims active: a registered file mapping (SIGBUS) and a `Full` pool (SIGSEGV), with one
-/// live segment of it. The caller keeps them alive.
-struct Armed {
-    _file: std::fs::File,
-    _mapping: Guarded,
-    _pool: SegmentPool,
-    segment: Segment,
+/// The faults a child ends with.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    /// A lost page of a file mapping segpool does not know.
+    SigbusElsewhere,
+    /// One byte past a live segment of the `Full` pool: its guard page.
+    Overrun,
+    /// A write to a read-only page that is no segment's guard page.
+    SigsegvElsewhere,
 }
 
-fn arm_both(dir: &std::path::Path) -> Armed {
-    let p = dir.join("ours");
-    let file = create_pattern_file(&p, 20, 2 * PAGE);
-    let state = FileFaultState::new(Some(p));
-    let mapping = Guarded::map(&file, 2 * PAGE, true, &state).unwrap();
-    assert!(fault::handler_installed());
+const ENDING_ENV: &str = "SIGNAL_CHAIN_ENDING";
+
+impl Ending {
+    fn name(self) -> &'static str {
+        match self {
+            Ending::SigbusElsewhere => "sigbus",
+            Ending::Overrun => "overrun",
+            Ending::SigsegvElsewhere => "sigsegv",
+        }
+    }
+
+    fn from_env() -> Ending {
+        let name = std::env::var(ENDING_ENV).unwrap();
+        [
+            Ending::SigbusElsewhere,
+            Ending::Overrun,
+            Ending::SigsegvElsewhere,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+        .unwrap()
+    }
+
+    fn provoke(self, dir: &Path, segment: &mut Segment) {
+        match self {
+            Ending::SigbusElsewhere => drop(fault_outside_our_ranges(dir)),
+            // SAFETY: deliberately not safe: one byte past the segment's end lands on its guard
+            // page and faults; nothing is written.
+            Ending::Overrun => unsafe { segment.as_mut_ptr().add(PAGE).write_volatile(2) },
+            Ending::SigsegvElsewhere => {
+                // SAFETY: a fresh private anonymous mapping, not fixed: nothing else is affected.
+                let page = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        PAGE,
+                        libc::PROT_READ,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(page, libc::MAP_FAILED);
+                // SAFETY: none; a write to a read-only page raises SIGSEGV, which is the point.
+                unsafe { page.cast::<u8>().write_volatile(1) };
+            }
+        }
+    }
+}
+
+/// Runs test `name` in a child process that installs `before`, activates both claims (a
+/// registered file mapping, a `Full` pool with a live segment), recovers one SIGBUS of its own
+/// (the program's handler not called), then ends with `ending`. Returns how the child ended, or
+/// `None` in the child (if it survived, which the parent then reports).
+fn case(name: &str, before: Before, ending: Ending) -> Option<Output> {
+    if !is_child(name) {
+        let out = run_child_with(name, &[], &[(ENDING_ENV, ending.name())]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("recovered a fault in our range"));
+        return Some(out);
+    }
+    no_core_dumps();
+    before.install();
+    let dir = child_dir();
+    let _ours = register_one(&dir);
     let pool = SegmentPool::builder()
         .size_classes(&[PAGE])
         .region_size(16 * PAGE)
@@ -72,167 +146,53 @@ fn arm_both(dir: &std::path::Path) -> Armed {
         .unwrap();
     let mut segment = pool.allocate(PAGE).unwrap();
     segment.fill(1);
-    Armed {
-        _file: file,
-        _mapping: mapping,
-        _pool: pool,
-        segment,
-    }
+    recover_one_of_ours(&dir);
+    let ending = Ending::from_env();
+    ending.provoke(&dir, &mut segment);
+    println!("survived {ending:?}");
+    None
 }
 
-/// Recovers one SIGBUS in a registered range: the fault guard's claim, the program's handler
-/// not called.
-fn recover_one_of_ours(dir: &std::path::Path) {
-    let p = dir.join("ours-faulting");
-    let f = create_pattern_file(&p, 21, 2 * PAGE);
-    let s = FileFaultState::new(Some(p.clone()));
-    let g = Guarded::map(&f, 2 * PAGE, true, &s).unwrap();
-    truncate_elsewhere(&p, 0);
-    let mut buf = [0u8; 8];
-    assert!(g.read(PAGE, &mut buf).is_err());
-    assert!(s.is_faulted());
-    println!("recovered a fault in our range");
-}
-
-/// A lost page of a file mapping segpool does not know: a SIGBUS that is not segpool's.
-fn sigbus_outside_our_ranges(dir: &std::path::Path) -> u8 {
-    let p = dir.join("not-ours");
-    let f = create_pattern_file(&p, 22, 2 * PAGE);
-    let map = memmap2::MmapOptions::new()
-        .len(2 * PAGE)
-        .map_raw_read_only(&f)
-        .unwrap();
-    truncate_elsewhere(&p, 0);
-    // SAFETY: in bounds of a live mapping; the page is gone, so this raises SIGBUS, which is the
-    // point of the test (a plain volatile load, no reference formed).
-    unsafe { std::ptr::read_volatile(map.as_ptr().add(PAGE)) }
-}
-
-/// A write to a read-only page that is no segment's guard page: a SIGSEGV that is not segpool's.
-fn sigsegv_outside_guard_pages() {
-    // SAFETY: a fresh private anonymous mapping, not fixed: nothing else is affected.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            PAGE,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED);
-    // SAFETY: none; a write to a read-only page raises SIGSEGV, which is the point.
-    unsafe { page.cast::<u8>().write_volatile(1) };
-}
-
-/// One byte past a live segment: its guard page.
-fn overrun(segment: &mut Segment) {
-    // SAFETY: deliberately not safe: one byte past the segment's end lands on its guard page and
-    // faults; nothing is written.
-    unsafe { segment.as_mut_ptr().add(PAGE).write_volatile(2) };
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// How many guard-page reports the child wrote.
+fn reports(out: &Output) -> usize {
+    String::from_utf8_lossy(&out.stderr).matches(REPORT).count()
 }
 
 #[test]
-fn sigbus_ours_is_recovered_others_reach_the_programs_handler() {
-    const NAME: &str = "sigbus_ours_is_recovered_others_reach_the_programs_handler";
-    if is_child(NAME) {
-        install_user_handlers();
-        let dir = child_dir();
-        let _armed = arm_both(&dir);
-        recover_one_of_ours(&dir);
-        let b = sigbus_outside_our_ranges(&dir);
-        println!("survived a SIGBUS outside our ranges (read {b})");
-        return;
+fn with_the_programs_handlers_what_is_not_segpools_reaches_them() {
+    const NAME: &str = "with_the_programs_handlers_what_is_not_segpools_reaches_them";
+    for (ending, exit, reported) in [
+        (Ending::SigbusElsewhere, USER_SIGBUS_EXIT, 0),
+        // Reported first, then the program's handler takes the repeated fault.
+        (Ending::Overrun, USER_SIGSEGV_EXIT, 1),
+        (Ending::SigsegvElsewhere, USER_SIGSEGV_EXIT, 0),
+    ] {
+        // In the child: it ran the one ending its environment names.
+        let Some(out) = case(NAME, Before::ProgramHandler, ending) else {
+            return;
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(exit),
+            "{ending:?}: {:?}",
+            out.status
+        );
+        assert_eq!(reports(&out), reported, "{ending:?}");
     }
-    let out = run_child(NAME, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(USER_SIGBUS_EXIT),
-        "{:?}",
-        out.status
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("recovered a fault in our range"));
-    assert!(!stderr(&out).contains(REPORT));
-}
-
-#[test]
-fn overrun_is_reported_then_reaches_the_programs_handler() {
-    const NAME: &str = "overrun_is_reported_then_reaches_the_programs_handler";
-    if is_child(NAME) {
-        install_user_handlers();
-        let dir = child_dir();
-        let mut armed = arm_both(&dir);
-        recover_one_of_ours(&dir);
-        overrun(&mut armed.segment);
-        println!("survived the overrun");
-        return;
-    }
-    let out = run_child(NAME, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(USER_SIGSEGV_EXIT),
-        "{:?}",
-        out.status
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("recovered a fault in our range"));
-    assert_eq!(stderr(&out).matches(REPORT).count(), 1, "{}", stderr(&out));
-}
-
-#[test]
-fn sigsegv_elsewhere_reaches_the_programs_handler_unreported() {
-    const NAME: &str = "sigsegv_elsewhere_reaches_the_programs_handler_unreported";
-    if is_child(NAME) {
-        install_user_handlers();
-        let dir = child_dir();
-        let _armed = arm_both(&dir);
-        sigsegv_outside_guard_pages();
-        println!("survived a write to a read-only page");
-        return;
-    }
-    let out = run_child(NAME, &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(USER_SIGSEGV_EXIT),
-        "{:?}",
-        out.status
-    );
-    assert!(!stderr(&out).contains(REPORT));
 }
 
 #[test]
 fn with_default_actions_both_signals_still_kill() {
     const NAME: &str = "with_default_actions_both_signals_still_kill";
-    if is_child(NAME) {
-        no_core_dumps();
-        // No previous handlers at all (std's stack-overflow handler removed): SIG_DFL before us.
-        for signal in [libc::SIGBUS, libc::SIGSEGV] {
-            // SAFETY: SIG_DFL for a fault signal.
-            unsafe { libc::signal(signal, libc::SIG_DFL) };
-        }
-        let dir = child_dir();
-        let mut armed = arm_both(&dir);
-        recover_one_of_ours(&dir);
-        match std::env::var("FAULT").as_deref() {
-            Ok("sigbus") => drop(sigbus_outside_our_ranges(&dir)),
-            Ok("overrun") => overrun(&mut armed.segment),
-            _ => sigsegv_outside_guard_pages(),
-        }
-        println!("survived");
-        return;
-    }
-    for (fault, signal, reported) in [
-        ("sigbus", libc::SIGBUS, false),
-        ("overrun", libc::SIGSEGV, true),
-        ("sigsegv", libc::SIGSEGV, false),
+    for (ending, signal, reported) in [
+        (Ending::SigbusElsewhere, libc::SIGBUS, 0),
+        (Ending::Overrun, libc::SIGSEGV, 1),
+        (Ending::SigsegvElsewhere, libc::SIGSEGV, 0),
     ] {
-        let out = run_child_with(NAME, &[], &[("FAULT", fault)]);
+        let Some(out) = case(NAME, Before::Default, ending) else {
+            return;
+        };
         assert_killed_by(&out, signal);
-        assert!(String::from_utf8_lossy(&out.stdout).contains("recovered a fault in our range"));
-        assert_eq!(stderr(&out).contains(REPORT), reported, "{fault}");
+        assert_eq!(reports(&out), reported, "{ending:?}");
     }
 }

@@ -221,3 +221,45 @@ pub fn no_core_dumps() {
     // SAFETY: a valid rlimit struct; lowering our own core limit has no memory-safety effect.
     unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
 }
+
+/// The page size the crash helpers below assume.
+const CRASH_PAGE: usize = 4096;
+
+/// A registered, healthy mapping (so our handler is installed), kept alive by the caller.
+pub fn register_one(dir: &Path) -> (File, Guarded) {
+    let p = dir.join("ours");
+    let f = create_pattern_file(&p, 10, 2 * CRASH_PAGE);
+    let s = FileFaultState::new(Some(p));
+    let g = Guarded::map(&f, 2 * CRASH_PAGE, true, &s).unwrap();
+    assert!(fault::handler_installed());
+    (f, g)
+}
+
+/// Maps a file we never register, truncates it and reads the lost page with a plain load: a
+/// SIGBUS that is not segpool's.
+pub fn fault_outside_our_ranges(dir: &Path) -> u8 {
+    let p = dir.join("not-ours");
+    let f = create_pattern_file(&p, 11, 2 * CRASH_PAGE);
+    let map = MmapOptions::new()
+        .len(2 * CRASH_PAGE)
+        .map_raw_read_only(&f)
+        .unwrap();
+    truncate_elsewhere(&p, 0);
+    // SAFETY: in bounds of a live mapping; the page is gone, so this raises SIGBUS, which is the
+    // point of the test (a plain volatile load, no reference formed).
+    unsafe { std::ptr::read_volatile(map.as_ptr().add(CRASH_PAGE)) }
+}
+
+/// Recovers one fault in our range, proving the handler works in this process; prints
+/// `recovered a fault in our range`.
+pub fn recover_one_of_ours(dir: &Path) {
+    let p = dir.join("ours-faulting");
+    let f = create_pattern_file(&p, 12, 2 * CRASH_PAGE);
+    let s = FileFaultState::new(Some(p.clone()));
+    let g = Guarded::map(&f, 2 * CRASH_PAGE, true, &s).unwrap();
+    truncate_elsewhere(&p, 0);
+    let mut buf = [0u8; 8];
+    assert!(g.read(CRASH_PAGE, &mut buf).is_err());
+    assert!(s.is_faulted());
+    println!("recovered a fault in our range");
+}
