@@ -1,9 +1,11 @@
 //! The one place that talks to the operating system.
 //!
 //! Memory mappings (`mmap`, `munmap`, `madvise`, `mprotect`, `msync`, `mlock`) live here; file
-//! operations the mapping code needs (`posix_fallocate`, `O_TMPFILE`) in [`file`]. The rest of the
-//! crate calls these wrappers and never issues a syscall itself, so the portable logic has no
-//! `cfg` noise and every raw pointer handed to the kernel is checked in one place.
+//! operations the mapping code needs (`posix_fallocate`, `O_TMPFILE`) in [`file`](mod@file);
+//! segpool's one SIGBUS and SIGSEGV handler, which the fault guard and the guard pages of
+//! diagnostics register their claims with, in [`signal`]. The rest of the crate calls these
+//! wrappers and never issues a syscall itself, so the portable logic has no `cfg` noise and every
+//! raw pointer handed to the kernel is checked in one place.
 //!
 //! Linux only: the crate uses `MADV_HUGEPAGE`, `MADV_POPULATE_WRITE`, `O_TMPFILE` and
 //! `posix_fallocate` semantics as Linux defines them.
