@@ -488,6 +488,7 @@ impl Budget {
 /// dropped. The shape of DataFusion's `MemoryReservation`: grow before you allocate, shrink
 /// after you free.
 #[derive(Debug)]
+#[must_use = "dropping the reservation gives its bytes back to the budget at once"]
 pub struct Reservation {
     budget: Budget,
     size: usize,
