@@ -217,9 +217,10 @@ static INSTALLED: [OnceLock<Result<(), io::ErrorKind>>; SIGNALS] =
 /// # Invariants
 ///
 /// A non-null pointer comes from `Box::into_raw` and is never freed: the handler may read it at
-/// any time. It is saved before our handler is installed, and saved again (a new box, the first
-/// left in place) only if the action our install replaced is another one, which takes another
-/// library installing its own between the two calls.
+/// any time. It is saved before our handler is installed, so the handler never runs without it,
+/// and saved again (a new box; the first one is never freed, a handler may still be reading it)
+/// only if the action our install replaced is another one, which takes another library installing
+/// its own between the two calls.
 static PREVIOUS: [AtomicPtr<SignalAction>; SIGNALS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; SIGNALS];
 
