@@ -16,12 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_direct;
-mod bench_files;
-mod bench_memory;
 mod demo;
 mod peers;
-mod plot;
 mod stress;
 
 #[derive(Debug, Parser)]
@@ -57,7 +53,7 @@ enum Command {
     Bench(bench::Args),
     /// One allocator's run of the memory section of `segpool bench` (it starts these itself).
     #[command(hide = true, name = "bench-memory-child")]
-    BenchMemoryChild(bench_memory::ChildArgs),
+    BenchMemoryChild(bench::memory::ChildArgs),
 }
 
 /// What `segpool bench` says in a build without its C peers.
@@ -84,7 +80,7 @@ fn main() -> ExitCode {
         Some(Command::Stress(args)) => stress::run(args),
         Some(Command::Bench(args)) if !peers::C_PEERS && args.needs_peers() => Err(NO_PEERS.into()),
         Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::BenchMemoryChild(args)) => bench_memory::child(args),
+        Some(Command::BenchMemoryChild(args)) => bench::memory::child(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
