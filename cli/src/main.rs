@@ -171,6 +171,25 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A progress bar of `len` steps in the style of `template`, drawn only when stdout is a
+/// terminal (piped output stays free of escape sequences).
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal as _;
+    let target = if std::io::stdout().is_terminal() {
+        ProgressDrawTarget::stdout()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), target);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    pb
+}
+
 /// Human-readable bytes: `64.0 MiB`.
 pub fn bytes_text(bytes: usize) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -16,11 +16,10 @@
 //! `record` generates, encodes and decodes the records; `serialize` is the write side (the
 //! workers and the writer), `verify` the read side.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use segpool::fs::{MapConfig, MapMode, MmapFs};
 use segpool::SegmentPool;
 
@@ -226,20 +225,10 @@ pub fn run(args: Args) -> Result<(), Error> {
 }
 
 fn progress_bar(records: u64, what: &str) -> ProgressBar {
-    let target = if std::io::stdout().is_terminal() {
-        ProgressDrawTarget::stdout()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let pb = ProgressBar::with_draw_target(Some(records), target);
-    pb.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what:<10} {{bar:30.cyan/blue}} {{pos}}/{{len}} records  {{msg}}  [{{elapsed}}]"
-        ))
-        .expect("the template is valid")
-        .progress_chars("=> "),
-    );
-    pb
+    crate::progress_bar(
+        records,
+        &format!("{what:<10} {{bar:30.cyan/blue}} {{pos}}/{{len}} records  {{msg}}  [{{elapsed}}]"),
+    )
 }
 
 /// "1.23 M records/s".
