@@ -69,28 +69,21 @@ pub fn measure(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
     for run in 0..runs {
         eprint!("\rrun {}/{runs}", run + 1);
         for row in rows.iter_mut() {
-            let (p, s) = (row.pattern, row.size);
+            let pc = row.pattern == Pattern::ProducerConsumer;
             // The contenders take turns going first from one run to the next, so whatever the
             // previous cell leaves behind (caches, frequency, the other core's state) favours
             // none of them.
             for k in 0..6 {
-                let cells = &mut row.cells;
                 match (k + run as usize) % 6 {
-                    0 if p == Pattern::ProducerConsumer => {
-                        time_pairs_with_channel(row, &segpool, &channel, run, per_cell)?
-                    }
-                    0 => cells.record("segpool", time(&segpool, p, s, false, per_cell)?),
-                    1 => cells.record("floor", time(&floor, p, s, false, per_cell)?),
-                    2 => cells.record("glibc", time(&glibc, p, s, false, per_cell)?),
-                    3 if peers::C_PEERS => {
-                        cells.record("mimalloc", time(&mimalloc, p, s, false, per_cell)?)
-                    }
-                    4 if peers::C_PEERS => {
-                        cells.record("jemalloc", time(&jemalloc, p, s, false, per_cell)?)
-                    }
+                    0 if pc => time_pairs_with_channel(row, &segpool, &channel, run, per_cell)?,
+                    0 => time_cell(row, &segpool, per_cell)?,
+                    1 => time_cell(row, &floor, per_cell)?,
+                    2 => time_cell(row, &glibc, per_cell)?,
+                    3 if peers::C_PEERS => time_cell(row, &mimalloc, per_cell)?,
+                    4 if peers::C_PEERS => time_cell(row, &jemalloc, per_cell)?,
                     // Without the `peers` feature (only the tests measure then).
                     3 | 4 => {}
-                    _ => cells.record("mmap", time(&mmap, p, s, false, per_cell)?),
+                    _ => time_cell(row, &mmap, per_cell)?,
                 }
             }
         }
@@ -126,21 +119,14 @@ pub fn measure_large(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
     for run in 0..runs {
         eprint!("\rlarge sizes: run {}/{runs}", run + 1);
         for row in rows.iter_mut() {
-            let (p, s, t) = (row.pattern, row.size, row.touched);
+            let pc = row.pattern == Pattern::ProducerConsumer;
             for k in 0..4 {
-                let cells = &mut row.cells;
                 match (k + run as usize) % 4 {
-                    0 if p == Pattern::ProducerConsumer => {
-                        time_pairs_with_channel(row, &segpool, &channel, run, per_cell)?
-                    }
-                    0 => cells.record("segpool", time(&segpool, p, s, t, per_cell)?),
-                    1 => cells.record("lgalloc", time(&lgalloc, p, s, t, per_cell)?),
-                    2 if peers::C_PEERS => {
-                        cells.record("mimalloc", time(&mimalloc, p, s, t, per_cell)?)
-                    }
-                    3 if peers::C_PEERS => {
-                        cells.record("jemalloc", time(&jemalloc, p, s, t, per_cell)?)
-                    }
+                    0 if pc => time_pairs_with_channel(row, &segpool, &channel, run, per_cell)?,
+                    0 => time_cell(row, &segpool, per_cell)?,
+                    1 => time_cell(row, &lgalloc, per_cell)?,
+                    2 if peers::C_PEERS => time_cell(row, &mimalloc, per_cell)?,
+                    3 if peers::C_PEERS => time_cell(row, &jemalloc, per_cell)?,
                     _ => {}
                 }
             }
@@ -151,6 +137,13 @@ pub fn measure_large(runs: u32, per_cell: Duration) -> Result<Vec<Row>, Error> {
         row.cells.settle();
     }
     Ok(rows)
+}
+
+/// Times one cell of `a` in `row` and records it under `a`'s name (its column).
+fn time_cell<A: Allocator>(row: &mut Row, a: &A, per_cell: Duration) -> Result<(), Error> {
+    let ns = time(a, row.pattern, row.size, row.touched, per_cell)?;
+    row.cells.record(a.name(), ns);
+    Ok(())
 }
 
 /// One run of a producer/consumer row's segpool and channel cells: `PC_PAIRS` pairs of
@@ -173,8 +166,8 @@ fn time_pairs_with_channel(
             let ch = time(channel, p, s, t, half)?;
             (time(segpool, p, s, t, half)?, ch)
         };
-        row.cells.record("segpool", sp);
-        row.cells.record("channel", ch);
+        row.cells.record(segpool.name(), sp);
+        row.cells.record(channel.name(), ch);
         row.paired_over_channel_ns.push(sp - ch);
     }
     Ok(())
