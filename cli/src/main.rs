@@ -16,12 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_direct;
-mod bench_files;
-mod bench_memory;
 mod demo;
 mod peers;
-mod plot;
 mod stress;
 
 #[derive(Debug, Parser)]
@@ -57,7 +53,7 @@ enum Command {
     Bench(bench::Args),
     /// One allocator's run of the memory section of `segpool bench` (it starts these itself).
     #[command(hide = true, name = "bench-memory-child")]
-    BenchMemoryChild(bench_memory::ChildArgs),
+    BenchMemoryChild(bench::memory::ChildArgs),
 }
 
 /// What `segpool bench` says in a build without its C peers.
@@ -84,7 +80,7 @@ fn main() -> ExitCode {
         Some(Command::Stress(args)) => stress::run(args),
         Some(Command::Bench(args)) if !peers::C_PEERS && args.needs_peers() => Err(NO_PEERS.into()),
         Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::BenchMemoryChild(args)) => bench_memory::child(args),
+        Some(Command::BenchMemoryChild(args)) => bench::memory::child(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +169,25 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
         Ok(n) => Err(format!("{n} threads is more than the 1024 allowed")),
         Err(_) => Err(format!("'{s}' is not a number of threads")),
     }
+}
+
+/// A progress bar of `len` steps in the style of `template`, drawn only when stdout is a
+/// terminal (piped output stays free of escape sequences).
+pub fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal as _;
+    let target = if std::io::stdout().is_terminal() {
+        ProgressDrawTarget::stdout()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let pb = ProgressBar::with_draw_target(Some(len), target);
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    pb
 }
 
 /// Human-readable bytes: `64.0 MiB`.

@@ -11,14 +11,13 @@
 //!   (a read that meets a truncated page must fail with `Faulted` instead).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use segpool::fs::{MapConfig, MappedFile, MmapFs};
 use segpool::{Segment, SegmentPool};
 
@@ -276,19 +275,11 @@ pub fn run(args: Args) -> Result<(), Error> {
 
 /// A bar over the run's duration, like the demo's: drawn only on a terminal.
 fn progress_line(seconds: f64) -> ProgressBar {
-    let target = if std::io::stdout().is_terminal() {
-        ProgressDrawTarget::stdout()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
     let length = Duration::from_secs_f64(seconds).as_millis();
-    let pb = ProgressBar::with_draw_target(Some(length.try_into().unwrap_or(u64::MAX)), target);
-    pb.set_style(
-        ProgressStyle::with_template("stress     {bar:30.cyan/blue} {msg}  [{elapsed}]")
-            .expect("the template is valid")
-            .progress_chars("=> "),
-    );
-    pb
+    crate::progress_bar(
+        length.try_into().unwrap_or(u64::MAX),
+        "stress     {bar:30.cyan/blue} {msg}  [{elapsed}]",
+    )
 }
 
 /// "1.23 M", "456 k", "78": a rate per second.

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::bench::{size_text, Pattern, Report};
+use super::alloc::Pattern;
+use super::report::Report;
+use super::table::size_text;
 
 /// A fixed color per allocator, so the panels and runs read alike.
 fn color(name: &str) -> RGBColor {
@@ -19,12 +21,12 @@ fn color(name: &str) -> RGBColor {
     }
 }
 
-pub fn svg(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub fn svg(report: &Report, path: &Path) -> Result<(), crate::Error> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
     let all: Vec<f64> = report
         .rows
         .iter()
-        .flat_map(|r| r.cells.iter().map(|c| c.median_ns))
+        .flat_map(|r| r.cells.0.iter().map(|c| c.median_ns))
         .filter(|v| v.is_finite() && *v > 0.0)
         .collect();
     let lo = all.iter().copied().fold(f64::MAX, f64::min).max(0.1) * 0.7;

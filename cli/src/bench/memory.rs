@@ -7,7 +7,7 @@
 //! allocator's alone, and nothing one allocator keeps shows up in another's column.
 //!
 //! segpool runs twice: with its default purge decay and no call at all, and with `trim()`
-//! called right after the release (decay off). The targets: resident at most in use + 10% +
+//! called right after the release (decay off). The claims: resident at most in use + 10% +
 //! 4 MiB right after `trim()`, and within the decay plus one second without any call.
 
 use std::process::Command;
@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use segpool::{SegmentPool, DEFAULT_PURGE_DECAY};
 
-use crate::bench::size_text;
+use super::report::{claim_lines, Claim};
+use super::table::{size_text, Align, Table};
 use crate::peers::{self, Allocator, PAGE};
 use crate::Error;
 
@@ -162,8 +163,8 @@ fn mib(bytes: usize) -> String {
     format!("{:.1}", bytes as f64 / (1 << 20) as f64)
 }
 
-/// Measures every allocator and prints the table and the targets; returns whether they held.
-pub fn run() -> Result<bool, Error> {
+/// Measures every allocator and prints the table and the claims.
+pub fn run() -> Result<(), Error> {
     let mut runs = Vec::new();
     for (name, label) in RUNS {
         runs.push(run_child(name, label)?);
@@ -182,30 +183,37 @@ pub fn run() -> Result<bool, Error> {
         DEFAULT_PURGE_DECAY.as_millis(),
         size_text(PAGE)
     );
-    print!("{:<18} {:>7}", "allocator", "in use");
-    for ms in SAMPLES_MS {
-        print!(" {:>8}", format!("+{ms} ms"));
-    }
-    println!();
+    let mut t = Table::new(
+        [
+            ("allocator".to_string(), 18, Align::Left),
+            ("in use".to_string(), 7, Align::Right),
+        ]
+        .into_iter()
+        .chain(
+            SAMPLES_MS
+                .iter()
+                .map(|ms| (format!("+{ms} ms"), 8, Align::Right)),
+        ),
+    );
     for r in &runs {
-        print!("{:<18} {:>7}", r.label, mib(r.in_use));
-        for (_, b) in &r.samples {
-            print!(" {:>8}", mib(*b));
-        }
-        println!();
+        t.push(
+            [r.label.to_string(), mib(r.in_use)]
+                .into_iter()
+                .chain(r.samples.iter().map(|&(_, b)| mib(b)))
+                .collect(),
+        );
     }
+    print!("{}", t.text());
+    print!("{}", claim_lines(&claims(&runs)));
+    Ok(())
+}
+
+/// Resident at most in use + 10% + 4 MiB: right after `trim()`, and within the decay plus one
+/// second with no call.
+fn claims(runs: &[Run]) -> Vec<Claim> {
     let limit = |in_use: usize| in_use + in_use / 10 + (4 << 20);
-    let mut ok = true;
     let trim = &runs[1];
     let after_trim = trim.samples[0].1;
-    let held = after_trim <= limit(trim.in_use);
-    ok &= held;
-    println!(
-        "target: resident right after trim() at most in use + 10% + 4 MiB: {} MiB <= {} MiB: {}",
-        mib(after_trim),
-        mib(limit(trim.in_use)),
-        if held { "ok" } else { "MISSED" }
-    );
     let decay = &runs[0];
     let by = DEFAULT_PURGE_DECAY + Duration::from_secs(1);
     let within = decay
@@ -215,14 +223,27 @@ pub fn run() -> Result<bool, Error> {
         .map(|&(_, b)| b)
         .min()
         .unwrap_or(usize::MAX);
-    let held = within <= limit(decay.in_use);
-    ok &= held;
-    println!(
-        "target: resident within the decay + 1 s ({} ms) with no call, same bound: {} MiB <= {} MiB: {}",
-        by.as_millis(),
-        mib(within),
-        mib(limit(decay.in_use)),
-        if held { "ok" } else { "MISSED" }
-    );
-    Ok(ok)
+    vec![
+        Claim {
+            claim: "memory: resident right after trim() at most in use + 10% + 4 MiB".into(),
+            holds: after_trim <= limit(trim.in_use),
+            detail: format!(
+                "{} MiB, bound {} MiB",
+                mib(after_trim),
+                mib(limit(trim.in_use))
+            ),
+        },
+        Claim {
+            claim: format!(
+                "memory: resident within the decay + 1 s ({} ms) with no call, same bound",
+                by.as_millis()
+            ),
+            holds: within <= limit(decay.in_use),
+            detail: format!(
+                "{} MiB, bound {} MiB",
+                mib(within),
+                mib(limit(decay.in_use))
+            ),
+        },
+    ]
 }

@@ -16,7 +16,8 @@ use segpool::fs::{Advice, MapConfig, MmapFs};
 use segpool::{Segment, SegmentPool};
 use serde::{Deserialize, Serialize};
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use crate::bench::table::{Align, Table};
+use crate::Error;
 
 const PAGE: usize = 4096;
 
@@ -39,7 +40,7 @@ pub struct ModeReport {
 
 /// The comparison.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DirectReport {
+pub struct PageCacheReport {
     pub file_len: u64,
     pub budget: usize,
     pub misses: usize,
@@ -53,7 +54,7 @@ pub fn budget_for(len: u64) -> usize {
 
 /// Runs both modes on the file `name` in `dir` (`len` bytes). `Ok(None)` (with a note on stderr)
 /// where the file system has no direct I/O.
-pub fn measure(dir: &Path, name: &str, len: u64) -> Result<Option<DirectReport>, Error> {
+pub fn measure(dir: &Path, name: &str, len: u64) -> Result<Option<PageCacheReport>, Error> {
     let budget = budget_for(len);
     let fs = MmapFs::new(dir, MapConfig::default())?;
     let direct = match fs.open_direct(name) {
@@ -118,7 +119,7 @@ pub fn measure(dir: &Path, name: &str, len: u64) -> Result<Option<DirectReport>,
         });
     }
     evict(&dir.join(name))?;
-    Ok(Some(DirectReport {
+    Ok(Some(PageCacheReport {
         file_len: len,
         budget,
         misses: MISSES,
@@ -154,28 +155,37 @@ fn us(ns: f64) -> String {
     format!("{:.1} us", ns / 1000.0)
 }
 
-/// The comparison as table lines (Markdown, also readable as text).
-pub fn table(r: &DirectReport) -> String {
-    let mut out = format!(
-        "page cache of 4 KiB pages under a {} budget over a {} file, {} random misses from a cold \
-         start:\n\n| mode | miss median | miss p99 | pool | kernel page cache | memory, total |\n\
-         |---|---:|---:|---:|---:|---:|\n",
-        crate::bytes_text(r.budget),
-        crate::bytes_text(r.file_len as usize),
-        r.misses
-    );
-    for m in &r.modes {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            m.mode,
-            us(m.miss_median_ns),
-            us(m.miss_p99_ns),
-            crate::bytes_text(m.pool_bytes),
-            crate::bytes_text(m.page_cache_bytes),
-            crate::bytes_text(m.pool_bytes + m.page_cache_bytes)
-        ));
+impl PageCacheReport {
+    /// The comparison as a line saying what was measured and a table (Markdown, also readable
+    /// as text).
+    pub fn table(&self) -> String {
+        let mut t = Table::new([
+            ("mode", 0, Align::Left),
+            ("miss median", 0, Align::Right),
+            ("miss p99", 0, Align::Right),
+            ("pool", 0, Align::Right),
+            ("kernel page cache", 0, Align::Right),
+            ("memory, total", 0, Align::Right),
+        ]);
+        for m in &self.modes {
+            t.push(vec![
+                m.mode.clone(),
+                us(m.miss_median_ns),
+                us(m.miss_p99_ns),
+                crate::bytes_text(m.pool_bytes),
+                crate::bytes_text(m.page_cache_bytes),
+                crate::bytes_text(m.pool_bytes + m.page_cache_bytes),
+            ]);
+        }
+        format!(
+            "page cache of 4 KiB pages under a {} budget over a {} file, {} random misses from a \
+             cold start:\n\n{}",
+            crate::bytes_text(self.budget),
+            crate::bytes_text(self.file_len as usize),
+            self.misses,
+            t.markdown()
+        )
     }
-    out
 }
 
 #[cfg(test)]
@@ -204,6 +214,6 @@ mod tests {
         }
         assert!(r.modes[0].page_cache_bytes > r.budget, "{:?}", r.modes[0]);
         assert_eq!(r.modes[1].page_cache_bytes, 0, "{:?}", r.modes[1]);
-        assert!(table(&r).contains("| direct |"));
+        assert!(r.table().contains("| direct |"));
     }
 }

@@ -1,0 +1,179 @@
+//! What one `segpool bench` produced, as it is saved (`--json`, docs/benchmarks.json) and read
+//! back: the machine and command, every section's rows, and the claims judged on them; and the
+//! report rendered for the terminal and as Markdown (`--markdown`).
+
+use serde::{Deserialize, Serialize};
+
+use super::alloc::{self, CallsPerPair, Row};
+use super::files::FileReport;
+use super::growth::{self, GrowthPoint};
+
+/// Everything one `segpool bench` produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub command: String,
+    pub runs: u32,
+    pub run_ms: u64,
+    /// Back-to-back (segpool, channel) pairs per run in each producer/consumer row, each cell
+    /// timed for `run_ms / 2`.
+    #[serde(default)]
+    pub pc_pairs_per_run: u32,
+    /// Capacity of the producer/consumer channel.
+    pub channel_bound: String,
+    pub seconds: f64,
+    /// Allocator names in column order.
+    pub allocators: Vec<String>,
+    pub rows: Vec<Row>,
+    /// The large section: segpool against lgalloc, mimalloc and jemalloc at large sizes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub large_rows: Vec<Row>,
+    /// The growth rows: (regions when the window started, ns per allocation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub growth: Vec<GrowthPoint>,
+    /// Memory-mapping system calls per allocate+release pair above the largest class, counted
+    /// by `segpool::diagnostics::mapping_calls` over a loop of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_largest_calls: Option<CallsPerPair>,
+    /// The allocator and growth claims.
+    #[serde(alias = "targets")]
+    pub claims: Vec<Claim>,
+    /// The file I/O section, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileReport>,
+}
+
+/// Where the numbers were measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cpus: usize,
+    pub kernel: String,
+    pub transparent_hugepage: String,
+}
+
+impl Machine {
+    /// This machine, from /proc and /sys.
+    pub fn this() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Machine {
+            cpu,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel,
+            transparent_hugepage: thp,
+        }
+    }
+
+    /// "AMD EPYC (2 CPUs), Linux 6.1.0, transparent huge pages: always [madvise] never": the
+    /// line the terminal output starts with, so that every claim under it names its machine.
+    pub fn text(&self) -> String {
+        format!(
+            "{} ({} CPUs), Linux {}, transparent huge pages: {}",
+            self.cpu, self.cpus, self.kernel, self.transparent_hugepage
+        )
+    }
+}
+
+/// A claim of the project's about its figures, and whether this run's table meets it: the
+/// figures depend on the machine, so a claim not met is reported, not treated as a failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claim {
+    #[serde(alias = "target")]
+    pub claim: String,
+    pub holds: bool,
+    pub detail: String,
+}
+
+impl Claim {
+    /// The claim, what this run measured, and whether the measurement meets the claim, said
+    /// neutrally: the figures depend on the machine, which the output names above its tables.
+    pub fn text(&self) -> String {
+        format!(
+            "{}; measured: {} ({})",
+            self.claim,
+            self.detail,
+            if self.holds {
+                "met"
+            } else {
+                "not met on this machine"
+            }
+        )
+    }
+}
+
+/// One `claim: ...` line per claim.
+pub fn claim_lines(claims: &[Claim]) -> String {
+    claims
+        .iter()
+        .map(|c| format!("claim: {}\n", c.text()))
+        .collect()
+}
+
+/// One Markdown list item per claim, as the docs list them.
+pub fn claim_lines_md(claims: &[Claim]) -> String {
+    claims.iter().map(|c| format!("- {}\n", c.text())).collect()
+}
+
+/// The command that reproduces this run, as the docs show it.
+pub fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let features = if crate::peers::C_PEERS {
+        " --features peers"
+    } else {
+        ""
+    };
+    format!("cargo run --release{features} -- {}", args.join(" "))
+}
+
+/// The report's sections as the terminal shows them (the memory section, which is not saved,
+/// prints itself after them): each section's tables, then its claims; an empty line between
+/// sections.
+pub fn text(r: &Report) -> String {
+    let mut sections = Vec::new();
+    if !r.rows.is_empty() {
+        sections.push(format!(
+            "{}\n{}\n{}",
+            alloc::text(r),
+            growth::text(&r.growth),
+            claim_lines(&r.claims)
+        ));
+    } else if !r.growth.is_empty() {
+        sections.push(format!(
+            "{}\n{}",
+            growth::text(&r.growth),
+            claim_lines(&r.claims)
+        ));
+    }
+    if let Some(f) = &r.files {
+        sections.push(format!("{}\n{}", f.text(), claim_lines(&f.claims)));
+    }
+    sections.join("\n")
+}
+
+/// The tables as Markdown (`--markdown`): the allocator tables and the file table.
+pub fn markdown(r: &Report) -> String {
+    let mut parts = Vec::new();
+    if !r.rows.is_empty() {
+        parts.push(format!(
+            "{}\n{}",
+            alloc::table(r).markdown(),
+            alloc::large_table(r).markdown()
+        ));
+    }
+    if let Some(f) = &r.files {
+        parts.push(f.markdown());
+    }
+    parts.join("\n")
+}
