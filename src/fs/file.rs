@@ -13,7 +13,7 @@ use super::config::{Advice, MapConfig, MapMode, SyncMode};
 use super::copy::{copy_from_shared, copy_small_from_shared, copy_to_shared, SMALL};
 use super::flusher::{FlushRegistration, Flusher};
 use super::gate::{self, AccessGuard, ScopedAccess};
-use super::region::Region;
+use super::extent::MappedExtent;
 use super::registry::{self, FileEntry, Registered};
 use super::view::MappedView;
 use super::whole::WholeMap;
@@ -199,7 +199,7 @@ impl MappedFile {
         };
         let view = match cfg.window {
             Some(w) => View::Windows(WindowCache::new(w, cfg.max_windows)),
-            None => View::Whole(WholeMap::new(Region::map(
+            None => View::Whole(WholeMap::new(MappedExtent::map(
                 &file,
                 0,
                 whole_capacity(len, len)?,
@@ -346,7 +346,7 @@ impl MappedFile {
         &self,
         offset: u64,
         n: usize,
-        mut f: impl FnMut(&Region, usize, usize, usize) -> io::Result<()>,
+        mut f: impl FnMut(&MappedExtent, usize, usize, usize) -> io::Result<()>,
     ) -> Result<(), Step> {
         match &self.view {
             View::Whole(w) => {
@@ -398,7 +398,7 @@ impl MappedFile {
             return Ok(());
         }
         let len = entry.len();
-        let region = Region::map(
+        let region = MappedExtent::map(
             &self.core.file,
             0,
             whole_capacity(need.max(cap as u64 * 2), len)?,
@@ -656,7 +656,7 @@ impl MappedFile {
             let n = (buf.len() as u64).min(limit - offset) as usize;
             let dst = buf.as_mut_ptr();
             let fault = self.fault();
-            let copy = |region: &Region, roff: usize, boff: usize, k: usize| {
+            let copy = |region: &MappedExtent, roff: usize, boff: usize, k: usize| {
                 fault
                     // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
                     // (gate or the window's Arc), `dst + boff .. + k` lies in `buf`, and `buf`
@@ -737,7 +737,7 @@ impl MappedFile {
             let src = buf.as_ptr();
             let fault = self.fault();
             let core = &self.core;
-            let copy = |region: &Region, roff: usize, boff: usize, k: usize| {
+            let copy = |region: &MappedExtent, roff: usize, boff: usize, k: usize| {
                 fault
                     // SAFETY: `roff + k <= region.len()` (pieces), the region stays mapped
                     // (gate or Arc), `src + boff .. + k` lies in `buf`. `buf` does not overlap
@@ -901,7 +901,7 @@ impl MappedFile {
         }
         let end = self.check_range(offset, len)?;
         let page = os::page_size() as u64;
-        let apply = |region: &Region| -> io::Result<()> {
+        let apply = |region: &MappedExtent| -> io::Result<()> {
             let rs = region.offset();
             let re = rs + region.len() as u64;
             let s = offset.max(rs);
@@ -1039,8 +1039,8 @@ impl MappedFile {
                 drop(gate);
                 return Ok(f(std::ptr::NonNull::dangling().as_ptr()));
             }
-            let mut window_hold: Option<Arc<Region>> = None;
-            let mut temp_hold: Option<Region> = None;
+            let mut window_hold: Option<Arc<MappedExtent>> = None;
+            let mut temp_hold: Option<MappedExtent> = None;
             let ptr = match &self.view {
                 View::Whole(w) => {
                     // SAFETY: inside an access of the gate.
@@ -1072,7 +1072,7 @@ impl MappedFile {
                         // Spans windows: one mapping of exactly the range, for this call only.
                         let page = os::page_size() as u64;
                         let start = offset / page * page;
-                        let r = Region::map(
+                        let r = MappedExtent::map(
                             &self.core.file,
                             start,
                             (end - start) as usize,

@@ -31,7 +31,7 @@ mod file;
 mod flusher;
 pub(crate) mod gate;
 mod path;
-mod region;
+mod extent;
 mod registry;
 mod shm;
 mod view;
