@@ -59,7 +59,7 @@ impl MappedFile {
     /// 0; a read near or at the end of the file; a remap that is due; nested accesses) goes to
     /// the general path, and a fault or a poisoned file to [`read_faulted`](Self::read_faulted),
     /// both out of line. `GUARDED` is false only for
-    /// [`read_at_unguarded`](Self::read_at_unguarded).
+    /// `read_at_unguarded` (a build with `--cfg segpool_unguarded_read`).
     #[inline(always)]
     fn read_small<const GUARDED: bool>(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let n = buf.len();
