@@ -2,7 +2,6 @@
 //! which need a handle's internals, are tested in the crate: `src/fs/tests/sync.rs`.)
 
 use std::process::Command;
-use std::time::Duration;
 
 use segpool::fs::{MapConfig, MapMode, MmapFs, SyncMode};
 
