@@ -221,8 +221,8 @@ impl MappedFile {
     }
 }
 
-/// What the crate's own tests look at: not part of the API.
-#[cfg(test)]
+/// What the crate's own tests look at (`fs/tests/`): not part of the API.
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 impl MappedFile {
     /// Whether this handle wrote bytes that are not yet synced.
     pub(crate) fn is_dirty(&self) -> bool {

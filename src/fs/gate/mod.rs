@@ -392,7 +392,7 @@ mod barrier {
 
     /// Chooses the fence form (as without `membarrier`) if no form was chosen yet; returns
     /// whether the gates use fences now.
-    #[cfg(test)]
+    #[cfg(all(test, not(miri)))]
     pub(super) fn choose_fences() -> bool {
         !*CHOSEN.get_or_init(|| false)
     }
@@ -442,21 +442,21 @@ mod barrier {
 }
 
 /// How many reader slots are listed: one per live thread that entered a gate.
-#[cfg(all(test, not(any(loom, shuttle))))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(crate) fn reader_slot_count() -> usize {
     reader_slots::count()
 }
 
 /// Whether the gates use `membarrier` (compiler fences on the fast path) rather than full
 /// fences; chooses the form on the first call.
-#[cfg(all(test, not(any(loom, shuttle))))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(crate) fn uses_membarrier() -> bool {
     barrier::init()
 }
 
 /// Makes the gates use fences, as on a kernel without `membarrier`, if the process has not
 /// chosen yet; returns whether they use fences.
-#[cfg(all(test, not(any(loom, shuttle))))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(crate) fn choose_fences() -> bool {
     barrier::choose_fences()
 }

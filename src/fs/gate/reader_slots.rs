@@ -52,7 +52,7 @@ impl ReaderSlot {
     }
 }
 
-#[cfg(all(test, not(any(loom, shuttle))))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(super) use list::count;
 pub(super) use list::{add, any_names, current};
 
@@ -144,7 +144,7 @@ mod list {
     }
 
     /// How many slots the list holds: one per live thread that entered a gate.
-    #[cfg(test)]
+    #[cfg(all(test, not(miri)))]
     pub(in crate::fs::gate) fn count() -> usize {
         slots().lock().len()
     }
