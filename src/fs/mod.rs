@@ -68,7 +68,7 @@ pub struct MmapFs {
 
 #[derive(Debug)]
 struct FsInner {
-    /// A directory descriptor of the root; every path is resolved against it (`path.rs`).
+    /// A directory descriptor of the root; every path is resolved against it (`path/`).
     root: path::Root,
     config: MapConfig,
     /// Present with `SyncMode::Periodic` in a mode that writes.

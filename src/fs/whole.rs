@@ -3,7 +3,7 @@
 //!
 //! Readers load the current mapping with one atomic load and no lock: the pointer is only
 //! replaced, and the old mapping only unmapped, while the file's gate is closed for a resize,
-//! that is while no access runs (see `gate.rs`).
+//! that is while no access runs (see `gate/mod.rs`).
 
 use super::extent::MappedExtent;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};

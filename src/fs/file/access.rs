@@ -23,6 +23,7 @@ pub(super) enum Step {
     Refresh,
     /// The file must first grow to this many bytes on disk: grow, and go again.
     Grow(u64),
+    /// The access failed: the error ends it.
     Io(io::Error),
 }
 
@@ -32,8 +33,13 @@ impl From<io::Error> for Step {
     }
 }
 
-/// One round of an access ([`MappedFile::access`]): exists only inside an access of the file's
-/// gate, so what it hands out stays mapped while the round runs.
+/// One round of an access ([`MappedFile::access`]).
+///
+/// # Invariant
+///
+/// A round exists only inside an access of the file's gate (only `access` makes one: `file` is
+/// private to this module, and the round is lent to the closure by reference), so the mappings
+/// it hands out stay mapped while the round runs.
 pub(super) struct Round<'a> {
     file: &'a MappedFile,
     /// The length this handle reads up to, read inside the gate.
@@ -151,7 +157,7 @@ impl Round<'_> {
         let file = self.file;
         match &file.view {
             View::Whole(w) => {
-                // SAFETY: a round runs inside an access of the gate (see `Round`).
+                // SAFETY: a round runs inside an access of the gate (`Round`'s invariant).
                 let r = unsafe { w.current() };
                 let end = offset + n as u64;
                 if end > r.len() as u64 {
