@@ -492,7 +492,7 @@ mod observer_models {
     }
 }
 
-// The access gate of mapped files (`src/fs/gate.rs`), in its fallback form: under loom both the
+// The access gate of mapped files (`src/fs/gate/`), in its fallback form: under loom both the
 // reader fence and the resizer barrier are `fence(SeqCst)` (there is no `membarrier`). A shadow
 // cell stands for the mapping: readers read it inside an access, the resizer writes it while it
 // holds the resize (as a cut or an unmap would); loom reports a read that is not ordered before

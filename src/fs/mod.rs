@@ -27,13 +27,15 @@
 mod config;
 mod copy;
 mod direct;
+mod extent;
 mod file;
 mod flusher;
 pub(crate) mod gate;
 mod path;
-mod region;
 mod registry;
 mod shm;
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
+mod tests;
 mod view;
 mod whole;
 mod window;
@@ -56,31 +58,6 @@ use rustix::fs::{self as rfs, Mode, OFlags};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 
-/// How many reader slots the access gates have registered: one per live thread that accessed a
-/// mapped file (tests: a slot leaves the registry when its thread exits).
-#[doc(hidden)]
-#[cfg(not(any(loom, shuttle)))]
-pub fn reader_slots() -> usize {
-    gate::reader_slots()
-}
-
-/// Whether the access gates use `membarrier(2)`, so a fast-path access has no hardware fence
-/// (false on kernels or sandboxes without it: full fences then). Benchmarks and tests.
-#[doc(hidden)]
-#[cfg(not(any(loom, shuttle)))]
-pub fn gate_uses_membarrier() -> bool {
-    gate::uses_membarrier()
-}
-
-/// Makes the access gates use full fences instead of `membarrier(2)`, as on a kernel or sandbox
-/// without it, provided no mapped file was accessed yet in the process (the form is chosen once);
-/// returns whether the gates use fences. For tests of that form.
-#[doc(hidden)]
-#[cfg(not(any(loom, shuttle)))]
-pub fn gates_without_membarrier() -> bool {
-    gate::choose_fences()
-}
-
 /// A directory whose files are opened as memory-mapped [`MappedFile`]s.
 ///
 /// Cloning is cheap and shares the root, the configuration and the periodic flusher.
@@ -91,7 +68,7 @@ pub struct MmapFs {
 
 #[derive(Debug)]
 struct FsInner {
-    /// A directory descriptor of the root; every path is resolved against it (`path.rs`).
+    /// A directory descriptor of the root; every path is resolved against it (`path/`).
     root: path::Root,
     config: MapConfig,
     /// Present with `SyncMode::Periodic` in a mode that writes.

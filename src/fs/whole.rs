@@ -3,31 +3,31 @@
 //!
 //! Readers load the current mapping with one atomic load and no lock: the pointer is only
 //! replaced, and the old mapping only unmapped, while the file's gate is closed for a resize,
-//! that is while no access runs (see `gate.rs`).
+//! that is while no access runs (see `gate/mod.rs`).
 
-use super::region::Region;
+use super::extent::MappedExtent;
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// # Invariants
 ///
-/// `current` is never null; it points to a `Region` leaked from a `Box` that this value owns.
+/// `current` is never null; it points to a `MappedExtent` leaked from a `Box` that this value owns.
 /// It is replaced (and the old box freed) only while the file's gate is held for a resize.
-/// `base` and `cap` are that region's address and length, stored beside it so the read path
+/// `base` and `cap` are that extent's address and length, stored beside it so the read path
 /// loads them without first loading `current` (two independent loads instead of a chain); they
 /// change together with `current`, so inside an access the three agree.
 #[derive(Debug)]
 pub(crate) struct WholeMap {
-    current: AtomicPtr<Region>,
+    current: AtomicPtr<MappedExtent>,
     base: AtomicPtr<u8>,
     cap: AtomicUsize,
 }
 
 impl WholeMap {
-    pub(crate) fn new(region: Region) -> Self {
+    pub(crate) fn new(extent: MappedExtent) -> Self {
         Self {
-            base: AtomicPtr::new(region.ptr()),
-            cap: AtomicUsize::new(region.len()),
-            current: AtomicPtr::new(Box::into_raw(Box::new(region))),
+            base: AtomicPtr::new(extent.ptr()),
+            cap: AtomicUsize::new(extent.len()),
+            current: AtomicPtr::new(Box::into_raw(Box::new(extent))),
         }
     }
 
@@ -61,7 +61,7 @@ impl WholeMap {
     ///
     /// * The caller holds an access of the file's gate (`Gate::enter`) for as long as it uses the
     ///   returned reference (a replacement waits for every access to leave).
-    pub(crate) unsafe fn current(&self) -> &Region {
+    pub(crate) unsafe fn current(&self) -> &MappedExtent {
         // SAFETY: never null and points to a live box (type invariant); the caller's access keeps
         // `replace` from freeing it while the reference is used.
         unsafe { &*self.current.load(Ordering::Acquire) }
@@ -73,7 +73,7 @@ impl WholeMap {
     ///
     /// * The caller holds the file's gate for a resize (`Gate::resize`), so no access holds a
     ///   reference from [`current`](Self::current).
-    pub(crate) unsafe fn replace(&self, new: Region) -> Box<Region> {
+    pub(crate) unsafe fn replace(&self, new: MappedExtent) -> Box<MappedExtent> {
         self.base.store(new.ptr(), Ordering::Release);
         self.cap.store(new.len(), Ordering::Release);
         let old = self

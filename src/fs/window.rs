@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 
 use super::config::{MapConfig, MapMode};
-use super::region::Region;
+use super::extent::MappedExtent;
 use crate::fault::FileFaultState;
 use crate::sync::{Arc, Mutex};
 
@@ -24,7 +24,7 @@ use crate::sync::{Arc, Mutex};
 pub(crate) struct WindowCache {
     size: u64,
     max: usize,
-    lru: Mutex<Vec<Arc<Region>>>,
+    lru: Mutex<Vec<Arc<MappedExtent>>>,
 }
 
 impl WindowCache {
@@ -52,7 +52,7 @@ impl WindowCache {
         cfg: &MapConfig,
         file_len: u64,
         state: &Arc<FileFaultState>,
-    ) -> io::Result<Arc<Region>> {
+    ) -> io::Result<Arc<MappedExtent>> {
         let start = offset - offset % self.size;
         let mut lru = self.lru.lock();
         if let Some(i) = lru.iter().position(|w| w.offset() == start) {
@@ -62,7 +62,7 @@ impl WindowCache {
         }
         // Mapping under the lock keeps two threads from mapping the same window twice; the
         // syscall is short next to the page faults the window will take.
-        let w = Arc::new(Region::map(
+        let w = Arc::new(MappedExtent::map(
             file,
             start,
             self.size as usize,
@@ -81,7 +81,7 @@ impl WindowCache {
     }
 
     /// The windows mapped right now (for `advise`, and tests of the bound).
-    pub(crate) fn mapped(&self) -> Vec<Arc<Region>> {
+    pub(crate) fn mapped(&self) -> Vec<Arc<MappedExtent>> {
         self.lru.lock().clone()
     }
 }

@@ -1,6 +1,6 @@
 //! `membarrier(2)`: a memory barrier on every running thread of the process, issued by one of
 //! them. It lets a hot path use a compiler-only fence while a rare path pays for the real barrier
-//! (the asymmetric fence of userspace RCU); see `fs/gate.rs`.
+//! (the asymmetric fence of userspace RCU); see `fs/gate/`.
 //!
 //! Unused under the loom and shuttle models, which have no `membarrier` (the gate uses fences).
 #![cfg_attr(any(loom, shuttle), allow(dead_code))]

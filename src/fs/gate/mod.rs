@@ -11,9 +11,9 @@
 //! So an access does no locked read-modify-write on shared memory; the resizer pays instead, like
 //! the readers and the writer of userspace RCU with `membarrier`.
 //!
-//! * Every thread owns a [`ReaderSlot`], a thread-local word that only it writes, listed in a
-//!   process-wide registry while the thread lives. The slot says which gate the thread is
-//!   inside on the fast path, or that it is free.
+//! * Every thread owns a [`ReaderSlot`], a thread-local word that only it writes, listed among
+//!   the process's reader slots while the thread lives (`reader_slots.rs`). The slot says which
+//!   gate the thread is inside on the fast path, or that it is free.
 //! * **Enter** (fast path, the thread's slot free): store the gate's address in the slot
 //!   (`Relaxed`); a *reader fence*; load the gate's `state` (`Acquire`). If `RESIZING` is set,
 //!   free the slot, wake the resizer and take the slow path; else the access runs.
@@ -25,7 +25,7 @@
 //!   "pending, count 0"); act; clear both bits and wake waiters.
 //!
 //! The two fences come in two forms, chosen once per process (`barrier::init`) and recorded in
-//! each thread's slot when it registers (the free value says which), so the fast path reads no
+//! each thread's slot when it is listed (the free value says which), so the fast path reads no
 //! global flag:
 //!
 //! * with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (registered once per process): the
@@ -73,7 +73,12 @@ use std::io;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+mod reader_slots;
+
+pub(crate) use reader_slots::ReaderSlot;
+use reader_slots::{FREE, FREE_FENCED, UNLISTED};
+
+use crate::sync::atomic::{fence, AtomicU64, Ordering};
 use crate::sync::{thread_local, Condvar, Mutex};
 
 /// Set in `state` while a resize is pending or running.
@@ -88,53 +93,6 @@ thread_local! {
     // Not `const { .. }`: loom's `thread_local!` does not take that form.
     #[allow(clippy::missing_const_for_thread_local)]
     static SCOPED_DEPTH: Cell<usize> = Cell::new(0);
-}
-
-/// What a [`ReaderSlot`] holds when it names no gate (a gate's address is never this small).
-/// Free, and this thread's fences are compiler fences (the process uses `membarrier`).
-const FREE: usize = 0;
-/// Free, and this thread's fences are `fence(SeqCst)` (no `membarrier`).
-const FREE_FENCED: usize = 1;
-/// The thread has not entered a gate yet: the slot is not in the registry.
-const UNREGISTERED: usize = 2;
-/// The thread is exiting and its slot left the registry: accesses are counted.
-#[cfg_attr(any(loom, shuttle), allow(dead_code))]
-const RETIRED: usize = 3;
-
-/// One thread's announcement of the gate it is inside on the fast path. Each thread's slot is a
-/// thread-local (one load from the thread pointer on the fast path, no pointer to chase), listed
-/// in a process-wide registry while the thread lives.
-///
-/// # Invariants
-///
-/// * Only the owning thread writes `gate`; other threads (resizers) only load it, through the
-///   registry.
-/// * `gate` is the address of the [`Gate`] the owner is inside on the fast path, from its store
-///   in [`Gate::try_enter_in`] to the store that ends that access (or backs out of the entry);
-///   otherwise it is [`FREE`] or [`FREE_FENCED`] (which fence the owner uses, chosen at
-///   registration), or [`UNREGISTERED`] / [`RETIRED`] (the slot is not in the registry and the
-///   owner only makes counted accesses).
-#[derive(Debug)]
-pub(crate) struct ReaderSlot {
-    gate: AtomicUsize,
-}
-
-impl ReaderSlot {
-    /// A free slot whose owner uses `fence(SeqCst)` (the loom model owns such slots).
-    #[cfg_attr(not(all(loom, test)), allow(dead_code))]
-    pub(crate) fn fenced() -> Self {
-        ReaderSlot {
-            gate: AtomicUsize::new(FREE_FENCED),
-        }
-    }
-
-    /// Whether a thread announces being inside the gate at `addr`. `Acquire`: if the slot was
-    /// cleared by a leave, that access's loads and stores happen before what the caller does
-    /// next.
-    #[cfg_attr(any(loom, shuttle), allow(dead_code))]
-    pub(crate) fn names(&self, addr: usize) -> bool {
-        self.gate.load(Ordering::Acquire) == addr
-    }
 }
 
 /// # Invariants
@@ -178,13 +136,13 @@ impl Gate {
     /// takes a path that waits).
     #[inline]
     pub(crate) fn try_enter(&self) -> Option<AccessGuard<'_>> {
-        if let Some(slot) = readers::current() {
+        if let Some(slot) = reader_slots::current() {
             let free = slot.gate.load(Ordering::Relaxed);
             if free <= FREE_FENCED {
                 return self.enter_announced(slot, free);
             }
-            if free == UNREGISTERED {
-                return self.register_and_enter(slot);
+            if free == UNLISTED {
+                return self.list_and_enter(slot);
             }
         }
         // Nested in another access of this thread, or the thread is exiting.
@@ -193,8 +151,8 @@ impl Gate {
 
     #[cold]
     #[inline(never)]
-    fn register_and_enter<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
-        readers::register(slot);
+    fn list_and_enter<'a>(&'a self, slot: &'a ReaderSlot) -> Option<AccessGuard<'a>> {
+        reader_slots::add(slot);
         self.try_enter()
     }
 
@@ -202,7 +160,7 @@ impl Gate {
     /// free, its fences are compiler fences (the process uses `membarrier`), and no resize is
     /// pending. Otherwise returns `None` without entering (having woken a resizer it backed out
     /// from), and the caller takes a path that enters with [`enter`](Self::enter) (which also
-    /// registers the thread's slot the first time, and runs the same protocol with
+    /// lists the thread's slot the first time, and runs the same protocol with
     /// `fence(SeqCst)` where `membarrier` is missing).
     ///
     /// The same protocol as [`try_enter`](Self::try_enter), for the read path, whose cost is
@@ -210,7 +168,7 @@ impl Gate {
     /// branches.
     #[inline(always)]
     pub(crate) fn fast_enter(&self) -> Option<AccessGuard<'_>> {
-        let slot = readers::current()?;
+        let slot = reader_slots::current()?;
         if slot.gate.load(Ordering::Relaxed) != FREE {
             return None;
         }
@@ -331,11 +289,11 @@ impl Gate {
     /// Waits until no access runs and keeps new ones out until the guard is dropped. Callers
     /// serialise resizes among themselves (the registry entry's resize mutex).
     pub(crate) fn resize(&self) -> io::Result<ResizeGuard<'_>> {
-        self.resize_with(readers::any_names)
+        self.resize_with(reader_slots::any_names)
     }
 
     /// [`resize`](Self::resize), with `any_names(addr)` saying whether a reader slot names the
-    /// gate at `addr` (all registered slots; the loom model passes its own).
+    /// gate at `addr` (all listed slots; the loom model passes its own).
     pub(crate) fn resize_with(
         &self,
         any_names: impl Fn(usize) -> bool,
@@ -418,7 +376,7 @@ mod barrier {
     use crate::os;
 
     /// Chooses the form once per process; returns whether it is `membarrier`. A thread's slot
-    /// records the answer when it registers ([`FREE`] or `FREE_FENCED`), so the fast path reads
+    /// records the answer when it is listed ([`FREE`] or `FREE_FENCED`), so the fast path reads
     /// no global flag; every resizer asks here, and gets the same answer.
     pub(super) fn init() -> bool {
         *CHOSEN.get_or_init(|| {
@@ -434,6 +392,7 @@ mod barrier {
 
     /// Chooses the fence form (as without `membarrier`) if no form was chosen yet; returns
     /// whether the gates use fences now.
+    #[cfg(all(test, not(miri)))]
     pub(super) fn choose_fences() -> bool {
         !*CHOSEN.get_or_init(|| false)
     }
@@ -482,133 +441,22 @@ mod barrier {
     }
 }
 
-/// The registry of reader slots: the slot of every live thread that entered a gate.
-#[cfg(not(any(loom, shuttle)))]
-mod readers {
-    use std::cell::Cell;
-    use std::sync::OnceLock;
-
-    use super::UNREGISTERED;
-    use super::{barrier, AtomicUsize, Ordering, ReaderSlot, FREE, FREE_FENCED, RETIRED};
-    use crate::sync::Mutex;
-
-    /// A registered slot: a pointer into a live thread's thread-local storage.
-    struct Registered(*const ReaderSlot);
-
-    // SAFETY: the pointer is only dereferenced under the registry's lock, and a thread removes
-    // its slot (under that lock) before its thread-local storage is freed (`Owner`'s drop runs
-    // first), so the pointee is alive whichever thread holds the lock.
-    unsafe impl Send for Registered {}
-
-    fn registry() -> &'static Mutex<Vec<Registered>> {
-        static REGISTRY: OnceLock<Mutex<Vec<Registered>>> = OnceLock::new();
-        REGISTRY.get_or_init(|| Mutex::new(Vec::new()))
-    }
-
-    std::thread_local! {
-        /// This thread's slot. No destructor, so usable at any time, also from other
-        /// thread-locals' destructors; its storage lives until the thread is gone.
-        static SLOT: ReaderSlot = const {
-            ReaderSlot {
-                gate: AtomicUsize::new(UNREGISTERED),
-            }
-        };
-        /// Takes the slot out of the registry when the thread exits.
-        static OWNER: Owner = const { Owner(Cell::new(false)) };
-    }
-
-    struct Owner(Cell<bool>);
-
-    impl Drop for Owner {
-        fn drop(&mut self) {
-            if self.0.get() {
-                SLOT.with(|slot| {
-                    debug_assert!(
-                        slot.gate.load(Ordering::Relaxed) <= FREE_FENCED,
-                        "a thread exits inside an access"
-                    );
-                    // From here on this thread's accesses are counted: nobody scans the slot.
-                    slot.gate.store(RETIRED, Ordering::Relaxed);
-                    let me: *const ReaderSlot = slot;
-                    registry().lock().retain(|r| r.0 != me);
-                });
-            }
-        }
-    }
-
-    /// This thread's slot.
-    #[inline]
-    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
-        let p: *const ReaderSlot = SLOT.with(|s| s as *const ReaderSlot);
-        // SAFETY: a thread-local's storage lives as long as its thread, and the reference does
-        // not leave the thread: it goes into an `AccessGuard`, which is not `Send` and borrows
-        // the gate for no longer than the caller's access (which ends before the thread does).
-        Some(unsafe { &*p })
-    }
-
-    /// Puts this thread's slot (`slot`, from [`current`]) in the registry and frees it.
-    pub(super) fn register(slot: &ReaderSlot) {
-        let free = if barrier::init() { FREE } else { FREE_FENCED };
-        match OWNER.try_with(|o| o.0.set(true)) {
-            Ok(()) => {
-                registry().lock().push(Registered(slot));
-                slot.gate.store(free, Ordering::Relaxed);
-            }
-            // Called from a thread-local destructor after `OWNER` is gone: nobody would take
-            // the slot out of the registry again, so it never goes in.
-            Err(_) => slot.gate.store(RETIRED, Ordering::Relaxed),
-        }
-    }
-
-    /// Whether any registered slot names the gate at `addr`.
-    pub(super) fn any_names(addr: usize) -> bool {
-        registry().lock().iter().any(|r| {
-            // SAFETY: registered slots are alive while they are in the registry (see
-            // `Registered`), and we hold its lock.
-            unsafe { &*r.0 }.names(addr)
-        })
-    }
-
-    /// How many slots the registry holds (tests).
-    pub(super) fn registered() -> usize {
-        registry().lock().len()
-    }
-}
-
-/// Under the models every access is counted; the loom model drives the fast path with slots of
-/// its own through [`Gate::try_enter_in`] and [`Gate::resize_with`].
-#[cfg(any(loom, shuttle))]
-mod readers {
-    use super::ReaderSlot;
-
-    #[inline]
-    pub(super) fn current<'a>() -> Option<&'a ReaderSlot> {
-        None
-    }
-
-    pub(super) fn register(_slot: &ReaderSlot) {}
-
-    pub(super) fn any_names(_addr: usize) -> bool {
-        false
-    }
-}
-
-/// How many reader slots the registry holds: one per live thread that entered a gate (tests).
-#[cfg(not(any(loom, shuttle)))]
-pub(crate) fn reader_slots() -> usize {
-    readers::registered()
+/// How many reader slots are listed: one per live thread that entered a gate.
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
+pub(crate) fn reader_slot_count() -> usize {
+    reader_slots::count()
 }
 
 /// Whether the gates use `membarrier` (compiler fences on the fast path) rather than full
 /// fences; chooses the form on the first call.
-#[cfg(not(any(loom, shuttle)))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(crate) fn uses_membarrier() -> bool {
     barrier::init()
 }
 
 /// Makes the gates use fences, as on a kernel without `membarrier`, if the process has not
 /// chosen yet; returns whether they use fences.
-#[cfg(not(any(loom, shuttle)))]
+#[cfg(all(test, not(any(miri, loom, shuttle))))]
 pub(crate) fn choose_fences() -> bool {
     barrier::choose_fences()
 }

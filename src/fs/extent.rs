@@ -1,4 +1,5 @@
-//! One mapping of part of a file, registered with the fault guard for as long as it is mapped.
+//! `MappedExtent`: one mapping of part of a file (a window, or the whole-file mapping), registered
+//! with the fault guard for as long as it is mapped.
 
 use std::fs::File;
 use std::io;
@@ -20,13 +21,13 @@ use crate::sync::Arc;
 ///   process). The only references into it are `MappedView`'s atomics and the slice of the
 ///   `unsafe` `with_bytes`, whose caller promises nobody writes it meanwhile.
 #[derive(Debug)]
-pub(crate) struct Region {
+pub(crate) struct MappedExtent {
     _registration: RangeRegistration,
     map: Mapping,
     offset: u64,
 }
 
-impl Region {
+impl MappedExtent {
     /// Maps `len` bytes of `file` at `offset` (page-aligned) as `mode` says, registers the range
     /// with the fault guard, and applies the hints of `cfg` to the part that is inside the file
     /// (`file_len` bytes long): prefaulting or locking pages past the end would fault.
@@ -38,7 +39,7 @@ impl Region {
         cfg: &MapConfig,
         file_len: u64,
         state: &Arc<FileFaultState>,
-    ) -> io::Result<Region> {
+    ) -> io::Result<MappedExtent> {
         Self::map_with(file, offset, len, mode, cfg, file_len, state, false)
     }
 
@@ -52,7 +53,7 @@ impl Region {
         file_len: u64,
         state: &Arc<FileFaultState>,
         map_populate: bool,
-    ) -> io::Result<Region> {
+    ) -> io::Result<MappedExtent> {
         let (protection, sharing) = match mode {
             MapMode::ReadOnly => (Protection::Read, Sharing::Shared),
             MapMode::ReadWrite => (Protection::ReadWrite, Sharing::Shared),
@@ -63,41 +64,41 @@ impl Region {
         // dropped first (see the type invariant), and every access goes through `guarded`.
         let registration =
             unsafe { fault::register(map.as_ptr(), map.len(), state) }.map_err(io::Error::from)?;
-        let region = Region {
+        let extent = MappedExtent {
             _registration: registration,
             map,
             offset,
         };
         let page = os::page_size() as u64;
-        let in_file = file_len.saturating_sub(offset).min(region.map.len() as u64);
+        let in_file = file_len.saturating_sub(offset).min(extent.map.len() as u64);
         let in_file = (in_file.div_ceil(page) * page) as usize;
         if cfg.huge_pages {
-            region.map.advise_huge_pages();
+            extent.map.advise_huge_pages();
         }
         if cfg.advice != Advice::Normal {
-            region
+            extent
                 .map
-                .advise_range(0, region.map.len(), cfg.advice.to_os())?;
+                .advise_range(0, extent.map.len(), cfg.advice.to_os())?;
         }
         if cfg.populate && !map_populate && in_file > 0 {
             // Read-populate even for writable maps: MADV_POPULATE_WRITE would dirty (shared) or
             // privately copy (copy-on-write) every page of the file.
-            match region.map.populate_range(0, in_file, false) {
+            match extent.map.populate_range(0, in_file, false) {
                 // A kernel before 5.14 has no MADV_POPULATE_READ: map again with MAP_POPULATE.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    drop(region);
+                    drop(extent);
                     return Self::map_with(file, offset, len, mode, cfg, file_len, state, true);
                 }
                 r => r?,
             }
         }
         if cfg.lock && in_file > 0 {
-            region
+            extent
                 .map
                 .lock_range(0, in_file)
                 .map_err(|e| lock_error(e, in_file))?;
         }
-        Ok(region)
+        Ok(extent)
     }
 
     /// The first mapped byte.

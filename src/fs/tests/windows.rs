@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use segpool::fs::{MapConfig, MapMode, MmapFs};
+use crate::fs::{MapConfig, MapMode, MmapFs};
 
 const W: u64 = 64 * 1024;
 
@@ -154,7 +154,7 @@ fn immediate_write_across_windows_syncs_the_whole_range() {
     let fs = MmapFs::new(
         dir.path(),
         MapConfig {
-            sync: segpool::fs::SyncMode::Immediate,
+            sync: crate::fs::SyncMode::Immediate,
             populate: true,
             lock: false,
             ..windowed(1)

@@ -1,18 +1,15 @@
-//! Scenarios of the access gate of mapped files, run by `fs_gate.rs` (in whatever fence form the
-//! process chooses: `membarrier` where the kernel has it) and by `fs_gate_fenced.rs` (forced to
-//! full fences): a cut waits for running accesses (fast path and nested, counted ones), nested
-//! accesses on two files, reads racing cuts.
-
-// Each test binary uses a part (`fs_gate.rs` one scenario per test, `fs_gate_fenced.rs` `all`).
-#![allow(dead_code)]
+//! Scenarios of the access gate of mapped files, run by `gate.rs` in whatever fence form the
+//! process chooses (`membarrier` where the kernel has it) and forced to full fences: a cut waits
+//! for running accesses (fast path and nested, counted ones), nested accesses on two files, reads
+//! racing cuts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 
-use segpool::fs::{MappedFile, MmapFs};
+use crate::fs::{MappedFile, MmapFs};
 
-use crate::common::{pattern, rw};
+use super::{pattern, rw};
 
 fn file(fs: &MmapFs, name: &str, len: usize, seed: u8) -> MappedFile {
     let f = fs.create(name).unwrap();
@@ -61,7 +58,7 @@ fn cut_in_thread(
     (h, tid, done)
 }
 
-pub fn a_cut_waits_for_a_running_access() {
+pub(super) fn a_cut_waits_for_a_running_access() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
     let f = Arc::new(file(&fs, "a", 64 * 1024, 1));
@@ -97,7 +94,7 @@ pub fn a_cut_waits_for_a_running_access() {
     assert!(!f.fault_state().is_faulted());
 }
 
-pub fn a_cut_waits_for_every_thread_inside() {
+pub(super) fn a_cut_waits_for_every_thread_inside() {
     // Several threads inside `with_view` at once (each on its own fast path), a cut behind
     // them: it returns only after the last one left.
     let dir = tempfile::tempdir().unwrap();
@@ -147,7 +144,7 @@ pub fn a_cut_waits_for_every_thread_inside() {
     assert!(!f.fault_state().is_faulted());
 }
 
-pub fn nested_accesses_on_two_files() {
+pub(super) fn nested_accesses_on_two_files() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
     let a = file(&fs, "a", 8192, 3);
@@ -183,7 +180,7 @@ pub fn nested_accesses_on_two_files() {
     assert_eq!(&buf[..10], &pa[..10]);
 }
 
-pub fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
+pub(super) fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
     // The cut waits for the outer access; a nested access on the same file must not wait for
     // the cut (a deadlock), and one on another file is not held up either.
     let dir = tempfile::tempdir().unwrap();
@@ -214,7 +211,7 @@ pub fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
     assert!(!a.fault_state().is_faulted());
 }
 
-pub fn reads_from_many_threads_race_cuts_and_growth_without_faults() {
+pub(super) fn reads_from_many_threads_race_cuts_and_growth_without_faults() {
     // Readers on the fast path while another thread cuts and regrows the file (each cut waits
     // for them): no read ever faults.
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +256,7 @@ pub fn reads_from_many_threads_race_cuts_and_growth_without_faults() {
     assert!(!f.fault_state().is_faulted());
 }
 
-pub fn nested_reads_of_a_file_being_cut_never_fault() {
+pub(super) fn nested_reads_of_a_file_being_cut_never_fault() {
     // A thread inside `with_view` on one file reads another file that a second thread keeps
     // cutting and regrowing. The nested read may enter while a cut of its file is pending (the
     // with_view rule), but never while the cut acts: no read faults.
@@ -303,7 +300,7 @@ pub fn nested_reads_of_a_file_being_cut_never_fault() {
 }
 
 /// Every scenario, one after the other.
-pub fn all() {
+pub(super) fn all() {
     a_cut_waits_for_a_running_access();
     a_cut_waits_for_every_thread_inside();
     nested_accesses_on_two_files();

@@ -1,15 +1,61 @@
-//! Reader slots of the access gate across thread exits: a thread's slot leaves the registry
-//! when the thread exits, and accesses from thread-local destructors (before or after that)
-//! still work. One test in this binary, so the slot counts are this test's alone.
+//! The access gate of mapped files: its scenarios (`gate_scenarios.rs`) in the fence form the
+//! process chooses (`membarrier` where the kernel has it) and, alone in a process, in the
+//! fallback form with full fences on both sides, as on a kernel or in a sandbox without
+//! `membarrier(2)`; reader slots across thread exits.
 
 use std::cell::RefCell;
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use segpool::fs::{MappedFile, MmapFs};
+use super::gate_scenarios as scenarios;
+use super::{alone_in_a_process, pattern, rw};
+use crate::fs::gate;
+use crate::fs::{MappedFile, MmapFs};
 
-mod common;
-use common::{pattern, rw};
+#[test]
+fn a_cut_waits_for_a_running_access() {
+    scenarios::a_cut_waits_for_a_running_access();
+}
+
+#[test]
+fn a_cut_waits_for_every_thread_inside() {
+    scenarios::a_cut_waits_for_every_thread_inside();
+}
+
+#[test]
+fn nested_accesses_on_two_files() {
+    scenarios::nested_accesses_on_two_files();
+}
+
+#[test]
+fn a_nested_access_enters_while_a_cut_of_its_file_waits() {
+    scenarios::a_nested_access_enters_while_a_cut_of_its_file_waits();
+}
+
+#[test]
+fn reads_from_many_threads_race_cuts_and_growth_without_faults() {
+    scenarios::reads_from_many_threads_race_cuts_and_growth_without_faults();
+}
+
+#[test]
+fn nested_reads_of_a_file_being_cut_never_fault() {
+    scenarios::nested_reads_of_a_file_being_cut_never_fault();
+}
+
+/// Alone in a process, so the form is chosen before any mapped file is touched.
+#[test]
+fn every_gate_scenario_with_fences_instead_of_membarrier() {
+    if !alone_in_a_process(concat!(
+        module_path!(),
+        "::every_gate_scenario_with_fences_instead_of_membarrier"
+    )) {
+        return;
+    }
+    assert!(gate::choose_fences());
+    assert!(!gate::uses_membarrier());
+    scenarios::all();
+    assert!(!gate::uses_membarrier());
+}
 
 /// Reads 64 bytes at `off` from a thread-local destructor and sends them.
 struct ReadAtExit {
@@ -31,8 +77,15 @@ thread_local! {
     static AT_EXIT: RefCell<Option<ReadAtExit>> = const { RefCell::new(None) };
 }
 
+/// Alone in a process: the count of reader slots is the whole process's.
 #[test]
-fn slots_leave_the_registry_at_thread_exit() {
+fn slots_leave_the_list_at_thread_exit() {
+    if !alone_in_a_process(concat!(
+        module_path!(),
+        "::slots_leave_the_list_at_thread_exit"
+    )) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), rw()).unwrap();
     let data = pattern(1 << 16, 0);
@@ -40,10 +93,10 @@ fn slots_leave_the_registry_at_thread_exit() {
     f.write_all_at(&data, 0).unwrap();
     let mut buf = [0u8; 64];
     f.read_exact_at(&mut buf, 0).unwrap(); // this thread's slot
-    let registered = segpool::fs::reader_slots();
-    assert!(registered >= 1);
+    let listed = gate::reader_slot_count();
+    assert!(listed >= 1);
 
-    // Threads one after the other: each registers a slot, which leaves when it exits.
+    // Threads one after the other: each lists a slot, which leaves when it exits.
     for t in 0..20u64 {
         let f = Arc::clone(&f);
         let got = thread::spawn(move || {
@@ -54,7 +107,7 @@ fn slots_leave_the_registry_at_thread_exit() {
         .join()
         .unwrap();
         assert_eq!(&got[..], &data[t as usize * 64..][..64]);
-        assert_eq!(segpool::fs::reader_slots(), registered);
+        assert_eq!(gate::reader_slot_count(), listed);
     }
 
     // Accesses from a thread-local destructor: with the reader slot taken before the
@@ -83,7 +136,7 @@ fn slots_leave_the_registry_at_thread_exit() {
         .unwrap();
         let got = rx.recv().unwrap();
         assert_eq!(&got[..], &data[off as usize..][..64], "case {case}");
-        assert_eq!(segpool::fs::reader_slots(), registered, "case {case}");
+        assert_eq!(gate::reader_slot_count(), listed, "case {case}");
     }
 
     // Threads alive at once have distinct slots; all leave.
@@ -95,7 +148,7 @@ fn slots_leave_the_registry_at_thread_exit() {
                 let mut buf = [0u8; 64];
                 f.read_exact_at(&mut buf, 64).unwrap();
                 barrier.wait();
-                let now = segpool::fs::reader_slots();
+                let now = gate::reader_slot_count();
                 // No thread exits before every one has counted.
                 barrier.wait();
                 now
@@ -103,8 +156,8 @@ fn slots_leave_the_registry_at_thread_exit() {
         })
         .collect();
     for h in hs {
-        assert!(h.join().unwrap() >= registered + 4);
+        assert!(h.join().unwrap() >= listed + 4);
     }
-    assert_eq!(segpool::fs::reader_slots(), registered);
+    assert_eq!(gate::reader_slot_count(), listed);
     assert!(!f.fault_state().is_faulted());
 }
