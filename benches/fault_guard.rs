@@ -77,10 +77,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let fs = segpool::fs::MmapFs::new(
         dir.path(),
-        segpool::fs::MapConfig {
-            mode: segpool::fs::MapMode::ReadWrite,
-            ..segpool::fs::MapConfig::default()
-        },
+        segpool::fs::MapConfig::default().mode(segpool::fs::MapMode::ReadWrite),
     )
     .unwrap();
     let f = fs.create("bench").unwrap();

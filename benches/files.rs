@@ -69,14 +69,7 @@ fn bench(c: &mut Criterion) {
         .write(true)
         .open(&path)
         .unwrap();
-    let fs = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
+    let fs = MmapFs::new(dir.path(), MapConfig::default().mode(MapMode::ReadWrite)).unwrap();
     let mf = fs.open("bench.bin").unwrap();
     // SAFETY: (bench) nothing else changes the file while the benchmark runs.
     let mut raw = unsafe { memmap2::MmapMut::map_mut(&std_file) }.unwrap();

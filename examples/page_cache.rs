@@ -330,13 +330,7 @@ fn kernel_cached_pages(path: &Path, pages: u64) -> Result<usize> {
 
 /// Builds the file in `dir`, runs the workload, and checks every page read.
 pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
-    let fs = MmapFs::new(
-        dir,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )?;
+    let fs = MmapFs::new(dir, MapConfig::default().mode(MapMode::ReadWrite))?;
     let f = fs.create("table.db")?;
     let mut chunk = vec![0u8; 16 * PAGE];
     for first in (0..cfg.pages).step_by(16) {

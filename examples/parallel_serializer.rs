@@ -62,13 +62,7 @@ pub fn run(dir: &Path, cfg: &Config) -> Result<Report> {
         .size_classes(&[SEGMENT])
         .budget(cfg.budget)
         .build()?;
-    let fs = MmapFs::new(
-        dir,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )?;
+    let fs = MmapFs::new(dir, MapConfig::default().mode(MapMode::ReadWrite))?;
     let file = fs.create("records.bin")?;
     let next = AtomicU64::new(0);
     let (tx, rx) = sync_channel::<(Segment, usize)>(cfg.budget / SEGMENT);

@@ -73,11 +73,7 @@ fn the_largest_sizes_are_errors_at_build_or_allocation() {
 }
 
 fn rw(sync: SyncMode) -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        sync,
-        ..MapConfig::default()
-    }
+    MapConfig::default().mode(MapMode::ReadWrite).sync(sync)
 }
 
 /// Threads of this process named `segpool-flush` (only the test below makes flushers in this
@@ -131,31 +127,22 @@ fn huge_max_windows_is_refused_or_harmless() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![7u8; 3 * 4096]).unwrap();
     for max_windows in [usize::MAX, usize::MAX / 2, 1 << 52] {
-        let cfg = MapConfig {
-            window: Some(4096),
-            max_windows,
-            ..MapConfig::default()
-        };
+        let cfg = MapConfig::default()
+            .window(Some(4096))
+            .max_windows(max_windows);
         let e = MmapFs::new(dir.path(), cfg).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
         assert!(e.to_string().contains("max_windows"), "{e}");
     }
     // Large but within the address space: windows are mapped on demand, nothing is reserved.
-    let cfg = MapConfig {
-        window: Some(4096),
-        max_windows: 1 << 40,
-        ..MapConfig::default()
-    };
+    let cfg = MapConfig::default().window(Some(4096)).max_windows(1 << 40);
     let fs = MmapFs::new(dir.path(), cfg).unwrap();
     let f = fs.open("f").unwrap();
     let mut b = [0u8; 3];
     f.read_exact_at(&mut b, 4095).unwrap();
     assert_eq!(b, [7; 3]);
     // Without windows the bound is unused.
-    let cfg = MapConfig {
-        max_windows: usize::MAX,
-        ..MapConfig::default()
-    };
+    let cfg = MapConfig::default().max_windows(usize::MAX);
     let fs = MmapFs::new(dir.path(), cfg).unwrap();
     assert_eq!(fs.open("f").unwrap().len(), 3 * 4096);
 }

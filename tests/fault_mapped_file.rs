@@ -16,14 +16,7 @@ const PAGE: usize = 4096;
 const LEN: usize = 8 * PAGE;
 
 fn read_write_fs(root: &Path) -> MmapFs {
-    MmapFs::new(
-        root,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap()
+    MmapFs::new(root, MapConfig::default().mode(MapMode::ReadWrite)).unwrap()
 }
 
 /// Creates `name` under `fs` with file `id`'s pattern, through the mapped-file layer.

@@ -145,11 +145,9 @@ fn copy_on_write_stays_in_the_handle() {
     std::fs::write(dir.path().join("c"), b"original").unwrap();
     let fs = MmapFs::new(
         dir.path(),
-        MapConfig {
-            mode: MapMode::CopyOnWrite,
-            sync: SyncMode::OnClose,
-            ..MapConfig::default()
-        },
+        MapConfig::default()
+            .mode(MapMode::CopyOnWrite)
+            .sync(SyncMode::OnClose),
     )
     .unwrap();
     let f = fs.open("c").unwrap();
@@ -269,27 +267,19 @@ fn bad_roots_and_configs_are_refused() {
     assert_eq!(missing.kind(), ErrorKind::NotFound);
     std::fs::write(dir.path().join("file"), b"").unwrap();
     assert!(MmapFs::new(dir.path().join("file"), MapConfig::default()).is_err());
-    let w0 = MapConfig {
-        window: Some(0),
-        ..MapConfig::default()
-    };
+    let w0 = MapConfig::default().window(Some(0));
     assert_eq!(
         MmapFs::new(dir.path(), w0).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
-    let p0 = MapConfig {
-        sync: SyncMode::Periodic(std::time::Duration::ZERO),
-        ..MapConfig::default()
-    };
+    let p0 = MapConfig::default().sync(SyncMode::Periodic(std::time::Duration::ZERO));
     assert_eq!(
         MmapFs::new(dir.path(), p0).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
-    let cow_w = MapConfig {
-        mode: MapMode::CopyOnWrite,
-        window: Some(4096),
-        ..MapConfig::default()
-    };
+    let cow_w = MapConfig::default()
+        .mode(MapMode::CopyOnWrite)
+        .window(Some(4096));
     assert_eq!(
         MmapFs::new(dir.path(), cow_w).unwrap_err().kind(),
         ErrorKind::InvalidInput
@@ -487,23 +477,9 @@ fn small_reads_are_exact_at_the_end_after_growth_and_in_every_view() {
     let grower = fs.create("s").unwrap();
     grower.write_all_at(&data[..len], 0).unwrap();
     let f = fs.open("s").unwrap();
-    let cow_fs = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            mode: MapMode::CopyOnWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
+    let cow_fs = MmapFs::new(dir.path(), MapConfig::default().mode(MapMode::CopyOnWrite)).unwrap();
     let cow = cow_fs.open("s").unwrap();
-    let win_fs = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            window: Some(64 << 10),
-            ..rw()
-        },
-    )
-    .unwrap();
+    let win_fs = MmapFs::new(dir.path(), rw().window(Some(64 << 10))).unwrap();
     let win = win_fs.open("s").unwrap();
 
     let check =

@@ -233,14 +233,7 @@ fn open_direct_applies_the_root_jail_and_the_mode() {
     // A read-only file layer opens read-only: the write is the kernel's EBADF.
     assert!(f.write_at(&seg, 4096, 0).is_err());
 
-    let rw_fs = MmapFs::new(
-        &root,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
+    let rw_fs = MmapFs::new(&root, MapConfig::default().mode(MapMode::ReadWrite)).unwrap();
     let f = rw_fs.open_direct("inside").unwrap();
     seg.fill(3);
     f.write_at(&seg, 4096, 4096).unwrap();

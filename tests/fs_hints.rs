@@ -21,14 +21,12 @@ fn every_hint_keeps_the_bytes_right() {
     ] {
         let fs = MmapFs::new(
             dir.path(),
-            MapConfig {
-                mode: MapMode::ReadWrite,
-                populate,
-                advice,
-                huge_pages,
-                window,
-                ..MapConfig::default()
-            },
+            MapConfig::default()
+                .mode(MapMode::ReadWrite)
+                .populate(populate)
+                .advice(advice)
+                .huge_pages(huge_pages)
+                .window(window),
         )
         .unwrap();
         let f = fs.open("h").unwrap();
@@ -46,14 +44,7 @@ fn every_hint_keeps_the_bytes_right() {
 fn lock_pins_the_mapping() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("l"), data()).unwrap();
-    let fs = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            lock: true,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap();
+    let fs = MmapFs::new(dir.path(), MapConfig::default().lock(true)).unwrap();
     // Root (CAP_IPC_LOCK) or a large enough limit: locking 300 KB works; otherwise the error
     // must name the limit.
     match fs.open("l") {
@@ -99,14 +90,7 @@ fn refused_lock_is_a_clear_error() {
             }; 2];
             assert_eq!(libc::syscall(libc::SYS_capset, &hdr, d.as_ptr()), 0);
         }
-        let fs = MmapFs::new(
-            &dir,
-            MapConfig {
-                lock: true,
-                ..MapConfig::default()
-            },
-        )
-        .unwrap();
+        let fs = MmapFs::new(&dir, MapConfig::default().lock(true)).unwrap();
         let e = fs.open("l").unwrap_err();
         assert!(
             matches!(

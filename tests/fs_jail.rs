@@ -22,11 +22,9 @@ const NAMES: usize = 8;
 const MARKER: &str = "CANARY-ONLY";
 
 fn rw() -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        sync: SyncMode::Never,
-        ..MapConfig::default()
-    }
+    MapConfig::default()
+        .mode(MapMode::ReadWrite)
+        .sync(SyncMode::Never)
 }
 
 /// Everything observable about a directory outside the root: each entry's name, inode, size,

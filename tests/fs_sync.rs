@@ -6,11 +6,7 @@ use std::process::Command;
 use segpool::fs::{MapConfig, MapMode, MmapFs, SyncMode};
 
 fn config(sync: SyncMode) -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        sync,
-        ..MapConfig::default()
-    }
+    MapConfig::default().mode(MapMode::ReadWrite).sync(sync)
 }
 
 const CHILD_ENV: &str = "SEGPOOL_FS_TEST_CHILD_READ";

@@ -16,15 +16,7 @@ use segpool::Error;
 const PAGE: u64 = 4096;
 
 fn fs_with(dir: &std::path::Path, mode: MapMode, window: Option<u64>) -> MmapFs {
-    MmapFs::new(
-        dir,
-        MapConfig {
-            mode,
-            window,
-            ..MapConfig::default()
-        },
-    )
-    .unwrap()
+    MmapFs::new(dir, MapConfig::default().mode(mode).window(window)).unwrap()
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -44,11 +44,9 @@ fuzz_target!(|input: Input| {
         true => tempfile::tempdir_in("/dev/shm").unwrap(),
         false => tempfile::tempdir().unwrap(),
     };
-    let config = MapConfig {
-        mode: MapMode::ReadWrite,
-        window: input.windowed.then_some(8192),
-        ..MapConfig::default()
-    };
+    let config = MapConfig::default()
+        .mode(MapMode::ReadWrite)
+        .window(input.windowed.then_some(8192));
     let fs = MmapFs::new(dir.path(), config).unwrap();
     let mut mapped = fs.create("mapped").unwrap();
     let mut model = File::options()

@@ -65,28 +65,38 @@ impl Advice {
 
 /// Configuration of an [`MmapFs`](super::MmapFs): applies to every file it opens.
 ///
-/// The default is a read-only, never-synced, unwindowed mapping without hints.
+/// The default is a read-only, never-synced, unwindowed mapping without hints. Start from it and
+/// change what differs with the setters, one per field; each says what its value means and its
+/// default. The fields are public for reading (and can be assigned one by one); the struct is
+/// `#[non_exhaustive]`, so options can be added without breaking code that builds one this way.
+/// Values that cannot work are refused by [`MmapFs::new`](super::MmapFs::new), not by the setters.
+///
+/// ```
+/// use segpool::fs::{MapConfig, MapMode, SyncMode};
+/// let config = MapConfig::default()
+///     .mode(MapMode::ReadWrite)
+///     .sync(SyncMode::OnClose)
+///     .window(Some(64 << 20));
+/// assert_eq!(config.max_windows, 4);
+/// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MapConfig {
-    /// How the bytes are mapped.
+    /// How the bytes are mapped: see [`mode`](Self::mode()).
     pub mode: MapMode,
-    /// When written bytes are made durable.
+    /// When written bytes are made durable: see [`sync`](Self::sync()).
     pub sync: SyncMode,
-    /// `Some(w)`: map at most `w` bytes (rounded up to whole pages) of a file at a time, in
-    /// windows aligned to multiples of `w`; at most [`max_windows`](Self::max_windows) of them
-    /// stay mapped per handle. `None`: the whole file is mapped.
+    /// The window size in bytes, `None` for whole files: see [`window`](Self::window()).
     pub window: Option<u64>,
-    /// How many windows a handle keeps mapped (least recently used is unmapped first). Only
-    /// used with `window`; at least 1. Default 4.
+    /// How many windows a handle keeps mapped: see [`max_windows`](Self::max_windows()).
     pub max_windows: usize,
-    /// Prefault the mapped pages (`MADV_POPULATE_READ`/`WRITE`, else `MAP_POPULATE`).
+    /// Whether mapped pages are prefaulted: see [`populate`](Self::populate()).
     pub populate: bool,
-    /// Advice applied to every mapping (`madvise`).
+    /// Advice applied to every mapping: see [`advice`](Self::advice()).
     pub advice: Advice,
-    /// Ask for transparent huge pages (`MADV_HUGEPAGE`); ignored where the filesystem has none.
+    /// Whether transparent huge pages are asked for: see [`huge_pages`](Self::huge_pages()).
     pub huge_pages: bool,
-    /// Lock mapped pages in memory (`mlock`); a refusal (`RLIMIT_MEMLOCK`) is an error that says
-    /// the limit.
+    /// Whether mapped pages are locked in memory: see [`lock`](Self::lock()).
     pub lock: bool,
 }
 
@@ -102,6 +112,76 @@ impl Default for MapConfig {
             huge_pages: false,
             lock: false,
         }
+    }
+}
+
+/// The setters: by value, so a configuration reads as one chain from `MapConfig::default()`.
+impl MapConfig {
+    /// How the bytes are mapped (see [`MapMode`]). Default [`MapMode::ReadOnly`].
+    #[must_use]
+    pub fn mode(mut self, mode: MapMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// When written bytes are made durable (see [`SyncMode`]). Default [`SyncMode::Never`]; a
+    /// [`SyncMode::Periodic`] interval of zero is refused.
+    #[must_use]
+    pub fn sync(mut self, sync: SyncMode) -> Self {
+        self.sync = sync;
+        self
+    }
+
+    /// `Some(w)`: map at most `w` bytes (rounded up to whole pages) of a file at a time, in
+    /// windows aligned to multiples of `w`; at most [`max_windows`](Self::max_windows()) of them
+    /// stay mapped per handle. `None`: the whole file is mapped. Default `None`.
+    ///
+    /// `Some(0)`, a window larger than the address space, and windows with
+    /// [`MapMode::CopyOnWrite`] (an evicted window would lose its private writes) are refused.
+    #[must_use]
+    pub fn window(mut self, window: Option<u64>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// How many windows a handle keeps mapped (least recently used is unmapped first). Only
+    /// used with a [`window`](Self::window()); then at least 1, and `max_windows` windows must
+    /// fit in the address space. Default 4.
+    #[must_use]
+    pub fn max_windows(mut self, max_windows: usize) -> Self {
+        self.max_windows = max_windows;
+        self
+    }
+
+    /// Prefault the mapped pages (`MADV_POPULATE_READ`/`WRITE`, else `MAP_POPULATE`). Default
+    /// `false`.
+    #[must_use]
+    pub fn populate(mut self, populate: bool) -> Self {
+        self.populate = populate;
+        self
+    }
+
+    /// Advice applied to every mapping (`madvise`, see [`Advice`]). Default [`Advice::Normal`].
+    #[must_use]
+    pub fn advice(mut self, advice: Advice) -> Self {
+        self.advice = advice;
+        self
+    }
+
+    /// Ask for transparent huge pages (`MADV_HUGEPAGE`); ignored where the filesystem has none.
+    /// Default `false`.
+    #[must_use]
+    pub fn huge_pages(mut self, huge_pages: bool) -> Self {
+        self.huge_pages = huge_pages;
+        self
+    }
+
+    /// Lock mapped pages in memory (`mlock`); a refusal (`RLIMIT_MEMLOCK`) is an error that says
+    /// the limit. Default `false`.
+    #[must_use]
+    pub fn lock(mut self, lock: bool) -> Self {
+        self.lock = lock;
+        self
     }
 }
 

@@ -11,11 +11,10 @@
 //! ```no_run
 //! use segpool::fs::{MmapFs, MapConfig, MapMode, SyncMode};
 //! # fn main() -> std::io::Result<()> {
-//! let fs = MmapFs::new("/var/lib/app", MapConfig {
-//!     mode: MapMode::ReadWrite,
-//!     sync: SyncMode::OnClose,
-//!     ..MapConfig::default()
-//! })?;
+//! let config = MapConfig::default()
+//!     .mode(MapMode::ReadWrite)
+//!     .sync(SyncMode::OnClose);
+//! let fs = MmapFs::new("/var/lib/app", config)?;
 //! let f = fs.create("data.bin")?;
 //! f.write_all_at(b"hello", 0)?;
 //! let mut buf = [0u8; 5];

@@ -26,11 +26,9 @@ pub struct SharedMemory {
 
 impl SharedMemory {
     fn config() -> MapConfig {
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            sync: SyncMode::Never,
-            ..MapConfig::default()
-        }
+        MapConfig::default()
+            .mode(MapMode::ReadWrite)
+            .sync(SyncMode::Never)
     }
 
     /// Creates (or truncates) the file at `path` with `len` zero bytes (reserved on disk) and

@@ -63,10 +63,7 @@ pub fn is_mapped(addr: usize) -> bool {
 
 /// A `MapConfig` for reading and writing through the shared mapping (everything else default).
 pub fn rw() -> segpool::fs::MapConfig {
-    segpool::fs::MapConfig {
-        mode: segpool::fs::MapMode::ReadWrite,
-        ..segpool::fs::MapConfig::default()
-    }
+    segpool::fs::MapConfig::default().mode(segpool::fs::MapMode::ReadWrite)
 }
 
 /// `len` bytes of a pattern that differs with `seed` and with the offset.

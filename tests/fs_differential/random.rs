@@ -73,24 +73,15 @@ fn run_case(dir: &Path, setup: &Setup, seed: u64) {
     std::fs::write(dir.join(&name), &initial).unwrap();
     std::fs::write(&ref_path, &initial).unwrap();
 
-    let base = MapConfig {
-        mode: if setup.cow {
-            MapMode::CopyOnWrite
-        } else {
-            MapMode::ReadWrite
-        },
-        ..MapConfig::default()
+    let mode = if setup.cow {
+        MapMode::CopyOnWrite
+    } else {
+        MapMode::ReadWrite
     };
+    let base = MapConfig::default().mode(mode);
     let whole_fs = MmapFs::new(dir, base.clone()).unwrap();
-    let window_fs = MmapFs::new(
-        dir,
-        MapConfig {
-            window: setup.window.map(|w| w * p),
-            max_windows: 2,
-            ..base
-        },
-    )
-    .unwrap();
+    let window_fs =
+        MmapFs::new(dir, base.window(setup.window.map(|w| w * p)).max_windows(2)).unwrap();
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).append(setup.append);
     let mut ours: Vec<MappedFile> = if setup.two {

@@ -144,14 +144,8 @@ pub fn run(args: Args) -> Result<(), Error> {
         )
         .into());
     }
-    let fs = MmapFs::new(
-        &dir,
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            ..MapConfig::default()
-        },
-    )
-    .map_err(cannot_write)?;
+    let fs =
+        MmapFs::new(&dir, MapConfig::default().mode(MapMode::ReadWrite)).map_err(cannot_write)?;
     let file = fs.create(&name).map_err(cannot_write)?;
 
     let pool = SegmentPool::builder()

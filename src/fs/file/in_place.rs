@@ -96,7 +96,7 @@ impl MappedFile {
     /// use std::sync::atomic::Ordering;
     /// use segpool::fs::{MmapFs, MapConfig, MapMode};
     /// # fn main() -> std::io::Result<()> {
-    /// let fs = MmapFs::new("/tmp/app", MapConfig { mode: MapMode::ReadWrite, ..MapConfig::default() })?;
+    /// let fs = MmapFs::new("/tmp/app", MapConfig::default().mode(MapMode::ReadWrite))?;
     /// let f = fs.create("state")?;
     /// f.set_len(4096)?;
     /// // A sequence number at offset 0, shared with every process that maps the file.

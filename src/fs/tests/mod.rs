@@ -15,10 +15,7 @@ use crate::fs::{MapConfig, MapMode};
 
 /// A `MapConfig` for reading and writing through the shared mapping (everything else default).
 fn rw() -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        ..MapConfig::default()
-    }
+    MapConfig::default().mode(MapMode::ReadWrite)
 }
 
 /// `len` bytes of a pattern that differs with `seed` and with the offset.

@@ -6,11 +6,7 @@ use std::time::Duration;
 use crate::fs::{MapConfig, MapMode, MmapFs, SyncMode};
 
 fn config(sync: SyncMode) -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        sync,
-        ..MapConfig::default()
-    }
+    MapConfig::default().mode(MapMode::ReadWrite).sync(sync)
 }
 
 #[test]
@@ -121,10 +117,7 @@ fn non_periodic_fs_has_no_flusher() {
         .unwrap()
         .flusher()
         .is_none());
-    let ro = MapConfig {
-        sync: SyncMode::Periodic(Duration::from_secs(1)),
-        ..MapConfig::default()
-    };
+    let ro = MapConfig::default().sync(SyncMode::Periodic(Duration::from_secs(1)));
     assert!(
         MmapFs::new(dir.path(), ro).unwrap().flusher().is_none(),
         "read-only has nothing to flush"

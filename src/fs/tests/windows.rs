@@ -7,12 +7,10 @@ use crate::fs::{MapConfig, MapMode, MmapFs};
 const W: u64 = 64 * 1024;
 
 fn windowed(max_windows: usize) -> MapConfig {
-    MapConfig {
-        mode: MapMode::ReadWrite,
-        window: Some(W),
-        max_windows,
-        ..MapConfig::default()
-    }
+    MapConfig::default()
+        .mode(MapMode::ReadWrite)
+        .window(Some(W))
+        .max_windows(max_windows)
 }
 
 /// A tiny deterministic generator (no dependency): xorshift64*.
@@ -131,16 +129,10 @@ fn windowed_read_only_file_grows_through_another_handle() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(dir.path(), windowed(2)).unwrap();
     let w = fs.create("g").unwrap();
-    let ro = MmapFs::new(
-        dir.path(),
-        MapConfig {
-            window: Some(W),
-            ..MapConfig::default()
-        },
-    )
-    .unwrap()
-    .open("g")
-    .unwrap();
+    let ro = MmapFs::new(dir.path(), MapConfig::default().window(Some(W)))
+        .unwrap()
+        .open("g")
+        .unwrap();
     assert_eq!(ro.len(), 0);
     w.write_all_at(b"late bytes", 5 * W).unwrap();
     let mut b = [0u8; 10];
@@ -153,12 +145,10 @@ fn immediate_write_across_windows_syncs_the_whole_range() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapFs::new(
         dir.path(),
-        MapConfig {
-            sync: crate::fs::SyncMode::Immediate,
-            populate: true,
-            lock: false,
-            ..windowed(1)
-        },
+        windowed(1)
+            .sync(crate::fs::SyncMode::Immediate)
+            .populate(true)
+            .lock(false),
     )
     .unwrap();
     let f = fs.create("imm").unwrap();

@@ -227,11 +227,9 @@ pub fn measure(dir: &Path, len: u64, runs: u32, per_cell: Duration) -> Result<Fi
     let reader = std::fs::File::open(&path)?;
     let fs = MmapFs::new(
         tmp.path(),
-        MapConfig {
-            mode: MapMode::ReadWrite,
-            sync: SyncMode::Never,
-            ..MapConfig::default()
-        },
+        MapConfig::default()
+            .mode(MapMode::ReadWrite)
+            .sync(SyncMode::Never),
     )?;
     let mapped = fs.open(name)?;
     // SAFETY: nothing else changes or truncates the file (a private temp folder) while mapped.
