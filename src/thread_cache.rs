@@ -46,37 +46,14 @@
 use std::cell::{Cell, RefCell};
 use std::ptr::{self, NonNull};
 
-use crate::budget::WAITER_MASK;
 use crate::class_pool::Shortage;
-use crate::pool::PoolShared;
+use crate::pool::{PoolShared, Signals, WAITER_MASK};
+
 use crate::region::{give_back, give_back_uncounted, RegionRef, Released, MAX_BATCH, ZERO_TAG};
 use crate::size_class::{CACHE_MAX_BYTES, CACHE_MAX_SLICES, THREAD_LARGE_CACHE_BYTES};
+use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{arc_slice, const_thread_local, epoch, Arc, UnsafeCell};
-
-/// Allocation and release counts of one class. In a thread's [`ClassCache`] only that thread
-/// writes them (a load and a store); in a pool's `departed` counts, any thread adds to them with
-/// read-modify-writes.
-#[derive(Debug, Default)]
-pub(crate) struct ClassCounters {
-    pub(crate) allocations: AtomicU64,
-    pub(crate) releases: AtomicU64,
-    /// Slices that entered the cache on slow paths minus slices that left it on slow paths
-    /// (wrapping; see the module docs).
-    adjust: AtomicU64,
-}
-
-impl ClassCounters {
-    /// Slices in the cache, as far as a reader on another thread can tell (exact when the owner is
-    /// quiet; for the owner, the cache's length).
-    pub(crate) fn cached(&self) -> usize {
-        let r = self.releases.load(Ordering::Relaxed);
-        let a = self.allocations.load(Ordering::Relaxed);
-        let adj = self.adjust.load(Ordering::Relaxed);
-        let v = r.wrapping_sub(a).wrapping_add(adj) as i64;
-        v.max(0) as usize
-    }
-}
 
 /// Adds `n` to a single-writer counter: a load and a store, no locked instruction.
 #[inline(always)]
@@ -354,7 +331,7 @@ impl PoolCache {
     /// Catches up with the pool's trim generation; false if the pool is closed (drop the entry).
     fn sync(&mut self) -> bool {
         let now = self.shared.signals();
-        if !crate::budget::Signals::same_generation(now, self.seen) {
+        if !Signals::same_generation(now, self.seen) {
             self.give_back_all();
         }
         self.seen = now & !WAITER_MASK;
