@@ -30,7 +30,7 @@
 //! # Layout of the fast path
 //!
 //! A thread's caches for one pool are one allocation, `Arc<[ClassCache]>`, shared with the pool's
-//! registry (which reads only the counters, for `stats()`). The thread's `Vec<PoolCache>` owns
+//! list of its thread caches (`threads`, which `stats()` reads only the counters of). The thread's `Vec<PoolCache>` owns
 //! them; the pool it used last on a slow path is at the front and is mirrored in [`FAST`], a
 //! `const` thread-local without a destructor (so reaching it is a plain TLS access): the pool's
 //! address, the signals word seen, and the address of its class caches. An allocation compares the
@@ -76,7 +76,7 @@ const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
 /// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
-///   or writes the counters. Other threads (the pool's registry, for `stats()`) only load the
+///   or writes the counters. Other threads (`stats()`, through the pool's `threads`) only load the
 ///   counters.
 /// * `uncounted` slices were given back to their regions (their state words already dropped
 ///   them) but not yet subtracted from the pool's out-of-free-list counts; it is below
@@ -300,7 +300,7 @@ struct PoolCache {
     /// The signals word when this cache last synchronised, waiter count masked out (see
     /// `Signals`).
     seen: u64,
-    /// One per class; shared with the pool's registry, which reads only the counters.
+    /// One per class; shared with the pool's `threads`, through which only the counters are read.
     classes: Arc<[ClassCache]>,
 }
 
@@ -765,61 +765,4 @@ pub(crate) fn flush_current_thread(shared: &PoolShared) {
             }
         }
     });
-}
-
-#[cfg(all(test, not(loom), not(shuttle)))]
-mod tests {
-    use crate::SegmentPool;
-
-    /// Slices given back by a thread cache reach the pool's out-of-free-list counts late (at most
-    /// `UNCOUNTED_CACHES` caches' worth per thread), never early, and all of them once the
-    /// thread exits: the counts stay upper bounds of what the regions hold out, and come back to
-    /// zero when everything is back.
-    #[test]
-    fn returns_are_counted_late_never_early_and_all_at_exit() {
-        const SIZE: usize = 64 << 10;
-        let pool = SegmentPool::builder()
-            .size_classes(&[SIZE])
-            .huge_pages(false)
-            .build()
-            .unwrap();
-        let shared = pool.shared().clone();
-        let class = &shared.classes[0];
-        let cap = class.cache_capacity;
-        assert!(cap > 1);
-        // Slices out of the regions' free lists, as the regions count them.
-        let exact = || class.snapshot().out;
-        let segs: Vec<_> = (0..10 * cap)
-            .map(|_| pool.allocate(SIZE).unwrap())
-            .collect();
-        let (to_main, from_releaser) = std::sync::mpsc::channel();
-        let (to_releaser, from_main) = std::sync::mpsc::channel::<()>();
-        let releaser = std::thread::spawn(move || {
-            drop(segs);
-            to_main.send(()).unwrap();
-            // Stay alive (its cache and its uncounted returns with it) until told to exit.
-            from_main.recv().unwrap();
-        });
-        from_releaser.recv().unwrap();
-        let (counted, peak) = (class.out.now(), class.out.peak());
-        assert!(
-            counted >= exact(),
-            "counted {counted} below the regions' {}",
-            exact()
-        );
-        assert!(
-            counted <= exact() + super::UNCOUNTED_CACHES * cap,
-            "counted {counted}, regions {}",
-            exact()
-        );
-        assert!(peak >= 10 * cap);
-        to_releaser.send(()).unwrap();
-        releaser.join().unwrap();
-        // The releaser's cache and its uncounted returns went back when it exited; this
-        // thread's cache goes back with `trim`.
-        pool.trim();
-        assert_eq!(exact(), 0);
-        assert_eq!(class.out.now(), 0);
-        assert_eq!(shared.out_bytes_now(), 0);
-    }
 }

@@ -6,8 +6,8 @@ use std::panic::Location;
 use std::time::Duration;
 
 use super::SegmentPool;
-use crate::class_pool::{map_memory, Shortage};
-use crate::region::{into_ref, Region, RegionRef, ZERO_TAG};
+use crate::class_pool::Shortage;
+use crate::region::{into_ref, map_memory, Region, RegionRef, ZERO_TAG};
 use crate::segment::Segment;
 use crate::size_class::NO_CLASS;
 use crate::sync::atomic::Ordering;
@@ -216,7 +216,7 @@ impl SegmentPool {
         }
         // One mmap and one munmap, nothing more: no huge-page alignment (an over-sized map and
         // trims) and no madvise for a mapping that lives as long as one segment.
-        let memory = match map_memory(&shared.backing, len, false, shared.prefault) {
+        let memory = match map_memory(shared.backing.dir(), len, false, shared.prefault) {
             Ok(m) => m,
             Err(e) => {
                 shared.release_mapping(NO_CLASS, len, 0);

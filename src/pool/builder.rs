@@ -31,6 +31,16 @@ pub enum Backing {
     File(PathBuf),
 }
 
+impl Backing {
+    /// The directory of file-backed regions (`None`: anonymous memory).
+    pub(crate) fn dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Backing::Anonymous => None,
+            Backing::File(dir) => Some(dir),
+        }
+    }
+}
+
 /// Empty regions a class keeps by default: as many as fit in this many bytes, at least one.
 const RETAINED_EMPTY_BYTES: usize = 16 << 20;
 
@@ -288,7 +298,7 @@ impl SegmentPoolBuilder {
                 Error::InvalidConfig(format!("backing directory {}: {e}", dir.display()))
             })?;
         }
-        let clock = crate::class_pool::Clock::new();
+        let clock = crate::clock::Clock::new();
         static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let class_pools = classes
             .sizes()

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::{Backing, Signals};
 use crate::budget::Budget;
-use crate::class_pool::{map_memory, ClassPool, Shortage};
+use crate::class_pool::{ClassPool, Shortage};
 use crate::diagnostics::DiagState;
 use crate::observer::{ObserverList, RegionObserver};
-use crate::region::{into_ref, PurgeMode, Region, RegionRef};
+use crate::region::{into_ref, map_memory, PurgeMode, Region, RegionRef};
 use crate::size_class::{SizeClasses, NO_CLASS};
 use crate::stats::{ClassCounters, PeakCounter};
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -199,7 +199,7 @@ impl PoolShared {
         }
         let guarded = this.classes[class as usize].stride != slice_size;
         let memory = map_memory(
-            &this.backing,
+            this.backing.dir(),
             len,
             this.huge_pages && !guarded,
             this.prefault,

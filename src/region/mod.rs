@@ -34,8 +34,11 @@
 
 use std::ptr::NonNull;
 
+mod memory;
+
+pub(crate) use memory::{map_memory, RegionMemory};
+
 use crate::free_stack::{FreeStack, AGED, MARK_SHIFT, PURGED};
-use crate::os::Mapping;
 use crate::pool::PoolShared;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::sync::epoch::{Guard, Shared};
@@ -49,19 +52,6 @@ pub(crate) const MAX_BATCH: usize = 128;
 
 /// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
 pub(crate) const ZERO_TAG: usize = 1;
-
-/// What backs a region's memory, unmapped when it is destroyed.
-///
-/// File-backed regions are not registered with the fault guard (`crate::fault`): a segment is a
-/// plain `&mut [u8]` with no operation that could report a lost page, so a SIGBUS in one kills
-/// the process as it would without segpool (`docs/faults.md`, "File-backed pools").
-#[derive(Debug)]
-pub(crate) struct RegionMemory {
-    pub(crate) mapping: Mapping,
-    /// A shared mapping of a nameless file (`Backing::File`): purging frees its blocks
-    /// (`MADV_REMOVE`) rather than dropping private pages.
-    pub(crate) file_backed: bool,
-}
 
 /// The fields of a region that takes and give-backs write, on their own 128-byte block (two
 /// cache lines: the adjacent-line prefetcher's unit).
