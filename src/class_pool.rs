@@ -19,12 +19,18 @@ use std::collections::BTreeMap;
 use std::io;
 
 use crate::clock::Clock;
-use crate::pool::PoolShared;
 use crate::region::{drop_ref, purge, PurgeMode, RegionRef, Released};
-use crate::stats::PeakCounter;
 use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{Arc, Mutex};
+use crate::sync::Mutex;
+
+/// What a class needs from its pool to grow: a new region of the class, mapped under the
+/// pool's budget with the pool as its owner. Called under the class lock, before any slice of
+/// the region is handed out, so the pool tells its region observers there (`crate::observer`).
+pub(crate) trait MapRegion {
+    /// Maps a region of `class` (budget first).
+    fn map_region(&self, class: &ClassPool) -> Result<RegionRef, Shortage>;
+}
 
 /// Why a class could not hand out a slice.
 #[derive(Debug)]
@@ -82,9 +88,6 @@ pub(crate) struct ClassPool {
     empty_regions: AtomicIsize,
     pub(crate) regions_mapped: AtomicU64,
     pub(crate) regions_unmapped: AtomicU64,
-    /// Slices of this class out of the regions' free lists right now (segments and cached
-    /// slices), and the highest that ever was. Updated per batch, on the slow paths only.
-    pub(crate) out: PeakCounter,
 }
 
 /// What [`ClassPool::snapshot`] reports.
@@ -140,7 +143,6 @@ impl ClassPool {
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
-            out: PeakCounter::default(),
         }
     }
 
@@ -154,7 +156,7 @@ impl ClassPool {
     /// Takes up to `out.len()` slices from one region, mapping a new region if none has room.
     pub(crate) fn take(
         &self,
-        pool: &Arc<PoolShared>,
+        pool: &impl MapRegion,
         out: &mut [usize],
         guard: &Guard,
     ) -> Result<(RegionRef, usize), Shortage> {
@@ -209,7 +211,7 @@ impl ClassPool {
 
     fn grow(
         &self,
-        pool: &Arc<PoolShared>,
+        pool: &impl MapRegion,
         out: &mut [usize],
         guard: &Guard,
     ) -> Result<(RegionRef, usize), Shortage> {
@@ -218,11 +220,10 @@ impl ClassPool {
         if let Some(got) = self.take_existing(out, guard) {
             return Ok(got);
         }
-        let region = PoolShared::new_region(pool, self.index, self.size, self.region_size)?;
-        // Observers learn of the region before any slice of it is handed out.
+        // Observers learn of the region (in `map_region`) before any slice of it is handed out.
+        let region = pool.map_region(self)?;
         // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
         let fresh = unsafe { region.get() };
-        pool.region_mapped(fresh);
         let (n, _) = fresh.take(out);
         debug_assert!(n > 0);
         // Amortised O(1): the list is not copied.

@@ -97,7 +97,7 @@ pub(crate) struct ClassCache {
     /// The class's index in its pool.
     class: u8,
     /// Slices this cache gave back to their regions that the pool's out-of-free-list counts
-    /// (`PoolShared::note_returned`) do not show yet: at most `UNCOUNTED_CACHES * cap`. See
+    /// (`SliceCounts::returned`) do not show yet: at most `UNCOUNTED_CACHES * cap`. See
     /// [`ClassCache::count_returned`].
     uncounted: Cell<usize>,
     /// Every access goes through the sync shim's cell, so the loom models see it.
@@ -265,7 +265,7 @@ impl ClassCache {
         let pending = self.uncounted.get() + n;
         if now || pending >= UNCOUNTED_CACHES * self.cap {
             if pending > 0 {
-                shared.note_returned(self.class, pending * self.size);
+                shared.counts.returned(self.class, pending * self.size);
             }
             self.uncounted.set(0);
         } else {
@@ -305,7 +305,7 @@ struct PoolCache {
 }
 
 impl PoolCache {
-    fn new(shared: &Arc<PoolShared>) -> Self {
+    fn new(shared: Arc<PoolShared>) -> Self {
         let classes = arc_slice(
             shared
                 .classes
@@ -315,8 +315,8 @@ impl PoolCache {
         );
         shared.register_thread(Arc::clone(&classes));
         Self {
-            shared: Arc::clone(shared),
             seen: shared.signals() & !WAITER_MASK,
+            shared,
             classes,
         }
     }
@@ -461,7 +461,7 @@ fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
 pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of it: the region is alive.
     let r = unsafe { region.get() };
-    let shared = Arc::clone(&r.pool);
+    let shared = PoolShared::arc_of(r);
     let class = r.class as usize;
     // An allocation of this class is queued on the budget: the slice is its, still counted in
     // the region (see `crate::budget`).
@@ -512,37 +512,45 @@ pub(crate) unsafe fn pop(shared: &PoolShared, class: usize) -> Option<(usize, Re
 
 /// [`pop`] on the slow path (any pool, diagnostics or not).
 pub(crate) fn pop_slow(shared: &Arc<PoolShared>, class: usize) -> Option<(usize, RegionRef)> {
-    with_entry(shared, |entry| {
-        // SAFETY: this thread owns its entries.
-        entry.classes.get(class).and_then(|c| unsafe { c.pop() })
-    })
+    with_entry(
+        shared,
+        || Arc::clone(shared),
+        |entry| {
+            // SAFETY: this thread owns its entries.
+            entry.classes.get(class).and_then(|c| unsafe { c.pop() })
+        },
+    )
     .flatten()
 }
 
 /// Runs `f` on this thread's cache for `shared` (created on first use, moved to the front, synced
 /// with the trim generation). `None` when there is no usable cache: during thread-local
 /// destruction, re-entrantly, or when the pool is closed.
-fn with_entry<R>(shared: &Arc<PoolShared>, f: impl FnOnce(&mut PoolCache) -> R) -> Option<R> {
+///
+/// `new_ref` makes the reference to the pool that a new cache keeps (called only then: a caller
+/// that reached the pool through a region it holds does not touch the pool's reference count
+/// otherwise).
+fn with_entry<R>(
+    shared: &PoolShared,
+    new_ref: impl FnOnce() -> Arc<PoolShared>,
+    f: impl FnOnce(&mut PoolCache) -> R,
+) -> Option<R> {
     CACHES
         .try_with(|caches| {
             let mut caches = CachesBorrow::new(caches)?;
             let caches = &mut caches.0;
             // Drop entries of closed pools (giving their slices back) while we are here. (A
             // thread that uses one pool has one entry, this one: nothing to look at.)
-            if caches.len() > 1
-                || caches
-                    .first()
-                    .is_some_and(|e| !ptr::eq(&*e.shared, &**shared))
-            {
-                caches.retain_mut(|e| ptr::eq(&*e.shared, &**shared) || e.sync());
+            if caches.len() > 1 || caches.first().is_some_and(|e| !ptr::eq(&*e.shared, shared)) {
+                caches.retain_mut(|e| ptr::eq(&*e.shared, shared) || e.sync());
             }
-            let pos = match caches.iter().position(|e| ptr::eq(&*e.shared, &**shared)) {
+            let pos = match caches.iter().position(|e| ptr::eq(&*e.shared, shared)) {
                 Some(p) => p,
                 None => {
                     if shared.is_closed() {
                         return None;
                     }
-                    caches.push(PoolCache::new(shared));
+                    caches.push(PoolCache::new(new_ref()));
                     caches.len() - 1
                 }
             };
@@ -577,39 +585,43 @@ pub(crate) fn refill(
     shared: &Arc<PoolShared>,
     class: usize,
 ) -> Result<(usize, RegionRef), Shortage> {
-    let taken = with_entry(shared, |entry| {
-        let cache = &entry.classes[class];
-        if cache.cap == 0 && !cache.byte_bounded {
-            return None;
-        }
-        // SAFETY: this thread owns its entries.
-        if let Some(slot) = unsafe { cache.pop() } {
-            // The fast path missed for another reason (a budget waiter, a new generation).
-            return Some(Ok(slot));
-        }
-        // Count what this thread gave back before taking (the take writes the same counts).
-        if cache.uncounted.get() > 0 {
-            // SAFETY: this thread owns the cache.
-            unsafe { cache.count_returned(shared, 0, true) };
-        }
-        // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
-        let want = if cache.byte_bounded {
-            1
-        } else {
-            cache.cap.max(2)
-        };
-        Some(with_buffer(want, |buf| {
-            let guard = epoch::pin();
-            let result = shared.classes[class].take(shared, buf, &guard);
-            result.map(|(region, n)| {
-                // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
-                // the region handed these slices to us.
-                unsafe { cache.stash(&buf[1..n], region) };
-                cache.count_slow_allocation();
-                (buf[0], region)
-            })
-        }))
-    })
+    let taken = with_entry(
+        shared,
+        || Arc::clone(shared),
+        |entry| {
+            let cache = &entry.classes[class];
+            if cache.cap == 0 && !cache.byte_bounded {
+                return None;
+            }
+            // SAFETY: this thread owns its entries.
+            if let Some(slot) = unsafe { cache.pop() } {
+                // The fast path missed for another reason (a budget waiter, a new generation).
+                return Some(Ok(slot));
+            }
+            // Count what this thread gave back before taking (the take writes the same counts).
+            if cache.uncounted.get() > 0 {
+                // SAFETY: this thread owns the cache.
+                unsafe { cache.count_returned(shared, 0, true) };
+            }
+            // Fill the cache: one slice for the caller, `cap - 1` (at least one) to keep.
+            let want = if cache.byte_bounded {
+                1
+            } else {
+                cache.cap.max(2)
+            };
+            Some(with_buffer(want, |buf| {
+                let guard = epoch::pin();
+                let result = shared.classes[class].take(shared, buf, &guard);
+                result.map(|(region, n)| {
+                    // SAFETY: this thread owns the cache, which is empty and has room for `want - 1`;
+                    // the region handed these slices to us.
+                    unsafe { cache.stash(&buf[1..n], region) };
+                    cache.count_slow_allocation();
+                    (buf[0], region)
+                })
+            }))
+        },
+    )
     .flatten();
     match taken {
         Some(r) => r,
@@ -635,7 +647,7 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
     // SAFETY: the caller owns a slice of the region, so it is alive.
     let r = unsafe { region.get() };
     let addr = addr & !ZERO_TAG;
-    let pool: &PoolShared = &r.pool;
+    let pool = PoolShared::of(r);
     let cached = FAST
         .try_with(|f| {
             // One load tells both: the generation moved (give the cache back first), or a thread
@@ -681,35 +693,39 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         unsafe { crate::diagnostics::on_release_slice(r, addr, r.slice_size()) };
     }
     // Borrowed, not cloned (no read-modify-write of the pool's reference count per batch): the
-    // slice we hold keeps the region, hence its `Arc` of the pool, alive until
+    // slice we hold keeps the region, hence its reference to the pool, alive until
     // `release_direct` below gives it back.
-    let shared = &r.pool;
+    let shared = PoolShared::of(r);
     let class = r.class as usize;
     // `with_entry` first gives the cache back if the trim generation moved (a budget waiter's
     // trim bumps it), so a waiter also gets the slices this thread had cached.
-    let cached = with_entry(shared, |entry| {
-        let cache = &entry.classes[class];
-        if entry.shared.has_waiters() {
-            return false;
-        }
-        if cache.byte_bounded {
-            // SAFETY: this thread owns its entries; the caller hands us the slice.
-            return unsafe { push_byte_bounded(&entry.classes, cache, (addr, region)) };
-        }
-        if cache.cap == 0 {
-            return false;
-        }
-        // SAFETY: this thread owns the cache; the caller hands us the slice.
-        if unsafe { cache.push((addr, region)) } {
-            return true;
-        }
-        // Full: give the older three quarters back in one batch, then cache this one.
-        let (len, _) = cache.len_and_releases();
-        // SAFETY: this thread owns the cache; `len - cap / 4 <= len`.
-        unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 4) };
-        // SAFETY: as above; there is room now (`cap / 4 < cap`).
-        unsafe { cache.push((addr, region)) }
-    })
+    let cached = with_entry(
+        shared,
+        || PoolShared::arc_of(r),
+        |entry| {
+            let cache = &entry.classes[class];
+            if entry.shared.has_waiters() {
+                return false;
+            }
+            if cache.byte_bounded {
+                // SAFETY: this thread owns its entries; the caller hands us the slice.
+                return unsafe { push_byte_bounded(&entry.classes, cache, (addr, region)) };
+            }
+            if cache.cap == 0 {
+                return false;
+            }
+            // SAFETY: this thread owns the cache; the caller hands us the slice.
+            if unsafe { cache.push((addr, region)) } {
+                return true;
+            }
+            // Full: give the older three quarters back in one batch, then cache this one.
+            let (len, _) = cache.len_and_releases();
+            // SAFETY: this thread owns the cache; `len - cap / 4 <= len`.
+            unsafe { cache.give_back_oldest(&entry.shared, len - cache.cap / 4) };
+            // SAFETY: as above; there is room now (`cap / 4 < cap`).
+            unsafe { cache.push((addr, region)) }
+        },
+    )
     .unwrap_or(false);
     if !cached {
         // SAFETY: forwarded from the caller.

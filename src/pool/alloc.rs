@@ -5,13 +5,10 @@
 use std::panic::Location;
 use std::time::Duration;
 
-use super::SegmentPool;
+use super::{PoolShared, SegmentPool};
 use crate::class_pool::Shortage;
-use crate::region::{into_ref, map_memory, Region, RegionRef, ZERO_TAG};
+use crate::region::{RegionRef, ZERO_TAG};
 use crate::segment::Segment;
-use crate::size_class::NO_CLASS;
-use crate::sync::atomic::Ordering;
-use crate::sync::Arc;
 use crate::thread_cache;
 use crate::{Error, Result};
 
@@ -211,30 +208,11 @@ impl SegmentPool {
         let len = crate::os::round_up(size, crate::os::page_size())
             .filter(|&l| l <= isize::MAX as usize)
             .ok_or(Error::TooLarge { requested: size })?;
-        if !shared.reserve_mapping(NO_CLASS, len, 0) {
-            return Ok(Attempt::Short { needed: len });
-        }
-        // One mmap and one munmap, nothing more: no huge-page alignment (an over-sized map and
-        // trims) and no madvise for a mapping that lives as long as one segment.
-        let memory = match map_memory(shared.backing.dir(), len, false, shared.prefault) {
-            Ok(m) => m,
-            Err(e) => {
-                shared.release_mapping(NO_CLASS, len, 0);
-                return Err(Error::Map(e));
-            }
+        let region = match PoolShared::map_dedicated(shared, len) {
+            Ok(r) => r,
+            Err(Shortage::Budget { needed }) => return Ok(Attempt::Short { needed }),
+            Err(Shortage::Map(e)) => return Err(Error::Map(e)),
         };
-        let id = shared.next_region_id.fetch_add(1, Ordering::Relaxed);
-        let region = into_ref(Region::new(
-            Arc::clone(shared),
-            NO_CLASS,
-            len.next_power_of_two(),
-            memory,
-            id,
-            true,
-        ));
-        shared.dedicated_segments.fetch_add(1, Ordering::Relaxed);
-        shared.dedicated_allocations.fetch_add(1, Ordering::Relaxed);
-        shared.dedicated_bytes.fetch_add(len, Ordering::Relaxed);
         // SAFETY: the region was born with its one slice out, for this segment.
         let base = unsafe { region.get() }.base();
         // SAFETY: the dedicated region's one slice is this segment's alone.

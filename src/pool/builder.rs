@@ -8,8 +8,9 @@ use super::{PoolHandle, PoolHook, PoolShared, SegmentPool, Signals};
 use crate::budget::Budget;
 use crate::class_pool::{ClassConfig, ClassPool};
 use crate::diagnostics::{DiagState, Diagnostics};
-use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES};
-use crate::stats::{ClassCounters, PeakCounter};
+use crate::region::SliceCounts;
+use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, MAX_REGION};
+use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use crate::sync::{Arc, Mutex};
 use crate::{Error, Result};
@@ -47,9 +48,6 @@ const RETAINED_EMPTY_BYTES: usize = 16 << 20;
 /// How long a free slice stays dirty before the decay purger gives its pages back, by default
 /// (docs/design.md, "Giving memory back", says why one second).
 pub const DEFAULT_PURGE_DECAY: Duration = Duration::from_secs(1);
-
-/// Largest region a pool accepts (its free-slice metadata stays small).
-pub(crate) const MAX_REGION: usize = 1 << 30;
 
 pub(crate) type PressureFn = dyn Fn(usize) + Send + Sync + 'static;
 
@@ -337,6 +335,7 @@ impl SegmentPoolBuilder {
             .collect::<Vec<_>>();
         let n = class_pools.len();
         let diag = DiagState::new(self.diagnostics);
+        let counts = SliceCounts::new(classes.sizes());
         let shared = PoolShared {
             diagnosed: diag.is_some(),
             diag,
@@ -347,8 +346,7 @@ impl SegmentPoolBuilder {
             classes: class_pools.into_boxed_slice(),
             signals: Signals::new(),
             budget: budget.clone(),
-            mapped: PeakCounter::default(),
-            class_slices: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            counts,
             backing: self.backing,
             huge_pages: self.huge_pages,
             prefault: self.prefault,
@@ -356,7 +354,6 @@ impl SegmentPoolBuilder {
             next_region_id: AtomicU64::new(1),
             threads: Mutex::new(Vec::new()),
             departed: (0..n).map(|_| ClassCounters::default()).collect(),
-            out_bytes: PeakCounter::default(),
             dedicated_segments: AtomicUsize::new(0),
             dedicated_bytes: AtomicUsize::new(0),
             purge_decay: self.purge_decay.filter(|_| !self.diagnostics.is_full()),

@@ -16,13 +16,14 @@ use stats::leaks;
 
 mod alloc;
 mod builder;
+mod regions;
 mod shared;
 mod signals;
 mod stats;
 
 pub(crate) use alloc::Attempt;
+pub(crate) use builder::PressureFn;
 pub use builder::{Backing, SegmentPoolBuilder, DEFAULT_PURGE_DECAY};
-pub(crate) use builder::{PressureFn, MAX_REGION};
 pub(crate) use shared::PoolShared;
 pub(crate) use signals::{Signals, WAITER_MASK};
 

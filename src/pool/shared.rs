@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use super::{Backing, Signals};
 use crate::budget::Budget;
-use crate::class_pool::{ClassPool, Shortage};
+use crate::class_pool::ClassPool;
 use crate::diagnostics::DiagState;
 use crate::observer::{ObserverList, RegionObserver};
-use crate::region::{into_ref, map_memory, PurgeMode, Region, RegionRef};
-use crate::size_class::{SizeClasses, NO_CLASS};
-use crate::stats::{ClassCounters, PeakCounter};
+use crate::region::{PurgeMode, Region, SliceCounts};
+use crate::size_class::SizeClasses;
+use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
 use crate::thread_cache::{self, ClassCache};
@@ -33,12 +33,10 @@ pub(crate) struct PoolShared {
     pub(crate) signals: Signals,
     /// The budget the pool's mappings count against (its own, or shared with other pools).
     pub(crate) budget: Budget,
-    /// Bytes this pool has mapped (regions and dedicated mappings), and the most it ever had.
-    pub(super) mapped: PeakCounter,
-    /// Slices of each class in the pool's live regions: what a class's out-of-free-list peak
-    /// is clamped to.
-    pub(super) class_slices: Box<[AtomicUsize]>,
-    pub(crate) backing: Backing,
+    /// Bytes mapped and out of the free lists, per pool and per class: what the regions report
+    /// their takes and give-backs to (`crate::region::SliceCounts`).
+    pub(crate) counts: SliceCounts,
+    pub(super) backing: Backing,
     pub(super) huge_pages: bool,
     pub(super) prefault: bool,
     pub(super) closed: AtomicBool,
@@ -48,8 +46,6 @@ pub(crate) struct PoolShared {
     /// Counts of threads that have exited, and of uncached allocations and releases (atomic
     /// read-modify-writes: these paths are not the fast path).
     pub(super) departed: Box<[ClassCounters]>,
-    /// Bytes out of the free lists (segments, cached slices, dedicated mappings) and their peak.
-    pub(super) out_bytes: PeakCounter,
     pub(super) dedicated_segments: AtomicUsize,
     pub(super) dedicated_bytes: AtomicUsize,
     /// The decay time of the background purger (`None`: only `trim()` purges).
@@ -78,6 +74,20 @@ impl fmt::Debug for PoolShared {
 }
 
 impl PoolShared {
+    /// The pool `region` belongs to.
+    #[inline(always)]
+    pub(crate) fn of(region: &Region) -> &PoolShared {
+        // SAFETY: every region is made by a pool, with its `PoolShared` as owner
+        // (`pool/regions.rs`: the only calls of `Owner::new`).
+        unsafe { region.owner.get::<PoolShared>() }
+    }
+
+    /// A new strong reference to the pool `region` belongs to.
+    pub(crate) fn arc_of(region: &Region) -> Arc<PoolShared> {
+        // SAFETY: as for `of`.
+        unsafe { region.owner.to_arc::<PoolShared>() }
+    }
+
     #[inline]
     /// The signals word: the trim generation (bumped by `trim()`, budget pressure and close:
     /// thread caches give everything back when they see it move) and the budget waiter count.
@@ -92,7 +102,7 @@ impl PoolShared {
 
     /// Whether class `class` has regions mapped (so a released segment of it frees a slice).
     pub(crate) fn class_has_regions(&self, class: usize) -> bool {
-        self.class_slices[class].load(Ordering::Relaxed) > 0
+        self.counts.classes[class].slices.load(Ordering::Relaxed) > 0
     }
 
     /// Takes `len` bytes of the budget for a mapping of class `class` (`NO_CLASS`: dedicated)
@@ -103,31 +113,31 @@ impl PoolShared {
         }
         // Counted before any slice of it can be taken, so the peaks clamped to these counts
         // never read low.
-        self.mapped.add(len);
-        if let Some(c) = self.class_slices.get(class as usize) {
-            c.fetch_add(slices, Ordering::Relaxed);
+        self.counts.mapped.add(len);
+        if let Some(c) = self.counts.classes.get(class as usize) {
+            c.slices.fetch_add(slices, Ordering::Relaxed);
         }
         true
     }
 
     /// Gives back what [`reserve_mapping`](Self::reserve_mapping) took (the mapping is gone).
     pub(super) fn release_mapping(&self, class: u8, len: usize, slices: usize) {
-        if let Some(c) = self.class_slices.get(class as usize) {
-            c.fetch_sub(slices, Ordering::Relaxed);
+        if let Some(c) = self.counts.classes.get(class as usize) {
+            c.slices.fetch_sub(slices, Ordering::Relaxed);
         }
-        self.mapped.sub(len);
+        self.counts.mapped.sub(len);
         self.budget.release(len);
     }
 
     /// Bytes out of the free lists as the pool counts them (an upper bound: thread caches count
     /// their give-backs late, see `thread_cache::UNCOUNTED_CACHES`).
     pub(crate) fn out_bytes_now(&self) -> usize {
-        self.out_bytes.now()
+        self.counts.out_bytes.now()
     }
 
     /// Bytes this pool has mapped right now.
     pub(crate) fn mapped_now(&self) -> usize {
-        self.mapped.now()
+        self.counts.mapped.now()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -162,107 +172,6 @@ impl PoolShared {
         self.departed[class]
             .releases
             .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Slices of `class` (`NO_CLASS`: a dedicated mapping) left the free lists (taken by a
-    /// thread cache or a segment).
-    pub(crate) fn note_taken(&self, class: u8, bytes: usize) {
-        // The counts may be high (give-backs counted late); their peaks are clamped to what
-        // exists, so they stay bounds that are possible.
-        self.out_bytes.add_capped(bytes, self.mapped.now());
-        if let Some(c) = self.classes.get(class as usize) {
-            c.out.add_capped(
-                bytes / c.size,
-                self.class_slices[class as usize].load(Ordering::Relaxed),
-            );
-        }
-    }
-
-    /// Slices came back to the free lists.
-    pub(crate) fn note_returned(&self, class: u8, bytes: usize) {
-        self.out_bytes.sub(bytes);
-        if let Some(c) = self.classes.get(class as usize) {
-            c.out.sub(bytes / c.size);
-        }
-    }
-
-    /// Maps a new region for class `class` (budget first).
-    pub(crate) fn new_region(
-        this: &Arc<Self>,
-        class: u8,
-        slice_size: usize,
-        len: usize,
-    ) -> std::result::Result<RegionRef, Shortage> {
-        let slices = len / this.classes[class as usize].stride;
-        if !this.reserve_mapping(class, len, slices) {
-            return Err(Shortage::Budget { needed: len });
-        }
-        let guarded = this.classes[class as usize].stride != slice_size;
-        let memory = map_memory(
-            this.backing.dir(),
-            len,
-            this.huge_pages && !guarded,
-            this.prefault,
-        )
-        .and_then(|m| {
-            if guarded {
-                crate::diagnostics::guard::protect(
-                    &m.mapping,
-                    slice_size,
-                    this.classes[class as usize].stride,
-                )?;
-            }
-            Ok(m)
-        })
-        .map_err(|e| {
-            this.release_mapping(class, len, slices);
-            Shortage::Map(e)
-        })?;
-        let id = this.next_region_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(decay) = this.purge_decay {
-            if !this.purger_registered.swap(true, Ordering::Relaxed) {
-                crate::purge::register(this, decay);
-            }
-        }
-        Ok(into_ref(Region::new(
-            Arc::clone(this),
-            class,
-            slice_size,
-            memory,
-            id,
-            false,
-        )))
-    }
-
-    /// Tells the observers that a region of a size class was mapped (`ClassPool::grow`, under
-    /// the class lock, before any slice of it is handed out).
-    pub(crate) fn region_mapped(&self, region: &Region) {
-        let observers = self.observers.lock();
-        if observers.is_empty() {
-            return;
-        }
-        let info = region.info();
-        for o in observers.iter() {
-            // The observer reports and counts its own failure; the region just stays unknown
-            // to it.
-            let _ = o.mapped(&info);
-        }
-    }
-
-    /// Tells the observers that a region is about to be unmapped (`region::destroy`, with the
-    /// memory still mapped). Dedicated mappings were never reported, so they are not here either.
-    pub(crate) fn region_unmapping(&self, region: &Region) {
-        if region.class == NO_CLASS {
-            return;
-        }
-        let observers = self.observers.lock();
-        if observers.is_empty() {
-            return;
-        }
-        let info = region.info();
-        for o in observers.iter() {
-            o.unmapping(&info);
-        }
     }
 
     /// Adds an observer, then tells it about every region already mapped (see
@@ -305,38 +214,13 @@ impl PoolShared {
         &self.backing
     }
 
-    /// Called by a region's destroyer after it unmapped `len` bytes.
-    pub(crate) fn region_unmapped(&self, class: u8, id: u64, base: usize, len: usize) {
-        if let Some(d) = &self.diag {
-            d.forget_range(base, len);
-        }
-        let slices = if class == NO_CLASS {
-            self.dedicated_segments.fetch_sub(1, Ordering::Relaxed);
-            self.dedicated_bytes.fetch_sub(len, Ordering::Relaxed);
-            self.dedicated_releases.fetch_add(1, Ordering::Relaxed);
-            0
-        } else {
-            let c = &self.classes[class as usize];
-            c.regions_unmapped.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                target: "segpool",
-                region = id,
-                class = c.size,
-                bytes = len,
-                "region unmapped"
-            );
-            len / c.stride
-        };
-        self.release_mapping(class, len, slices);
-    }
-
     /// Unmaps every empty region now (after this thread gave its cached slices back, and after
     /// telling other threads to give theirs back on their next call), then purges the free slices
     /// of the regions left. Returns bytes unmapped.
     pub(crate) fn trim(&self) -> usize {
         let bytes = self.reclaim();
         let purged = self.purge(PurgeMode::All);
-        tracing::debug!(target: "segpool", bytes, purged, mapped = self.mapped.now(), "trim");
+        tracing::debug!(target: "segpool", bytes, purged, mapped = self.mapped_now(), "trim");
         bytes
     }
 

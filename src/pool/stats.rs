@@ -75,13 +75,13 @@ impl SegmentPool {
         // The peaks only grow, and each out-of-free-list peak was clamped to what was mapped
         // when it was recorded: read them first, so none of them exceeds the mapped peak read
         // after.
-        let peak_in_use_bytes = shared.out_bytes.peak();
-        let class_peaks: Vec<usize> = shared.classes.iter().map(|c| c.out.peak()).collect();
+        let peak_in_use_bytes = shared.counts.out_bytes.peak();
+        let class_peaks: Vec<usize> = shared.counts.classes.iter().map(|c| c.out.peak()).collect();
         let mut stats = PoolStats {
             budget_bytes: shared.budget.limit_opt(),
             peak_in_use_bytes,
-            peak_mapped_bytes: shared.mapped.peak(),
-            mapped_bytes: shared.mapped.now(),
+            peak_mapped_bytes: shared.counts.mapped.peak(),
+            mapped_bytes: shared.counts.mapped.now(),
             dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
             dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
             budget_waiters: shared.budget.waiters(),

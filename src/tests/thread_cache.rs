@@ -138,7 +138,8 @@ fn returns_are_counted_late_never_early_and_all_at_exit() {
         from_main.recv().unwrap();
     });
     from_releaser.recv().unwrap();
-    let (counted, peak) = (class.out.now(), class.out.peak());
+    let out = &shared.counts.classes[0].out;
+    let (counted, peak) = (out.now(), out.peak());
     assert!(
         counted >= exact(),
         "counted {counted} below the regions' {}",
@@ -156,6 +157,6 @@ fn returns_are_counted_late_never_early_and_all_at_exit() {
     // thread's cache goes back with `trim`.
     pool.trim();
     assert_eq!(exact(), 0);
-    assert_eq!(class.out.now(), 0);
+    assert_eq!(out.now(), 0);
     assert_eq!(shared.out_bytes_now(), 0);
 }
