@@ -17,6 +17,7 @@ use crate::{Error, Result};
 
 /// Where a pool's memory comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Backing {
     /// Anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`).
     #[default]
