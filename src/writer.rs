@@ -285,7 +285,7 @@ impl io::Write for SegmentWriter {
 ///
 /// Reading ([`io::Read`], [`io::BufRead`], and `bytes::Buf` with the `bytes` feature) consumes
 /// the chain from the front and releases each segment to the pool as soon as it is read past.
-/// With the `bytes` feature, [`into_bytes_vec`](Self::into_bytes_vec) turns the unread bytes into
+/// With the `bytes` feature, `into_bytes_vec` turns the unread bytes into
 /// `bytes::Bytes` values, one per segment, without copying.
 ///
 /// # Invariants

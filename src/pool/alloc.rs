@@ -28,7 +28,7 @@ impl SegmentPool {
     ///
     /// Fails with `ZeroSize`, `TooLarge`, `BudgetExceeded` (after unmapping the pool's own empty
     /// regions and asking the pressure callbacks, see
-    /// [`on_pressure`](SegmentPoolBuilder::on_pressure)), or `Map`.
+    /// [`on_pressure`](crate::SegmentPoolBuilder::on_pressure)), or `Map`.
     #[inline]
     #[track_caller]
     pub fn allocate(&self, size: usize) -> Result<Segment> {
@@ -105,7 +105,7 @@ impl SegmentPool {
     /// future before it completes leaves nothing behind: it leaves the queue, and a segment that
     /// was handed to it goes to the next waiter or back to the pool. The first poll tries at
     /// once (and may run the pressure callback, see
-    /// [`on_pressure`](SegmentPoolBuilder::on_pressure)); a request that could never fit the
+    /// [`on_pressure`](crate::SegmentPoolBuilder::on_pressure)); a request that could never fit the
     /// budget fails at once.
     #[track_caller]
     pub fn allocate_async(

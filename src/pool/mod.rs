@@ -115,7 +115,7 @@ impl SegmentPool {
     /// Then purges the free slices of the regions that stay mapped: their pages go back to the
     /// OS (`MADV_DONTNEED`, or `MADV_REMOVE` for file-backed pools) while the address space
     /// stays; they read zero when handed out again. Those bytes are not in the return value
-    /// (nothing was unmapped) but in [`PoolStats::purged_bytes`].
+    /// (nothing was unmapped) but in [`PoolStats::purged_bytes`](crate::PoolStats::purged_bytes).
     pub fn trim(&self) -> usize {
         self.shared().trim()
     }
