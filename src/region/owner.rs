@@ -14,6 +14,7 @@
 //! * hands the owner back, typed, to the layers above that made the region and know its type
 //!   ([`Owner::get`]): the thread caches' fast path compares and reads it with no call at all.
 
+#[cfg(debug_assertions)]
 use std::any::TypeId;
 use std::fmt;
 use std::ptr::NonNull;
@@ -119,7 +120,7 @@ impl SliceCounts {
 ///
 /// # Invariants
 ///
-/// * `ptr` came from `Arc::into_raw` of an `Arc<T>` (`T` the type recorded in `type_id`) and
+/// * `ptr` came from `Arc::into_raw` of an `Arc<T>` (`T` the type `new` was called with) and
 ///   owns one strong count of it, which `release` (that `T`'s) gives back on drop.
 /// * `counts` points at that owner's [`SliceCounts`] (inside the same allocation, or kept alive
 ///   by it), so it is valid as long as `self` is.
@@ -127,6 +128,8 @@ pub(crate) struct Owner {
     ptr: NonNull<dyn RegionOwner>,
     counts: NonNull<SliceCounts>,
     release: unsafe fn(NonNull<()>),
+    /// The owner's type, to check typed reads in debug builds.
+    #[cfg(debug_assertions)]
     type_id: TypeId,
 }
 
@@ -155,6 +158,7 @@ impl Owner {
             counts: NonNull::from(owner.slice_counts()),
             ptr,
             release: release::<T>,
+            #[cfg(debug_assertions)]
             type_id: TypeId::of::<T>(),
         }
     }
@@ -180,7 +184,8 @@ impl Owner {
     ///   region knows it (checked in debug builds).
     #[inline(always)]
     pub(crate) unsafe fn get<T: RegionOwner>(&self) -> &T {
-        debug_assert!(
+        #[cfg(debug_assertions)]
+        assert!(
             self.type_id == TypeId::of::<T>(),
             "an owner read as another type"
         );
@@ -195,7 +200,8 @@ impl Owner {
     ///
     /// * As for [`get`](Self::get).
     pub(crate) unsafe fn to_arc<T: RegionOwner>(&self) -> Arc<T> {
-        debug_assert!(
+        #[cfg(debug_assertions)]
+        assert!(
             self.type_id == TypeId::of::<T>(),
             "an owner read as another type"
         );
