@@ -56,7 +56,7 @@ mod local;
 
 pub(crate) use class_cache::ClassCache;
 use class_cache::Slot;
-#[cfg(test)]
+#[cfg(all(test, not(loom), not(shuttle)))]
 pub(crate) use class_cache::UNCOUNTED_CACHES;
 #[cfg(loom)]
 pub(crate) use local::exit_current_thread;
