@@ -18,26 +18,18 @@
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::os::Mapping;
-use crate::pool::PoolShared;
-use crate::region::{drop_ref, purge, PurgeMode, RegionMemory, RegionRef, Released};
-use crate::stats::PeakCounter;
+use crate::clock::Clock;
+use crate::region::{drop_ref, purge, PurgeMode, RegionRef, Released};
 use crate::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
 use crate::sync::epoch::{self, Guard};
-use crate::sync::{Arc, Mutex};
+use crate::sync::Mutex;
 
-/// Nanoseconds since the pool was built (for the empty-region grace period).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock(std::time::Instant);
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Self(std::time::Instant::now())
-    }
-
-    fn now_ns(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
+/// What a class needs from its pool to grow: a new region of the class, mapped under the
+/// pool's budget with the pool as its owner. Called under the class lock, before any slice of
+/// the region is handed out, so the pool tells its region observers there (`crate::observer`).
+pub(crate) trait MapRegion {
+    /// Maps a region of `class` (budget first).
+    fn map_region(&self, class: &ClassPool) -> Result<RegionRef, Shortage>;
 }
 
 /// Why a class could not hand out a slice.
@@ -89,16 +81,13 @@ pub(crate) struct ClassPool {
     with_room: Mutex<BTreeMap<u64, RegionRef>>,
     /// Regions a refill looked at (unit tests check that a refill does not scan).
     #[cfg(test)]
-    visited: AtomicU64,
+    pub(crate) visited: AtomicU64,
     /// Regions whose state word is exactly 0 (live, nothing out). Updated after the transition
     /// it counts, so it can be off by the transitions in flight (even negative for a moment); it
     /// only steers when to retire, and retiring re-checks the state word itself.
     empty_regions: AtomicIsize,
     pub(crate) regions_mapped: AtomicU64,
     pub(crate) regions_unmapped: AtomicU64,
-    /// Slices of this class out of the regions' free lists right now (segments and cached
-    /// slices), and the highest that ever was. Updated per batch, on the slow paths only.
-    pub(crate) out: PeakCounter,
 }
 
 /// What [`ClassPool::snapshot`] reports.
@@ -154,7 +143,6 @@ impl ClassPool {
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
-            out: PeakCounter::default(),
         }
     }
 
@@ -168,7 +156,7 @@ impl ClassPool {
     /// Takes up to `out.len()` slices from one region, mapping a new region if none has room.
     pub(crate) fn take(
         &self,
-        pool: &Arc<PoolShared>,
+        pool: &impl MapRegion,
         out: &mut [usize],
         guard: &Guard,
     ) -> Result<(RegionRef, usize), Shortage> {
@@ -223,7 +211,7 @@ impl ClassPool {
 
     fn grow(
         &self,
-        pool: &Arc<PoolShared>,
+        pool: &impl MapRegion,
         out: &mut [usize],
         guard: &Guard,
     ) -> Result<(RegionRef, usize), Shortage> {
@@ -232,11 +220,10 @@ impl ClassPool {
         if let Some(got) = self.take_existing(out, guard) {
             return Ok(got);
         }
-        let region = PoolShared::new_region(pool, self.index, self.size, self.region_size)?;
-        // Observers learn of the region before any slice of it is handed out.
+        // Observers learn of the region (in `map_region`) before any slice of it is handed out.
+        let region = pool.map_region(self)?;
         // SAFETY: the region was just made and is not shared yet; it lives until destroyed.
         let fresh = unsafe { region.get() };
-        pool.region_mapped(fresh);
         let (n, _) = fresh.take(out);
         debug_assert!(n > 0);
         // Amortised O(1): the list is not copied.
@@ -453,186 +440,5 @@ impl ClassPool {
             s.resident_bytes += region.resident_bytes();
         }
         s
-    }
-}
-
-/// Makes the memory of a region or dedicated mapping for the given backing.
-pub(crate) fn map_memory(
-    backing: &crate::pool::Backing,
-    len: usize,
-    huge_pages: bool,
-    prefault: bool,
-) -> io::Result<RegionMemory> {
-    use crate::os::{file, Protection, Sharing};
-    const HUGE: usize = 2 << 20;
-    match backing {
-        crate::pool::Backing::Anonymous => {
-            let huge = huge_pages && len >= HUGE;
-            let mapping = Mapping::anonymous(len, if huge { HUGE } else { 4096 })?;
-            if huge {
-                mapping.advise_huge_pages();
-            }
-            if prefault {
-                mapping.populate_write()?;
-            }
-            Ok(RegionMemory {
-                mapping,
-                file_backed: false,
-            })
-        }
-        crate::pool::Backing::File(dir) => {
-            let f = file::anonymous_file(dir)?;
-            file::reserve(&f, 0, len as u64)?;
-            let mapping = Mapping::file(&f, 0, len, Protection::ReadWrite, Sharing::Shared, false)?;
-            if prefault {
-                mapping.populate_write()?;
-            }
-            // Not registered with the fault guard (see `RegionMemory`). The mapping keeps the
-            // nameless file alive; the descriptor can go.
-            drop(f);
-            Ok(RegionMemory {
-                mapping,
-                file_backed: true,
-            })
-        }
-    }
-}
-
-#[cfg(all(test, not(any(loom, shuttle))))]
-mod tests {
-    use crate::sync::atomic::Ordering;
-    use crate::SegmentPool;
-
-    const PAGE: usize = 4096;
-
-    /// One 4 KiB class, `slices` per region, no thread caches (every allocation is a refill of
-    /// one slice, every release a give-back), empty regions unmapped at once.
-    fn pool(slices: usize) -> SegmentPool {
-        SegmentPool::builder()
-            .size_classes(&[PAGE])
-            .region_size(slices * PAGE)
-            .retain_empty_regions(0)
-            .empty_region_grace(std::time::Duration::ZERO)
-            .thread_cache(false)
-            .huge_pages(false)
-            .purge_decay(None)
-            .build()
-            .unwrap()
-    }
-
-    /// With thousands of full regions, a refill looks at the region with room and at most the
-    /// one it just filled: it never scans the full ones, not even after a give-back to the
-    /// oldest region (which the next refill takes first).
-    #[test]
-    fn a_refill_does_not_scan_the_full_regions() {
-        const SLICES: usize = 4;
-        const REGIONS: usize = 3_000;
-        let pool = pool(SLICES);
-        let class = &pool.shared().classes[0];
-        let mut held: Vec<_> = (0..REGIONS * SLICES)
-            .map(|_| pool.allocate(PAGE).unwrap())
-            .collect();
-        assert_eq!(pool.shared().classes[0].snapshot().regions, REGIONS);
-        let visits = |f: &mut dyn FnMut()| {
-            let before = class.visited.load(Ordering::Relaxed);
-            f();
-            class.visited.load(Ordering::Relaxed) - before
-        };
-        // Growing on: each allocation looks at no more than two regions.
-        let more = 10 * SLICES;
-        let seen = visits(&mut || held.extend((0..more).map(|_| pool.allocate(PAGE).unwrap())));
-        assert!(
-            seen <= 2 * more as u64,
-            "{seen} regions visited for {more} refills"
-        );
-        // A slice of the oldest region comes back: the next refill goes straight to it.
-        let oldest = held.swap_remove(0);
-        let region = oldest.region_ref();
-        drop(oldest);
-        let mut again = None;
-        let seen = visits(&mut || again = Some(pool.allocate(PAGE).unwrap()));
-        let again = again.unwrap();
-        assert_eq!(
-            again.region_ref(),
-            region,
-            "the oldest region with room fills first"
-        );
-        assert_eq!(seen, 1, "one region visited");
-        held.push(again);
-        class.check_with_room();
-        let seen = visits(&mut || held.push(pool.allocate(PAGE).unwrap()));
-        assert!(seen <= 2, "{seen} regions visited after a give-back");
-        class.check_with_room();
-    }
-
-    /// Older regions fill first, so after a drain the newer ones empty and are unmapped: the
-    /// region count drops back.
-    #[test]
-    fn older_regions_fill_first_so_newer_ones_drain() {
-        const SLICES: usize = 4;
-        const REGIONS: usize = 10;
-        let pool = pool(SLICES);
-        let class = &pool.shared().classes[0];
-        let segs: Vec<_> = (0..REGIONS * SLICES)
-            .map(|_| pool.allocate(PAGE).unwrap())
-            .collect();
-        assert_eq!(class.snapshot().regions, REGIONS);
-        // Every region gives back half its slices (newest regions first, so a structure that
-        // preferred recently freed room would pick the new ones).
-        let mut kept = Vec::new();
-        for (i, s) in segs.into_iter().enumerate().rev() {
-            if i % SLICES < SLICES / 2 {
-                kept.push(s);
-            }
-        }
-        class.check_with_room();
-        // Half as many allocations as were given back: they fill the oldest half of the regions.
-        let refill = REGIONS * SLICES / 4;
-        let fresh: Vec<_> = (0..refill).map(|_| pool.allocate(PAGE).unwrap()).collect();
-        assert_eq!(
-            class.snapshot().regions,
-            REGIONS,
-            "no region mapped for them"
-        );
-        let ids: Vec<u64> = fresh
-            .iter()
-            // SAFETY: the segment keeps its region alive.
-            .map(|s| unsafe { s.region_ref().get() }.id)
-            .collect();
-        let oldest: Vec<u64> = {
-            let mut all: Vec<u64> = kept
-                .iter()
-                // SAFETY: the segment keeps its region alive.
-                .map(|s| unsafe { s.region_ref().get() }.id)
-                .collect();
-            all.sort_unstable();
-            all.dedup();
-            all.truncate(REGIONS / 2);
-            all
-        };
-        for id in &ids {
-            assert!(
-                oldest.contains(id),
-                "region {id} is not one of the oldest half"
-            );
-        }
-        // The drain: the segments still out of the newer half come back, and those regions go.
-        kept.retain(|s| {
-            // SAFETY: the segment keeps its region alive.
-            oldest.contains(&unsafe { s.region_ref().get() }.id)
-        });
-        assert_eq!(
-            class.snapshot().regions,
-            REGIONS / 2,
-            "the newer half was unmapped"
-        );
-        assert_eq!(
-            class.regions_unmapped.load(Ordering::Relaxed),
-            (REGIONS / 2) as u64
-        );
-        class.check_with_room();
-        drop((kept, fresh));
-        assert_eq!(class.snapshot().regions, 0);
-        class.check_with_room();
     }
 }

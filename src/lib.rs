@@ -20,6 +20,7 @@ mod budget;
 #[cfg(feature = "bytes")]
 mod bytes_bridge;
 mod class_pool;
+mod clock;
 pub mod diagnostics;
 mod error;
 pub mod fault;

@@ -31,6 +31,8 @@ pub(crate) const MIN_CLASS: usize = 4096;
 pub(crate) const MIN_REGION: usize = 2 << 20;
 /// ... and at most this large by default, so an idle region pins little.
 pub(crate) const MAX_DEFAULT_REGION: usize = 32 << 20;
+/// Largest region a pool accepts (its free-slice metadata stays small).
+pub(crate) const MAX_REGION: usize = 1 << 30;
 /// Slices per region the default aims for.
 pub(crate) const SLICES_PER_REGION: usize = 32;
 
@@ -85,11 +87,11 @@ impl SizeClasses {
                     "size_classes: {s} is not a power of two of at least {MIN_CLASS}"
                 )));
             }
-            if s > crate::pool::MAX_REGION {
+            if s > MAX_REGION {
                 return Err(Error::InvalidConfig(format!(
                     "size_classes: {s} is larger than the largest region ({} bytes); requests \
                      above the largest class are served by dedicated mappings",
-                    crate::pool::MAX_REGION
+                    MAX_REGION
                 )));
             }
             if i > 0 && s <= sizes[i - 1] {

@@ -13,6 +13,8 @@
 
 use std::fmt;
 
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 /// A snapshot of a pool's memory, taken by [`SegmentPool::stats`](crate::SegmentPool::stats).
 ///
 /// Counts are read one after another while other threads may allocate and release, so they are
@@ -195,17 +197,16 @@ impl fmt::Display for PoolStats {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct PeakCounter {
-    now: crate::sync::atomic::AtomicUsize,
-    peak: crate::sync::atomic::AtomicUsize,
+    now: AtomicUsize,
+    peak: AtomicUsize,
 }
 
 impl PeakCounter {
     /// Adds `n`; moves the peak if this passed it (no write to the peak otherwise).
     pub(crate) fn add(&self, n: usize) {
-        use crate::sync::atomic::Ordering::Relaxed;
-        let now = self.now.fetch_add(n, Relaxed) + n;
-        if now > self.peak.load(Relaxed) {
-            self.peak.fetch_max(now, Relaxed);
+        let now = self.now.fetch_add(n, Ordering::Relaxed) + n;
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -213,23 +214,45 @@ impl PeakCounter {
     /// count may be high while give-backs are counted late, and a peak above what exists would
     /// be a figure that cannot be true).
     pub(crate) fn add_capped(&self, n: usize, cap: usize) {
-        use crate::sync::atomic::Ordering::Relaxed;
-        let now = (self.now.fetch_add(n, Relaxed) + n).min(cap);
-        if now > self.peak.load(Relaxed) {
-            self.peak.fetch_max(now, Relaxed);
+        let now = (self.now.fetch_add(n, Ordering::Relaxed) + n).min(cap);
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn sub(&self, n: usize) {
-        self.now
-            .fetch_sub(n, crate::sync::atomic::Ordering::Relaxed);
+        self.now.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn now(&self) -> usize {
-        self.now.load(crate::sync::atomic::Ordering::Relaxed)
+        self.now.load(Ordering::Relaxed)
     }
 
     pub(crate) fn peak(&self) -> usize {
-        self.peak.load(crate::sync::atomic::Ordering::Relaxed)
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Allocation and release counts of one class. In a thread's [`ClassCache`] only that thread
+/// writes them (a load and a store); in a pool's `departed` counts, any thread adds to them with
+/// read-modify-writes.
+#[derive(Debug, Default)]
+pub(crate) struct ClassCounters {
+    pub(crate) allocations: AtomicU64,
+    pub(crate) releases: AtomicU64,
+    /// Slices that entered the cache on slow paths minus slices that left it on slow paths
+    /// (wrapping; see `crate::thread_cache`).
+    pub(crate) adjust: AtomicU64,
+}
+
+impl ClassCounters {
+    /// Slices in the cache, as far as a reader on another thread can tell (exact when the owner is
+    /// quiet; for the owner, the cache's length).
+    pub(crate) fn cached(&self) -> usize {
+        let r = self.releases.load(Ordering::Relaxed);
+        let a = self.allocations.load(Ordering::Relaxed);
+        let adj = self.adjust.load(Ordering::Relaxed);
+        let v = r.wrapping_sub(a).wrapping_add(adj) as i64;
+        v.max(0) as usize
     }
 }

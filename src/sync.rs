@@ -225,11 +225,11 @@ impl Condvar {
 /// Declares a thread-local, with a `const` initializer (no lazy-init check on access) on std, and
 /// through loom's or shuttle's `thread_local!` under the models.
 macro_rules! const_thread_local {
-    ($(#[$m:meta])* static $name:ident : $t:ty = $init:expr;) => {
+    ($(#[$m:meta])* $vis:vis static $name:ident : $t:ty = $init:expr;) => {
         #[cfg(not(any(loom, shuttle)))]
-        std::thread_local!($(#[$m])* static $name: $t = const { $init });
+        std::thread_local!($(#[$m])* $vis static $name: $t = const { $init });
         #[cfg(any(loom, shuttle))]
-        $crate::sync::thread_local!($(#[$m])* static $name: $t = $init);
+        $crate::sync::thread_local!($(#[$m])* $vis static $name: $t = $init);
     };
 }
 pub(crate) use const_thread_local;

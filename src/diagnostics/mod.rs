@@ -338,7 +338,7 @@ impl DiagState {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn on_release_slice(region: &Region, addr: usize, len: usize) {
-    if let Some(d) = &region.pool.diag {
+    if let Some(d) = &PoolShared::of(region).diag {
         // SAFETY: the caller owns these bytes exclusively (see above).
         let bytes = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
         d.on_release(region, bytes);

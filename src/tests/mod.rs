@@ -5,6 +5,7 @@
 //! against Tree Borrows, data races between the threads here, leaks at exit, and the ordering of
 //! the atomics (its weak-memory emulation).
 
+mod class_pool;
 mod free_stack;
 mod pool;
 mod thread_cache;

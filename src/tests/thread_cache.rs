@@ -107,3 +107,56 @@ fn an_idle_cache_goes_back_after_trim() {
         go.send(()).unwrap();
     });
 }
+
+/// Slices given back by a thread cache reach the pool's out-of-free-list counts late (at most
+/// `UNCOUNTED_CACHES` caches' worth per thread), never early, and all of them once the
+/// thread exits: the counts stay upper bounds of what the regions hold out, and come back to
+/// zero when everything is back.
+#[test]
+fn returns_are_counted_late_never_early_and_all_at_exit() {
+    const SIZE: usize = 64 << 10;
+    let pool = SegmentPool::builder()
+        .size_classes(&[SIZE])
+        .huge_pages(false)
+        .build()
+        .unwrap();
+    let shared = pool.shared().clone();
+    let class = &shared.classes[0];
+    let cap = class.cache_capacity;
+    assert!(cap > 1);
+    // Slices out of the regions' free lists, as the regions count them.
+    let exact = || class.snapshot().out;
+    let segs: Vec<_> = (0..10 * cap)
+        .map(|_| pool.allocate(SIZE).unwrap())
+        .collect();
+    let (to_main, from_releaser) = std::sync::mpsc::channel();
+    let (to_releaser, from_main) = std::sync::mpsc::channel::<()>();
+    let releaser = std::thread::spawn(move || {
+        drop(segs);
+        to_main.send(()).unwrap();
+        // Stay alive (its cache and its uncounted returns with it) until told to exit.
+        from_main.recv().unwrap();
+    });
+    from_releaser.recv().unwrap();
+    let out = &shared.counts.classes[0].out;
+    let (counted, peak) = (out.now(), out.peak());
+    assert!(
+        counted >= exact(),
+        "counted {counted} below the regions' {}",
+        exact()
+    );
+    assert!(
+        counted <= exact() + crate::thread_cache::UNCOUNTED_CACHES * cap,
+        "counted {counted}, regions {}",
+        exact()
+    );
+    assert!(peak >= 10 * cap);
+    to_releaser.send(()).unwrap();
+    releaser.join().unwrap();
+    // The releaser's cache and its uncounted returns went back when it exited; this
+    // thread's cache goes back with `trim`.
+    pool.trim();
+    assert_eq!(exact(), 0);
+    assert_eq!(out.now(), 0);
+    assert_eq!(shared.out_bytes_now(), 0);
+}

@@ -34,12 +34,17 @@
 
 use std::ptr::NonNull;
 
+mod memory;
+mod owner;
+
+pub(crate) use memory::{map_memory, RegionMemory};
+pub(crate) use owner::{Owner, RegionOwner, SliceCounts};
+
 use crate::free_stack::{FreeStack, AGED, MARK_SHIFT, PURGED};
-use crate::os::Mapping;
-use crate::pool::PoolShared;
+use crate::size_class::NO_CLASS;
 use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use crate::sync::epoch::{Guard, Shared};
-use crate::sync::{Arc, Mutex};
+use crate::sync::Mutex;
 
 /// Set in the state word once the region is retired.
 pub(crate) const RETIRED: usize = 1 << (usize::BITS - 1);
@@ -49,19 +54,6 @@ pub(crate) const MAX_BATCH: usize = 128;
 
 /// Marks a slice address as known to be zero (bit 0 is free: slices are page-aligned).
 pub(crate) const ZERO_TAG: usize = 1;
-
-/// What backs a region's memory, unmapped when it is destroyed.
-///
-/// File-backed regions are not registered with the fault guard (`crate::fault`): a segment is a
-/// plain `&mut [u8]` with no operation that could report a lost page, so a SIGBUS in one kills
-/// the process as it would without segpool (`docs/faults.md`, "File-backed pools").
-#[derive(Debug)]
-pub(crate) struct RegionMemory {
-    pub(crate) mapping: Mapping,
-    /// A shared mapping of a nameless file (`Backing::File`): purging frees its blocks
-    /// (`MADV_REMOVE`) rather than dropping private pages.
-    pub(crate) file_backed: bool,
-}
 
 /// The fields of a region that takes and give-backs write, on their own 128-byte block (two
 /// cache lines: the adjacent-line prefetcher's unit).
@@ -89,7 +81,7 @@ struct Hot {
 pub(crate) struct Region {
     /// What every take and give-back writes, together (one line to move between cores per
     /// batch, not one per field) and away from the read-mostly fields every release reads
-    /// (`class`, `pool`).
+    /// (`class`, `owner`).
     hot: Hot,
     base: usize,
     slice_shift: u32,
@@ -104,7 +96,10 @@ pub(crate) struct Region {
     pub(crate) diagnosed: bool,
     pub(crate) pool_id: u64,
     pub(crate) id: u64,
-    pub(crate) pool: Arc<PoolShared>,
+    /// The pool the region belongs to (see `owner.rs`): kept alive by the region.
+    pub(crate) owner: Owner,
+    /// The memory is a shared mapping of a nameless file (`Backing::File`).
+    file_backed: bool,
     /// Free slices may be purged: a class region of a pool without poison (poison must survive
     /// until the slice is handed out again, to be checked).
     purgeable: bool,
@@ -132,24 +127,35 @@ impl RegionRef {
     }
 }
 
+/// What a new region is (the pool computes it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegionSpec {
+    /// Its size class, or `NO_CLASS` for a dedicated mapping.
+    pub(crate) class: u8,
+    /// The slice size: the class size, or a dedicated mapping's length rounded up to a power of
+    /// two (so that index arithmetic stays a shift).
+    pub(crate) slice_size: usize,
+    /// Distance between slice starts: the slice size, or more under `Diagnostics::Full` (a
+    /// dedicated mapping has one slice: ignored).
+    pub(crate) stride: usize,
+    /// The region's id in its pool.
+    pub(crate) id: u64,
+}
+
 impl Region {
-    /// Builds the metadata for `memory`. A region `born_retired` (a dedicated mapping for one
-    /// large segment) starts as `RETIRED | 1` with its one slice already out: it is never in a
-    /// class list, and the segment's release destroys it.
-    pub(crate) fn new(
-        pool: Arc<PoolShared>,
-        class: u8,
-        slice_size: usize,
-        memory: RegionMemory,
-        id: u64,
-        born_retired: bool,
-    ) -> Self {
-        // A dedicated region has one slice of `slice_size` (its length rounded up to a power of
-        // two, so that index arithmetic stays a shift) covering the whole mapping.
-        let stride = match pool.classes.get(class as usize) {
-            Some(c) if !born_retired => c.stride,
-            _ => slice_size,
-        };
+    /// Builds the metadata for `memory`. A dedicated region (`spec.class == NO_CLASS`: one large
+    /// segment) starts as `RETIRED | 1` with its one slice already out: it is never in a class
+    /// list, and the segment's release destroys it.
+    pub(crate) fn new(owner: Owner, spec: RegionSpec, memory: RegionMemory) -> Self {
+        let RegionSpec {
+            class,
+            slice_size,
+            stride,
+            id,
+        } = spec;
+        let born_retired = class == NO_CLASS;
+        // A dedicated region has one slice of `slice_size` covering the whole mapping.
+        let stride = if born_retired { slice_size } else { stride };
         let slices = if born_retired {
             1
         } else {
@@ -157,8 +163,9 @@ impl Region {
         };
         let free = FreeStack::full(slices);
         if born_retired {
-            pool.note_taken(class, memory.mapping.len());
+            owner.counts().taken(class, memory.mapping.len());
         }
+        let (diagnosed, poisons) = owner.reports().diagnostics();
         let fresh_mark = if born_retired {
             let mut first = [0usize; 1];
             free.pop_into(&mut first);
@@ -183,11 +190,12 @@ impl Region {
             },
             slices,
             class,
-            diagnosed: pool.diag.is_some(),
-            purgeable: !born_retired && !pool.diag.as_ref().is_some_and(|d| d.level().is_full()),
-            pool_id: pool.id,
+            diagnosed,
+            purgeable: !born_retired && !poisons,
+            pool_id: owner.reports().pool_id(),
             id,
-            pool,
+            owner,
+            file_backed: memory.file_backed,
             memory: Mutex::new(Some(memory)),
         }
     }
@@ -235,7 +243,7 @@ impl Region {
             id: self.id,
             base: self.base,
             len: self.len(),
-            file_backed: matches!(self.pool.backing, crate::pool::Backing::File(_)),
+            file_backed: self.file_backed,
         }
     }
 
@@ -265,7 +273,7 @@ impl Region {
             }
         };
         let was_empty = cur == 0;
-        self.pool.note_taken(self.class, n * self.slice_bytes);
+        self.owner.counts().taken(self.class, n * self.slice_bytes);
         // The indices go straight into `out` and become addresses in place (no scratch array to
         // clear on every batch).
         let out = &mut out[..n];
@@ -353,13 +361,15 @@ pub(crate) enum Released {
 pub(crate) unsafe fn give_back(region: RegionRef, addrs: &[usize], guard: &Guard) -> Released {
     // SAFETY: the caller owns slices of the region, so it is alive.
     let r = unsafe { region.get() };
-    r.pool.note_returned(r.class, addrs.len() * r.slice_bytes);
+    r.owner
+        .counts()
+        .returned(r.class, addrs.len() * r.slice_bytes);
     // SAFETY: forwarded from the caller.
     unsafe { give_back_uncounted(region, addrs.iter().copied(), guard) }
 }
 
 /// [`give_back`] without telling the pool's out-of-free-list counts: the caller counts the
-/// slices later with `PoolShared::note_returned` (a thread cache batches that, see
+/// slices later with `SliceCounts::returned` (a thread cache batches that, see
 /// `thread_cache`).
 ///
 /// # Safety
@@ -402,10 +412,8 @@ pub(crate) unsafe fn drop_ref(region: RegionRef, n: usize, guard: &Guard) -> Rel
         // Full to not full (a live region: `prev` has no `RETIRED` bit): list it with its class
         // as having room again. Only this step out of full needs it, so a give-back to a region
         // with room already takes no lock.
-        if let Some(class) = r.pool.classes.get(r.class as usize) {
-            // SAFETY: a region of that class, kept readable by the caller's pin.
-            unsafe { class.on_room(region) };
-        }
+        // SAFETY: a live class region of its owner, kept readable by the caller's pin.
+        unsafe { r.owner.reports().region_has_room(region) };
     }
     if now == RETIRED {
         // SAFETY: we moved the word to RETIRED|0: no slice is out and no one can take one, and this
@@ -434,9 +442,9 @@ unsafe fn destroy(region: RegionRef, guard: &Guard) {
     if let Some(memory) = memory {
         let len = memory.mapping.len();
         // Observers (io_uring fixed-buffer tables) let go of the memory before it is unmapped.
-        r.pool.region_unmapping(r);
+        r.owner.reports().region_unmapping(r);
         drop(memory);
-        r.pool.region_unmapped(r.class, r.id, r.base, len);
+        r.owner.reports().region_unmapped(r, len);
     }
     // SAFETY: the region was allocated by `Owned::new` (see `ClassPool::grow`) and is unreachable
     // from the class list; threads that loaded it before the unlink are pinned, and the deferred

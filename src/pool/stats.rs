@@ -1,0 +1,139 @@
+//! What a pool reports about itself: [`PoolStats`] and the leak report, both from one fold of
+//! the per-thread counts ([`class_totals`]).
+
+use super::{PoolShared, SegmentPool};
+use crate::diagnostics::{Diagnostics, LeakReport};
+use crate::stats::{ClassStats, PoolStats};
+use crate::sync::atomic::Ordering;
+
+/// One class's counts, summed over the threads that have left and the pool's thread caches.
+#[derive(Debug, Default, Clone, Copy)]
+struct ClassTotals {
+    /// Allocations served since the pool was built (wrapping).
+    allocations: u64,
+    /// Releases since the pool was built (wrapping).
+    releases: u64,
+    /// Slices in the thread caches right now.
+    cached: usize,
+}
+
+impl ClassTotals {
+    /// Segments of the class out right now (allocations minus releases, never below zero).
+    fn outstanding(&self) -> usize {
+        (self.allocations.wrapping_sub(self.releases) as i64).max(0) as usize
+    }
+}
+
+/// The per-class counts of `shared`, one entry per class. Read under the lock of the pool's
+/// thread caches: an exiting thread moves its counts from its cache to `departed` under it, so
+/// reading `departed` outside it could miss them both (or count them twice).
+fn class_totals(shared: &PoolShared) -> Vec<ClassTotals> {
+    let threads = shared.threads.lock();
+    let mut totals: Vec<ClassTotals> = shared
+        .departed
+        .iter()
+        .map(|d| ClassTotals {
+            allocations: d.allocations.load(Ordering::Relaxed),
+            releases: d.releases.load(Ordering::Relaxed),
+            cached: 0,
+        })
+        .collect();
+    for t in threads.iter() {
+        for (s, c) in totals.iter_mut().zip(t.iter().map(|c| &c.counters)) {
+            s.allocations = s
+                .allocations
+                .wrapping_add(c.allocations.load(Ordering::Relaxed));
+            s.releases = s.releases.wrapping_add(c.releases.load(Ordering::Relaxed));
+            s.cached += c.cached();
+        }
+    }
+    totals
+}
+
+impl SegmentPool {
+    /// The segments still out, with where each was allocated when that was recorded (see
+    /// [`Diagnostics`]). Under `Off` the report only counts them.
+    pub fn leaks(&self) -> LeakReport {
+        leaks(self.shared())
+    }
+
+    /// A snapshot of the pool's counts; `Display` prints it as a table.
+    pub fn stats(&self) -> PoolStats {
+        let shared = self.shared();
+        let mut classes: Vec<ClassStats> = shared
+            .classes
+            .iter()
+            .zip(class_totals(shared))
+            .map(|(c, t)| ClassStats {
+                size: c.size,
+                allocations: t.allocations,
+                releases: t.releases,
+                cached: t.cached,
+                ..ClassStats::default()
+            })
+            .collect();
+        // The peaks only grow, and each out-of-free-list peak was clamped to what was mapped
+        // when it was recorded: read them first, so none of them exceeds the mapped peak read
+        // after.
+        let peak_in_use_bytes = shared.counts.out_bytes.peak();
+        let class_peaks: Vec<usize> = shared.counts.classes.iter().map(|c| c.out.peak()).collect();
+        let mut stats = PoolStats {
+            budget_bytes: shared.budget.limit_opt(),
+            peak_in_use_bytes,
+            peak_mapped_bytes: shared.counts.mapped.peak(),
+            mapped_bytes: shared.counts.mapped.now(),
+            dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
+            dedicated_bytes: shared.dedicated_bytes.load(Ordering::Relaxed),
+            budget_waiters: shared.budget.waiters(),
+            purged_bytes: shared.purged_bytes.load(Ordering::Relaxed),
+            write_after_release: shared
+                .diag
+                .as_ref()
+                .map_or(0, |d| d.write_after_release.load(Ordering::Relaxed)),
+            ..PoolStats::default()
+        };
+        for ((s, c), peak) in classes
+            .iter_mut()
+            .zip(shared.classes.iter())
+            .zip(class_peaks)
+        {
+            let snap = c.snapshot();
+            s.in_use = s.allocations.saturating_sub(s.releases) as usize;
+            s.regions = snap.regions;
+            s.free = snap.slices.saturating_sub(snap.out);
+            s.peak_in_use = peak;
+            s.mapped_bytes = snap.mapped_bytes;
+            s.resident_bytes = snap.resident_bytes;
+            stats.resident_bytes += snap.resident_bytes;
+            stats.allocations += s.allocations;
+            stats.releases += s.releases;
+            stats.regions += snap.regions;
+            stats.regions_mapped += c.regions_mapped.load(Ordering::Relaxed);
+            stats.regions_unmapped += c.regions_unmapped.load(Ordering::Relaxed);
+            stats.in_use_bytes += s.in_use * s.size;
+            stats.cached_bytes += s.cached * s.size;
+        }
+        stats.in_use_bytes += stats.dedicated_bytes;
+        stats.allocations += shared.dedicated_allocations.load(Ordering::Relaxed);
+        stats.releases += shared.dedicated_releases.load(Ordering::Relaxed);
+        stats.classes = classes;
+        stats
+    }
+}
+
+/// The leak report of a pool: every live segment counted, the recorded ones listed.
+pub(super) fn leaks(shared: &PoolShared) -> LeakReport {
+    let outstanding = shared.dedicated_segments.load(Ordering::Relaxed)
+        + class_totals(shared)
+            .iter()
+            .map(ClassTotals::outstanding)
+            .sum::<usize>();
+    LeakReport {
+        level: shared.diag.as_ref().map_or(Diagnostics::Off, |d| d.level()),
+        outstanding,
+        segments: shared
+            .diag
+            .as_ref()
+            .map_or_else(Vec::new, |d| d.leaks(shared)),
+    }
+}

@@ -1,0 +1,138 @@
+//! The size classes' region lists: a refill does not scan full regions, older regions fill
+//! first.
+
+use crate::sync::atomic::Ordering;
+use crate::SegmentPool;
+
+const PAGE: usize = 4096;
+
+/// One 4 KiB class, `slices` per region, no thread caches (every allocation is a refill of
+/// one slice, every release a give-back), empty regions unmapped at once.
+fn pool(slices: usize) -> SegmentPool {
+    SegmentPool::builder()
+        .size_classes(&[PAGE])
+        .region_size(slices * PAGE)
+        .retain_empty_regions(0)
+        .empty_region_grace(std::time::Duration::ZERO)
+        .thread_cache(false)
+        .huge_pages(false)
+        .purge_decay(None)
+        .build()
+        .unwrap()
+}
+
+/// With thousands of full regions, a refill looks at the region with room and at most the
+/// one it just filled: it never scans the full ones, not even after a give-back to the
+/// oldest region (which the next refill takes first).
+#[test]
+fn a_refill_does_not_scan_the_full_regions() {
+    const SLICES: usize = 4;
+    const REGIONS: usize = 3_000;
+    let pool = pool(SLICES);
+    let class = &pool.shared().classes[0];
+    let mut held: Vec<_> = (0..REGIONS * SLICES)
+        .map(|_| pool.allocate(PAGE).unwrap())
+        .collect();
+    assert_eq!(pool.shared().classes[0].snapshot().regions, REGIONS);
+    let visits = |f: &mut dyn FnMut()| {
+        let before = class.visited.load(Ordering::Relaxed);
+        f();
+        class.visited.load(Ordering::Relaxed) - before
+    };
+    // Growing on: each allocation looks at no more than two regions.
+    let more = 10 * SLICES;
+    let seen = visits(&mut || held.extend((0..more).map(|_| pool.allocate(PAGE).unwrap())));
+    assert!(
+        seen <= 2 * more as u64,
+        "{seen} regions visited for {more} refills"
+    );
+    // A slice of the oldest region comes back: the next refill goes straight to it.
+    let oldest = held.swap_remove(0);
+    let region = oldest.region_ref();
+    drop(oldest);
+    let mut again = None;
+    let seen = visits(&mut || again = Some(pool.allocate(PAGE).unwrap()));
+    let again = again.unwrap();
+    assert_eq!(
+        again.region_ref(),
+        region,
+        "the oldest region with room fills first"
+    );
+    assert_eq!(seen, 1, "one region visited");
+    held.push(again);
+    class.check_with_room();
+    let seen = visits(&mut || held.push(pool.allocate(PAGE).unwrap()));
+    assert!(seen <= 2, "{seen} regions visited after a give-back");
+    class.check_with_room();
+}
+
+/// Older regions fill first, so after a drain the newer ones empty and are unmapped: the
+/// region count drops back.
+#[test]
+fn older_regions_fill_first_so_newer_ones_drain() {
+    const SLICES: usize = 4;
+    const REGIONS: usize = 10;
+    let pool = pool(SLICES);
+    let class = &pool.shared().classes[0];
+    let segs: Vec<_> = (0..REGIONS * SLICES)
+        .map(|_| pool.allocate(PAGE).unwrap())
+        .collect();
+    assert_eq!(class.snapshot().regions, REGIONS);
+    // Every region gives back half its slices (newest regions first, so a structure that
+    // preferred recently freed room would pick the new ones).
+    let mut kept = Vec::new();
+    for (i, s) in segs.into_iter().enumerate().rev() {
+        if i % SLICES < SLICES / 2 {
+            kept.push(s);
+        }
+    }
+    class.check_with_room();
+    // Half as many allocations as were given back: they fill the oldest half of the regions.
+    let refill = REGIONS * SLICES / 4;
+    let fresh: Vec<_> = (0..refill).map(|_| pool.allocate(PAGE).unwrap()).collect();
+    assert_eq!(
+        class.snapshot().regions,
+        REGIONS,
+        "no region mapped for them"
+    );
+    let ids: Vec<u64> = fresh
+        .iter()
+        // SAFETY: the segment keeps its region alive.
+        .map(|s| unsafe { s.region_ref().get() }.id)
+        .collect();
+    let oldest: Vec<u64> = {
+        let mut all: Vec<u64> = kept
+            .iter()
+            // SAFETY: the segment keeps its region alive.
+            .map(|s| unsafe { s.region_ref().get() }.id)
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all.truncate(REGIONS / 2);
+        all
+    };
+    for id in &ids {
+        assert!(
+            oldest.contains(id),
+            "region {id} is not one of the oldest half"
+        );
+    }
+    // The drain: the segments still out of the newer half come back, and those regions go.
+    kept.retain(|s| {
+        // SAFETY: the segment keeps its region alive.
+        oldest.contains(&unsafe { s.region_ref().get() }.id)
+    });
+    assert_eq!(
+        class.snapshot().regions,
+        REGIONS / 2,
+        "the newer half was unmapped"
+    );
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        (REGIONS / 2) as u64
+    );
+    class.check_with_room();
+    drop((kept, fresh));
+    assert_eq!(class.snapshot().regions, 0);
+    class.check_with_room();
+}
