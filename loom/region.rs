@@ -102,21 +102,25 @@ fn take_both(shared: &Arc<PoolShared>) -> (RegionRef, [usize; 2]) {
     (region, out.map(|x| x & !crate::region::ZERO_TAG))
 }
 
-#[test]
-fn two_releases_racing_to_be_last_out_of_a_retired_region() {
-    // The pool closes (retiring the region with both slices out), then both slices come back at
-    // once, one on a thread of its own and one on this thread: whichever release moves the word
-    // to `RETIRED | 0` destroys the region, once. (This thread has pinned before: only the
-    // other joins crossbeam-epoch during the race, see docs/design.md, "Loom".)
-    model(|| {
+/// Both slices of a two-slice region come back, one on a new thread and one on this thread
+/// after the pool's close, which runs before the new thread starts (`close_first`) or while it
+/// releases. The region is destroyed exactly once, by whoever moves its word to `RETIRED | 0`.
+/// (This thread has pinned before: only the new thread joins crossbeam-epoch during the race, see
+/// docs/design.md, "Loom".)
+fn two_releases_and_the_close(close_first: bool) {
+    model(move || {
         let (pool, shared) = pool(2, 1);
         let (region, [a, b]) = take_both(&shared);
-        drop(pool);
+        let mut pool = Some(pool);
+        if close_first {
+            drop(pool.take());
+        }
         let releaser = thread::spawn(move || {
             write(a, 4);
             // SAFETY: taken above, released once, here.
             unsafe { release_direct(region, a) };
         });
+        drop(pool);
         write(b, 5);
         // SAFETY: taken above, released once, here.
         unsafe { release_direct(region, b) };
@@ -127,27 +131,19 @@ fn two_releases_racing_to_be_last_out_of_a_retired_region() {
 }
 
 #[test]
+fn two_releases_racing_to_be_last_out_of_a_retired_region() {
+    // The pool closes (retiring the region with both slices out), then both slices come back at
+    // once: whichever release is last destroys the region.
+    two_releases_and_the_close(true);
+}
+
+#[test]
 fn a_release_racing_the_close_with_another_slice_out() {
     // One slice comes back while the pool closes; the other is released after the close, by the
     // closing thread. The release lands before the retire (the region is not empty: the close
     // retires it and the second release destroys it), between the retire and the second release
     // (the second destroys it), or after both (it destroys it itself).
-    model(|| {
-        let (pool, shared) = pool(2, 1);
-        let (region, [a, b]) = take_both(&shared);
-        let releaser = thread::spawn(move || {
-            write(a, 4);
-            // SAFETY: taken above, released once, here.
-            unsafe { release_direct(region, a) };
-        });
-        drop(pool);
-        write(b, 5);
-        // SAFETY: taken above, released once, here.
-        unsafe { release_direct(region, b) };
-        releaser.join().unwrap();
-        assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
-        assert_eq!(shared.budget.used(), 0);
-    });
+    two_releases_and_the_close(false);
 }
 
 #[test]
