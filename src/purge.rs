@@ -46,6 +46,7 @@ fn schedule(decay: Duration) -> (Duration, crate::region::PurgeMode) {
 #[cfg(not(any(loom, shuttle)))]
 mod imp {
     use std::sync::{Arc, Condvar, Mutex, Weak};
+    use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
 
     use crate::pool::PoolShared;
@@ -67,17 +68,27 @@ mod imp {
     ///
     /// # Invariants
     ///
-    /// * `running` is true from the spawn until the thread, holding the lock, found `entries`
-    ///   empty and ended: so at most one thread runs, and a registration while one runs is seen
+    /// * `running` is true from the spawn until the thread is told to end (the last pool
+    ///   unregistered: `generation` moves on) or, holding the lock, found `entries` empty and
+    ///   ended: so at most one thread serves the list, and a registration while one runs is seen
     ///   by it (it re-reads `entries` under the lock after each wait).
+    /// * A thread serves while `generation` is the one it was spawned with; a thread that sees
+    ///   another ends without touching the list (a newer thread may serve it already).
+    /// * `thread` is the running thread's handle, taken by whoever ends it: the last pool's
+    ///   `unregister` joins it, so when the last pool is closed no purger thread (and nothing it
+    ///   allocated) outlives it.
     struct Purger {
         entries: Vec<Entry>,
         running: bool,
+        generation: u64,
+        thread: Option<JoinHandle<()>>,
     }
 
     static PURGER: Mutex<Purger> = Mutex::new(Purger {
         entries: Vec::new(),
         running: false,
+        generation: 0,
+        thread: None,
     });
     static WAKE: Condvar = Condvar::new();
 
@@ -98,11 +109,15 @@ mod imp {
             next: Instant::now() + period,
         });
         if !p.running {
+            let generation = p.generation;
             let spawned = std::thread::Builder::new()
                 .name(THREAD_NAME.into())
-                .spawn(run);
+                .spawn(move || run(generation));
             match spawned {
-                Ok(_) => p.running = true,
+                Ok(handle) => {
+                    p.running = true;
+                    p.thread = Some(handle);
+                }
                 // The pool still works; only `trim()` gives free pages back then.
                 Err(e) => tracing::warn!(target: "segpool", error = %e, "purger not started"),
             }
@@ -110,21 +125,43 @@ mod imp {
         WAKE.notify_all();
     }
 
-    /// Takes `pool` off the purger's list (its last handle was dropped); the thread ends when
-    /// the list is empty.
+    /// Takes `pool` off the purger's list (its last handle was dropped). When the list is empty
+    /// then, the thread is told to end and joined: it finishes the pass it may be in (over pools
+    /// that are closing too) and allocates nothing after. Called with no lock of the pool held.
     pub(crate) fn unregister(pool: &PoolShared) {
         let key = pool as *const PoolShared as usize;
         let mut p = lock();
         p.entries.retain(|e| e.key != key);
+        let ending = if p.entries.is_empty() && p.running {
+            p.running = false;
+            p.generation = p.generation.wrapping_add(1);
+            p.thread.take()
+        } else {
+            None
+        };
         WAKE.notify_all();
+        drop(p);
+        if let Some(handle) = ending {
+            // The purger itself never closes a pool (it holds no handle), but if it ever did it
+            // must not wait for itself: it ends on its own at its next look at the list.
+            if handle.thread().id() != std::thread::current().id() {
+                // A panic in a pass ended the thread already; nothing is left to clean.
+                let _ = handle.join();
+            }
+        }
     }
 
-    fn run() {
+    fn run(generation: u64) {
         let mut p = lock();
         loop {
+            if p.generation != generation {
+                return;
+            }
             p.entries.retain(|e| e.pool.strong_count() > 0);
             if p.entries.is_empty() {
                 p.running = false;
+                // Nobody joins a thread that ended on its own: its handle is dropped (detached).
+                p.thread = None;
                 return;
             }
             let now = Instant::now();
