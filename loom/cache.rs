@@ -11,7 +11,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::{model, PAGE};
-use crate::thread_cache::exit_current_thread;
+use crate::pool::thread_cache::exit_current_thread;
 use crate::{Segment, SegmentPool};
 
 /// A model thread that ends as a std thread does: its caches are given back before it can be

@@ -5,7 +5,7 @@ use loom::thread;
 
 use super::{class, model, pool, purge_all, read, take_tagged, unmapped_regions, write};
 use crate::sync::atomic::Ordering;
-use crate::thread_cache::release_direct;
+use crate::pool::thread_cache::release_direct;
 
 #[test]
 fn purge_racing_allocate_and_release() {

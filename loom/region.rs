@@ -10,7 +10,7 @@ use crate::pool::PoolShared;
 use crate::region::RegionRef;
 use crate::sync::atomic::Ordering;
 use crate::sync::epoch;
-use crate::thread_cache::release_direct;
+use crate::pool::thread_cache::release_direct;
 
 #[test]
 fn release_racing_the_retire_of_its_region() {

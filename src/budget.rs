@@ -24,7 +24,7 @@
 //! waiter sleeps, closes the window between the retry and the sleep.
 //!
 //! Every `notify` and hand-off also counts, per thread, that this thread released something
-//! ([`released_here`]): the pressure protocol (`crate::wait`) calls a callback again only while
+//! ([`released_here`]): the pressure protocol (`crate::pool::wait`) calls a callback again only while
 //! the previous call released something.
 
 use std::cell::Cell;
@@ -199,7 +199,7 @@ impl Budget {
     /// their pressure callbacks are asked (again while they release something); fails with
     /// `BudgetExceeded` when that does not make room.
     pub fn reserve(&self, bytes: usize) -> Result<Reservation> {
-        crate::wait::reserve(self, bytes)?;
+        crate::pool::wait::reserve(self, bytes)?;
         Ok(Reservation {
             budget: self.clone(),
             size: bytes,
@@ -455,7 +455,7 @@ impl Reservation {
     /// Takes `bytes` more, as [`Budget::reserve`] does (pools unmap their empty regions, then
     /// pressure callbacks are asked); on failure the reservation is unchanged.
     pub fn try_grow(&mut self, bytes: usize) -> Result<()> {
-        crate::wait::reserve(&self.budget, bytes)?;
+        crate::pool::wait::reserve(&self.budget, bytes)?;
         self.size += bytes;
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use crate::region::{give_back, RegionRef, ZERO_TAG};
 use crate::size_class::NO_CLASS;
 use crate::sync::epoch;
-use crate::thread_cache;
+use crate::pool::thread_cache;
 
 /// An owned, page-aligned byte buffer carved from a [`SegmentPool`](crate::SegmentPool).
 ///

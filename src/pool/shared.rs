@@ -14,7 +14,7 @@ use crate::size_class::SizeClasses;
 use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
-use crate::thread_cache::{self, ClassCache};
+use super::thread_cache::{self, ClassCache};
 
 /// The state shared by a pool's handles, its regions and the thread caches that hold its slices.
 /// It outlives the last `SegmentPool` handle until its last region is destroyed.
@@ -263,7 +263,7 @@ impl PoolShared {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if self.purger_registered.load(Ordering::Relaxed) {
-            crate::purge::unregister(self);
+            super::purge::unregister(self);
         }
         self.signals.bump_generation();
         thread_cache::flush_current_thread(self);

@@ -106,7 +106,7 @@ impl Drop for Waiter {
         if let Some((addr, region)) = left {
             self.shared.count_direct_allocation(self.class as usize);
             // SAFETY: the slice was handed to this entry alone and is counted in `region`.
-            unsafe { crate::thread_cache::release_direct(region, addr) };
+            unsafe { crate::pool::thread_cache::release_direct(region, addr) };
         }
     }
 }
