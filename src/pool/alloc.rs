@@ -5,11 +5,11 @@
 use std::panic::Location;
 use std::time::Duration;
 
+use super::thread_cache;
 use super::{PoolShared, SegmentPool};
 use crate::class_pool::Shortage;
 use crate::region::{RegionRef, ZERO_TAG};
 use crate::segment::Segment;
-use super::thread_cache;
 use crate::{Error, Result};
 
 /// The outcome of one attempt to serve an allocation.
