@@ -1,4 +1,4 @@
-//! The thread caches (`src/thread_cache/`) over the region protocol: pools built with
+//! The thread caches (`src/pool/thread_cache/`) over the region protocol: pools built with
 //! `thread_cache(true)`, driven through the public API, so every allocation and release takes the
 //! path it takes by default (the `const` thread-local mirror, then the per-thread slots). The
 //! slots are the sync shim's `UnsafeCell`, loom's under `cfg(loom)`: a slot access that another
