@@ -1,4 +1,4 @@
-//! The thread caches (`src/thread_cache/`) over the region protocol: pools built with
+//! The thread caches (`src/pool/thread_cache/`) over the region protocol: pools built with
 //! `thread_cache(true)`, driven through the public API, so every allocation and release takes the
 //! path it takes by default (the `const` thread-local mirror, then the per-thread slots). The
 //! slots are the sync shim's `UnsafeCell`, loom's under `cfg(loom)`: a slot access that another
@@ -11,7 +11,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::{model, PAGE};
-use crate::thread_cache::exit_current_thread;
+use crate::pool::thread_cache::exit_current_thread;
 use crate::{Segment, SegmentPool};
 
 /// A model thread that ends as a std thread does: its caches are given back before it can be

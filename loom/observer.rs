@@ -13,9 +13,9 @@ use loom::thread;
 
 use super::{class, model, pool, take_one, unmapped_regions, write};
 use crate::observer::{RegionInfo, RegionObserver};
+use crate::pool::thread_cache::release_direct;
 use crate::region::RegionRef;
 use crate::sync::epoch;
-use crate::thread_cache::release_direct;
 
 #[derive(Default)]
 struct Recorder {

@@ -4,8 +4,8 @@
 use loom::thread;
 
 use super::{class, model, pool, purge_all, read, take_tagged, unmapped_regions, write};
+use crate::pool::thread_cache::release_direct;
 use crate::sync::atomic::Ordering;
-use crate::thread_cache::release_direct;
 
 #[test]
 fn purge_racing_allocate_and_release() {

@@ -6,11 +6,11 @@ use loom::sync::Arc;
 use loom::thread;
 
 use super::{class, model, pool, take_one, unmapped_regions, write, PAGE};
+use crate::pool::thread_cache::release_direct;
 use crate::pool::PoolShared;
 use crate::region::RegionRef;
 use crate::sync::atomic::Ordering;
 use crate::sync::epoch;
-use crate::thread_cache::release_direct;
 
 #[test]
 fn release_racing_the_retire_of_its_region() {

@@ -24,8 +24,15 @@
 //! waiter sleeps, closes the window between the retry and the sleep.
 //!
 //! Every `notify` and hand-off also counts, per thread, that this thread released something
-//! ([`released_here`]): the pressure protocol (`crate::wait`) calls a callback again only while
-//! the previous call released something.
+//! ([`released_here`]): the pressure protocol (`crate::pool::wait`) calls a callback again only
+//! while the previous call released something.
+//!
+//! # Members
+//!
+//! The pools on a budget are its [`BudgetMember`]s, held weakly. The budget knows them only
+//! through that trait (the pool sits above the budget): [`ask_members`] unmaps their empty
+//! regions and calls their pressure callbacks, for a [`Reservation`] here and for a short
+//! allocation in the pool's pressure protocol.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -36,7 +43,6 @@ use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
 
-use crate::pool::PoolHook;
 use crate::region::RegionRef;
 use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{const_thread_local, Arc, Condvar, Mutex};
@@ -54,6 +60,98 @@ pub(crate) fn released_here() -> u64 {
 
 fn note_released_here() {
     let _ = RELEASED.try_with(|c| c.set(c.get().wrapping_add(1)));
+}
+
+/// A pool on a budget, as the budget's pressure calls reach it (the pool's hook implements it).
+/// Called on the slow paths alone: a shortage, a reservation that does not fit.
+pub(crate) trait BudgetMember: Send + Sync {
+    /// Gives this thread's cached slices of the member back, then unmaps its empty regions.
+    fn reclaim(&self);
+    /// Calls the member's pressure callback with `needed` bytes; `false` when it has none.
+    fn press(&self, needed: usize) -> bool;
+}
+
+const_thread_local! {
+    /// Set while this thread runs pressure callbacks.
+    static PRESSING: Cell<bool> = Cell::new(false);
+}
+
+/// Marks this thread as running pressure callbacks while it lives.
+pub(crate) struct PressingScope;
+
+impl PressingScope {
+    /// `None` when the thread already runs callbacks (a nested shortage asks nobody).
+    pub(crate) fn enter() -> Option<Self> {
+        let was = PRESSING.try_with(|p| p.replace(true)).unwrap_or(true);
+        (!was).then_some(PressingScope)
+    }
+}
+
+impl Drop for PressingScope {
+    fn drop(&mut self) {
+        let _ = PRESSING.try_with(|p| p.set(false));
+    }
+}
+
+/// Asks every member of a budget for room: unmaps their empty regions (after giving this
+/// thread's cached slices back), then calls their callbacks with `needed` (all but `skip`) until
+/// one releases something or `done` says the request can be served. Returns whether this thread
+/// released anything.
+pub(crate) fn ask_members(
+    members: &[StdArc<dyn BudgetMember>],
+    skip: Option<&dyn BudgetMember>,
+    needed: usize,
+    mut done: impl FnMut() -> bool,
+) -> bool {
+    let mark = released_here();
+    for m in members {
+        m.reclaim();
+    }
+    if released_here() != mark || done() {
+        return true;
+    }
+    for m in members {
+        if skip.is_some_and(|s| std::ptr::addr_eq(s, StdArc::as_ptr(m))) {
+            continue;
+        }
+        if m.press(needed) {
+            // What it released may sit in this thread's cache: give it back.
+            m.reclaim();
+            if released_here() != mark || done() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Takes `bytes` from `budget` for a reservation, asking its members for room first.
+fn reserve(budget: &Budget, bytes: usize) -> Result<()> {
+    if budget.try_reserve(bytes).is_ok() {
+        return Ok(());
+    }
+    if bytes > budget.limit() {
+        return Err(budget.exceeded(bytes, bytes));
+    }
+    let Some(_scope) = PressingScope::enter() else {
+        return Err(budget.exceeded(bytes, bytes));
+    };
+    let members = budget.members();
+    let mut got = false;
+    while !got {
+        let progress = ask_members(&members, None, bytes, || {
+            got = budget.try_reserve(bytes).is_ok();
+            got
+        });
+        if !progress {
+            break;
+        }
+    }
+    if got || budget.try_reserve(bytes).is_ok() {
+        Ok(())
+    } else {
+        Err(budget.exceeded(bytes, bytes))
+    }
 }
 
 /// What a queued allocation is doing.
@@ -100,7 +198,7 @@ struct BudgetState {
     cond: Condvar,
     /// The pools on this budget (their pressure callbacks and regions), weakly: the last handle
     /// of a pool drops its hook, and with it the callback and whatever the callback owns.
-    members: Mutex<Vec<Weak<PoolHook>>>,
+    members: Mutex<Vec<Weak<dyn BudgetMember>>>,
 }
 
 /// A limit on memory, shared by any number of pools and by [`Reservation`]s for memory that does
@@ -199,7 +297,7 @@ impl Budget {
     /// their pressure callbacks are asked (again while they release something); fails with
     /// `BudgetExceeded` when that does not make room.
     pub fn reserve(&self, bytes: usize) -> Result<Reservation> {
-        crate::wait::reserve(self, bytes)?;
+        reserve(self, bytes)?;
         Ok(Reservation {
             budget: self.clone(),
             size: bytes,
@@ -260,14 +358,15 @@ impl Budget {
     }
 
     /// A pool joins the budget (for pressure from other members and reservations).
-    pub(crate) fn join(&self, hook: &StdArc<PoolHook>) {
+    pub(crate) fn join<M: BudgetMember + 'static>(&self, member: &StdArc<M>) {
+        let member: Weak<dyn BudgetMember> = StdArc::downgrade(member) as Weak<M>;
         let mut m = self.inner.members.lock();
         m.retain(|w| w.strong_count() > 0);
-        m.push(StdArc::downgrade(hook));
+        m.push(member);
     }
 
     /// The pools on the budget whose last handle is not dropped yet.
-    pub(crate) fn members(&self) -> Vec<StdArc<PoolHook>> {
+    pub(crate) fn members(&self) -> Vec<StdArc<dyn BudgetMember>> {
         self.inner
             .members
             .lock()
@@ -455,7 +554,7 @@ impl Reservation {
     /// Takes `bytes` more, as [`Budget::reserve`] does (pools unmap their empty regions, then
     /// pressure callbacks are asked); on failure the reservation is unchanged.
     pub fn try_grow(&mut self, bytes: usize) -> Result<()> {
-        crate::wait::reserve(&self.budget, bytes)?;
+        reserve(&self.budget, bytes)?;
         self.size += bytes;
         Ok(())
     }

@@ -29,16 +29,13 @@ pub mod fs;
 mod observer;
 mod os;
 mod pool;
-mod purge;
 mod region;
 mod segment;
 mod size_class;
 mod stats;
 mod sync;
-mod thread_cache;
 #[cfg(feature = "io-uring")]
 pub mod uring;
-mod wait;
 mod writer;
 
 pub use budget::{Budget, Reservation};

@@ -4,10 +4,10 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
+use crate::pool::{thread_cache, PoolShared};
 use crate::region::{give_back, RegionRef, ZERO_TAG};
 use crate::size_class::NO_CLASS;
 use crate::sync::epoch;
-use crate::thread_cache;
 
 /// An owned, page-aligned byte buffer carved from a [`SegmentPool`](crate::SegmentPool).
 ///
@@ -166,7 +166,7 @@ unsafe fn release_dedicated(region: RegionRef, addr: usize, len: usize) {
     let r = unsafe { region.get() };
     if r.diagnosed {
         // SAFETY: the caller owned the slice and gives it back right below.
-        unsafe { crate::diagnostics::on_release_slice(r, addr, len) };
+        unsafe { PoolShared::diagnose_release(r, addr, len) };
     }
     let guard = epoch::pin();
     // SAFETY: the caller owned the region's one slice; pinned. The region was born retired, so

@@ -241,7 +241,7 @@ pub(crate) struct ClassCounters {
     pub(crate) allocations: AtomicU64,
     pub(crate) releases: AtomicU64,
     /// Slices that entered the cache on slow paths minus slices that left it on slow paths
-    /// (wrapping; see `crate::thread_cache`).
+    /// (wrapping; see `crate::pool::thread_cache`).
     pub(crate) adjust: AtomicU64,
 }
 

@@ -29,7 +29,6 @@ use std::fmt;
 use std::panic::Location;
 use std::time::{Duration, Instant};
 
-use crate::pool::PoolShared;
 use crate::region::{Region, RegionRef, ZERO_TAG};
 use crate::size_class::NO_CLASS;
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -306,8 +305,9 @@ impl DiagState {
         }
     }
 
-    /// The recorded segments still out, oldest first.
-    pub(crate) fn leaks(&self, pool: &PoolShared) -> Vec<Leak> {
+    /// The recorded segments still out, oldest first; `class_size` gives the slice size of a
+    /// class of the pool.
+    pub(crate) fn leaks(&self, class_size: impl Fn(usize) -> usize) -> Vec<Leak> {
         let now = Instant::now();
         let mut leaks: Vec<Leak> = self
             .live
@@ -316,7 +316,7 @@ impl DiagState {
             .map(|(&addr, r)| Leak {
                 addr,
                 len: r.len,
-                class_size: (r.class != NO_CLASS).then(|| pool.classes[r.class as usize].size),
+                class_size: (r.class != NO_CLASS).then(|| class_size(r.class as usize)),
                 region: r.region,
                 age: now.saturating_duration_since(r.since),
                 allocated_at: r.at,
@@ -325,23 +325,6 @@ impl DiagState {
             .collect();
         leaks.sort_by_key(|l| std::cmp::Reverse(l.age));
         leaks
-    }
-}
-
-/// Tells the diagnostics of `region`'s pool that the segment at `addr`, `len` bytes, is being
-/// released.
-///
-/// # Safety
-///
-/// * `addr..addr + len` is a live segment's slice of `region`, owned by the caller, who gives it
-///   back right after this call and touches it no more.
-#[cold]
-#[inline(never)]
-pub(crate) unsafe fn on_release_slice(region: &Region, addr: usize, len: usize) {
-    if let Some(d) = &PoolShared::of(region).diag {
-        // SAFETY: the caller owns these bytes exclusively (see above).
-        let bytes = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
-        d.on_release(region, bytes);
     }
 }
 

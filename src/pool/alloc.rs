@@ -1,15 +1,15 @@
 //! The allocation paths: the thread cache's fast path, the refill, the dedicated mapping of a
 //! request above the largest class, zeroed segments, and the pressure and waiting paths that
-//! `crate::wait` runs.
+//! `crate::pool::wait` runs.
 
 use std::panic::Location;
 use std::time::Duration;
 
+use super::thread_cache;
 use super::{PoolShared, SegmentPool};
 use crate::class_pool::Shortage;
 use crate::region::{RegionRef, ZERO_TAG};
 use crate::segment::Segment;
-use crate::thread_cache;
 use crate::{Error, Result};
 
 /// The outcome of one attempt to serve an allocation.
@@ -91,7 +91,7 @@ impl SegmentPool {
             Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => needed,
             other => return other,
         };
-        let (seg, zero) = crate::wait::wait_blocking(self, size, needed, deadline)?;
+        let (seg, zero) = super::wait::wait_blocking(self, size, needed, deadline)?;
         self.diagnose_segment(&seg, zero, at);
         Ok(seg)
     }
@@ -112,7 +112,7 @@ impl SegmentPool {
         &self,
         size: usize,
     ) -> impl std::future::Future<Output = Result<Segment>> + Send + 'static {
-        crate::wait::AllocateFuture::new(self.clone(), size, Location::caller())
+        super::wait::AllocateFuture::new(self.clone(), size, Location::caller())
     }
 
     /// [`allocate`](Self::allocate) for a caller location recorded elsewhere.
@@ -182,8 +182,8 @@ impl SegmentPool {
             Attempt::Done(seg, zero) => return Ok((seg, zero)),
             Attempt::Short { needed } => needed,
         };
-        // 2. The pressure protocol (`crate::wait`).
-        crate::wait::press(self, size, needed)
+        // 2. The pressure protocol (`crate::pool::wait`).
+        super::wait::press(self, size, needed)
     }
 
     /// One try at serving `size` without pressure handling.

@@ -16,10 +16,13 @@ use stats::leaks;
 
 mod alloc;
 mod builder;
+pub(crate) mod purge;
 mod regions;
 mod shared;
 mod signals;
 mod stats;
+pub(crate) mod thread_cache;
+pub(crate) mod wait;
 
 pub(crate) use alloc::Attempt;
 pub(crate) use builder::PressureFn;

@@ -38,7 +38,7 @@ impl MapRegion for Arc<PoolShared> {
         let id = self.next_region_id.fetch_add(1, Ordering::Relaxed);
         if let Some(decay) = self.purge_decay {
             if !self.purger_registered.swap(true, Ordering::Relaxed) {
-                crate::purge::register(self, decay);
+                super::purge::register(self, decay);
             }
         }
         let spec = RegionSpec {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::thread_cache::{self, ClassCache};
 use super::{Backing, Signals};
 use crate::budget::Budget;
 use crate::class_pool::ClassPool;
@@ -14,7 +15,6 @@ use crate::size_class::SizeClasses;
 use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{epoch, Arc, Mutex};
-use crate::thread_cache::{self, ClassCache};
 
 /// The state shared by a pool's handles, its regions and the thread caches that hold its slices.
 /// It outlives the last `SegmentPool` handle until its last region is destroyed.
@@ -80,6 +80,23 @@ impl PoolShared {
         // SAFETY: every region is made by a pool, with its `PoolShared` as owner
         // (`pool/regions.rs`: the only calls of `Owner::new`).
         unsafe { region.owner.get::<PoolShared>() }
+    }
+
+    /// Tells the diagnostics of `region`'s pool that the segment at `addr`, `len` bytes, is
+    /// being released.
+    ///
+    /// # Safety
+    ///
+    /// * `addr..addr + len` is a live segment's slice of `region`, owned by the caller, who gives
+    ///   it back right after this call and touches it no more.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn diagnose_release(region: &Region, addr: usize, len: usize) {
+        if let Some(d) = &Self::of(region).diag {
+            // SAFETY: the caller owns these bytes exclusively (see above).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            d.on_release(region, bytes);
+        }
     }
 
     /// A new strong reference to the pool `region` belongs to.
@@ -263,7 +280,7 @@ impl PoolShared {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         if self.purger_registered.load(Ordering::Relaxed) {
-            crate::purge::unregister(self);
+            super::purge::unregister(self);
         }
         self.signals.bump_generation();
         thread_cache::flush_current_thread(self);

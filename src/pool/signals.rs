@@ -2,9 +2,9 @@
 //!
 //! Its high bits are the trim generation: `trim()`, a budget shortage and closing the pool move
 //! it, and every thread that sees it moved gives its cached slices back before it goes on (see
-//! `crate::thread_cache`). Its low bits count the allocations of the pool queued on its budget
-//! (`crate::budget`, `crate::wait`): while there is one, releases skip the caches, so the waiter
-//! gets the slice it waits for.
+//! `crate::pool::thread_cache`). Its low bits count the allocations of the pool queued on its
+//! budget (`crate::budget`, `crate::pool::wait`): while there is one, releases skip the caches, so
+//! the waiter gets the slice it waits for.
 
 use crossbeam_utils::CachePadded;
 

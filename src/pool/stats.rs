@@ -134,6 +134,6 @@ pub(super) fn leaks(shared: &PoolShared) -> LeakReport {
         segments: shared
             .diag
             .as_ref()
-            .map_or_else(Vec::new, |d| d.leaks(shared)),
+            .map_or_else(Vec::new, |d| d.leaks(|c| shared.classes[c].size)),
     }
 }

@@ -150,7 +150,7 @@ fn returns_are_counted_late_never_early_and_all_at_exit() {
         exact()
     );
     assert!(
-        counted <= exact() + crate::thread_cache::UNCOUNTED_CACHES * cap,
+        counted <= exact() + crate::pool::thread_cache::UNCOUNTED_CACHES * cap,
         "counted {counted}, regions {}",
         exact()
     );

@@ -258,7 +258,7 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
     let r = unsafe { region.get() };
     if r.diagnosed {
         // SAFETY: forwarded from the caller, who owns the slice.
-        unsafe { crate::diagnostics::on_release_slice(r, addr, r.slice_size()) };
+        unsafe { PoolShared::diagnose_release(r, addr, r.slice_size()) };
     }
     // Borrowed, not cloned (no read-modify-write of the pool's reference count per batch): the
     // slice we hold keeps the region, hence its reference to the pool, alive until

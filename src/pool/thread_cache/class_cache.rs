@@ -1,5 +1,5 @@
 //! One thread's cache of one size class of one pool: its inline slots, its counters, and how
-//! it gives slices back to their regions (see the module docs of `crate::thread_cache`).
+//! it gives slices back to their regions (see the module docs of `crate::pool::thread_cache`).
 
 use std::cell::Cell;
 use std::ptr::NonNull;

@@ -1,5 +1,5 @@
 //! Asking for memory and waiting for it: the pressure protocol behind `allocate`, the waits of
-//! `allocate_timeout` and `allocate_async`, and the growth of a [`Reservation`].
+//! `allocate_timeout` and `allocate_async`.
 //!
 //! # The pressure protocol
 //!
@@ -24,42 +24,18 @@
 //! has something to evict. A callback is never called again from inside itself: a shortage in an
 //! allocation the callback makes fails without asking anybody.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::Arc as StdArc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::budget::{released_here, Budget, Kind};
+use crate::budget::{ask_members, released_here, BudgetMember, Kind, PressingScope};
 use crate::pool::{Attempt, PoolHook, PoolShared, SegmentPool};
 use crate::segment::Segment;
 use crate::size_class::NO_CLASS;
-use crate::sync::{const_thread_local, Arc};
+use crate::sync::Arc;
 use crate::{Error, Result};
-
-const_thread_local! {
-    /// Set while this thread runs pressure callbacks.
-    static PRESSING: Cell<bool> = Cell::new(false);
-}
-
-/// Marks this thread as running pressure callbacks while it lives.
-struct PressingScope;
-
-impl PressingScope {
-    /// `None` when the thread already runs callbacks (a nested shortage asks nobody).
-    fn enter() -> Option<Self> {
-        let was = PRESSING.try_with(|p| p.replace(true)).unwrap_or(true);
-        (!was).then_some(PressingScope)
-    }
-}
-
-impl Drop for PressingScope {
-    fn drop(&mut self) {
-        let _ = PRESSING.try_with(|p| p.set(false));
-    }
-}
 
 /// An allocation queued on its pool's budget. Dropping it leaves the queue and gives back a
 /// slice that was handed to it and not taken (to the next one queued for it, if any): a
@@ -106,42 +82,25 @@ impl Drop for Waiter {
         if let Some((addr, region)) = left {
             self.shared.count_direct_allocation(self.class as usize);
             // SAFETY: the slice was handed to this entry alone and is counted in `region`.
-            unsafe { crate::thread_cache::release_direct(region, addr) };
+            unsafe { crate::pool::thread_cache::release_direct(region, addr) };
         }
     }
 }
 
-/// Asks every pool on `budget` for room: unmaps their empty regions (after giving this thread's
-/// cached slices back), then calls their callbacks with `needed` (all but `skip`) until one
-/// releases something or `done` says the request can be served. Returns whether this thread
-/// released anything.
-fn ask_others(
-    members: &[StdArc<PoolHook>],
-    skip: Option<&StdArc<PoolHook>>,
-    needed: usize,
-    mut done: impl FnMut() -> bool,
-) -> bool {
-    let mark = released_here();
-    for m in members {
-        m.shared.reclaim();
+impl BudgetMember for PoolHook {
+    fn reclaim(&self) {
+        self.shared.reclaim();
     }
-    if released_here() != mark || done() {
-        return true;
-    }
-    for m in members {
-        if skip.is_some_and(|s| StdArc::ptr_eq(s, m)) {
-            continue;
-        }
-        if let Some(f) = &m.on_pressure {
-            call(m, f, needed);
-            // What it released may sit in this thread's cache: give it back.
-            m.shared.reclaim();
-            if released_here() != mark || done() {
-                return true;
+
+    fn press(&self, needed: usize) -> bool {
+        match &self.on_pressure {
+            Some(f) => {
+                call(self, f, needed);
+                true
             }
+            None => false,
         }
     }
-    false
 }
 
 /// Calls a pressure callback, and logs what it did.
@@ -183,18 +142,15 @@ pub(crate) fn press(pool: &SegmentPool, size: usize, needed: usize) -> Result<(S
             _ => needed,
         };
         let mark = released_here();
-        if let Some(f) = &own.on_pressure {
-            call(own, f, hint);
-            if released_here() != mark {
-                continue;
-            }
+        if own.press(hint) && released_here() != mark {
+            continue;
         }
         let handed = || {
             waiter
                 .as_ref()
                 .is_some_and(|w| w.shared.budget.has_handed(w.ticket))
         };
-        if !ask_others(&members, Some(own), needed, handed) {
+        if !ask_members(&members, Some(&**own), needed, handed) {
             if let Some(seg) = waiter.as_ref().and_then(Waiter::handed) {
                 return Ok((seg, false));
             }
@@ -203,35 +159,6 @@ pub(crate) fn press(pool: &SegmentPool, size: usize, needed: usize) -> Result<(S
                 Attempt::Short { needed } => Err(budget.exceeded(size, needed)),
             };
         }
-    }
-}
-
-/// Takes `bytes` from `budget` for a reservation, asking the pools on it for room first.
-pub(crate) fn reserve(budget: &Budget, bytes: usize) -> Result<()> {
-    if budget.try_reserve(bytes).is_ok() {
-        return Ok(());
-    }
-    if bytes > budget.limit() {
-        return Err(budget.exceeded(bytes, bytes));
-    }
-    let Some(_scope) = PressingScope::enter() else {
-        return Err(budget.exceeded(bytes, bytes));
-    };
-    let members = budget.members();
-    let mut got = false;
-    while !got {
-        let progress = ask_others(&members, None, bytes, || {
-            got = budget.try_reserve(bytes).is_ok();
-            got
-        });
-        if !progress {
-            break;
-        }
-    }
-    if got || budget.try_reserve(bytes).is_ok() {
-        Ok(())
-    } else {
-        Err(budget.exceeded(bytes, bytes))
     }
 }
 
