@@ -30,7 +30,7 @@
 //!   while the kernel writes), the kernel's request holds its own reference on the pinned pages,
 //!   so it writes into those pages and never into whatever is mapped at the address later.
 //!
-//! `docs/design.md` ("io_uring fixed buffers") gives the argument in full; `loom/models.rs`
+//! `docs/design.md` ("io_uring fixed buffers") gives the argument in full; `loom/observer.rs`
 //! checks the new steps.
 
 use std::collections::HashMap;
