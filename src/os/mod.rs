@@ -362,7 +362,10 @@ fn resident_pages(vec: &[u8]) -> usize {
     let words = vec.chunks_exact(8);
     let tail = words.remainder().iter().filter(|&&b| b & 1 != 0).count();
     words
-        .map(|w| (u64::from_ne_bytes(w.try_into().expect("chunks of 8")) & LOW_BITS).count_ones() as usize)
+        .map(|w| {
+            (u64::from_ne_bytes(w.try_into().expect("chunks of 8")) & LOW_BITS).count_ones()
+                as usize
+        })
         .sum::<usize>()
         + tail
 }
@@ -436,7 +439,9 @@ mod tests {
     fn resident_pages_counts_bit_zero_of_every_entry() {
         // Lengths around the eight-entry step, entries with reserved bits set around bit 0.
         for len in [0, 1, 7, 8, 9, 15, 16, 17, 8192, 8195] {
-            let vec: Vec<u8> = (0..len).map(|i| [0x01, 0x00, 0xFE, 0xFF, 0x03][i % 5]).collect();
+            let vec: Vec<u8> = (0..len)
+                .map(|i| [0x01, 0x00, 0xFE, 0xFF, 0x03][i % 5])
+                .collect();
             let expected = vec.iter().filter(|&&b| b & 1 != 0).count();
             assert_eq!(resident_pages(&vec), expected, "{len} entries");
         }
