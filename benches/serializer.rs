@@ -1,128 +1,22 @@
-//! A realistic workload: N threads serialize records (a few hundred bytes each, sizes varied and
-//! deterministic) into 64 KiB buffers until full, then hand each full buffer to one writer thread
-//! that checksums its bytes and releases it. segpool segments against `Vec<u8>` buffers from the
-//! global allocator (glibc here). Throughput is records per second.
+//! A realistic workload (`benches/workloads/serializer.rs`): N threads serialize records (a few
+//! hundred bytes each) into 64 KiB buffers until full, then hand each full buffer to one writer
+//! thread that checksums its bytes and releases it. segpool segments against `Vec<u8>` buffers
+//! from the global allocator (glibc here). Throughput is records per second. `segpool bench`
+//! measures the same workload against the same peers and lgalloc, with 4 MiB blocks as well.
 //!
 //! `cargo bench --bench serializer -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
-use std::sync::mpsc::sync_channel;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use segpool::{Segment, SegmentPool};
+use segpool::SegmentPool;
+
+#[path = "workloads/serializer.rs"]
+mod workload;
+
+use workload::{pipeline, RECORDS};
 
 const BUFFER: usize = 64 << 10;
-const RECORDS: u64 = 200_000;
-/// Full buffers in flight between the serializers and the writer.
-const IN_FLIGHT: usize = 16;
-
-/// Bytes every record copies its payload from.
-static PATTERN: [u8; 1024] = {
-    let mut p = [0u8; 1024];
-    let mut i = 0;
-    while i < p.len() {
-        p[i] = (i * 31 + 7) as u8;
-        i += 1;
-    }
-    p
-};
-
-/// The length (96..=607 bytes) of record `id`: deterministic, varied.
-fn record_len(id: u64) -> usize {
-    let mut x = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^= x >> 29;
-    96 + (x % 512) as usize
-}
-
-/// Appends record `id` (length, id, payload) to `buf`, which holds `used` bytes; returns its size.
-fn serialize<B: Buffer>(buf: &mut B, used: usize, id: u64) -> usize {
-    let len = record_len(id);
-    let off = (id % 256) as usize;
-    buf.append(
-        used,
-        &[
-            &(len as u32).to_le_bytes(),
-            &id.to_le_bytes(),
-            &PATTERN[off..off + len - 12],
-        ],
-    );
-    len
-}
-
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.chunks(8).fold(0u64, |h, c| {
-        let mut w = [0u8; 8];
-        w[..c.len()].copy_from_slice(c);
-        (h ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01B3)
-    })
-}
-
-/// A buffer the serializers fill. Each side writes exactly the bytes it serializes: a segment by
-/// copying at an offset, a `Vec` by `extend_from_slice` into its capacity (no zeroing).
-trait Buffer: Send {
-    /// Appends `parts` after the first `used` bytes.
-    fn append(&mut self, used: usize, parts: &[&[u8]]);
-    fn bytes(&self, used: usize) -> &[u8];
-}
-
-impl Buffer for Segment {
-    fn append(&mut self, mut used: usize, parts: &[&[u8]]) {
-        for p in parts {
-            self[used..used + p.len()].copy_from_slice(p);
-            used += p.len();
-        }
-    }
-    fn bytes(&self, used: usize) -> &[u8] {
-        &self[..used]
-    }
-}
-
-impl Buffer for Vec<u8> {
-    fn append(&mut self, used: usize, parts: &[&[u8]]) {
-        debug_assert_eq!(self.len(), used);
-        for p in parts {
-            self.extend_from_slice(p);
-        }
-    }
-    fn bytes(&self, used: usize) -> &[u8] {
-        &self[..used]
-    }
-}
-
-/// Runs `threads` serializers over `RECORDS` records and one writer; returns the checksum.
-fn pipeline<B: Buffer>(threads: u64, new_buffer: &(dyn Fn() -> B + Sync)) -> u64 {
-    let (tx, rx) = sync_channel::<(B, usize)>(IN_FLIGHT);
-    std::thread::scope(|s| {
-        let writer = s.spawn(move || {
-            let mut sum = 0u64;
-            while let Ok((buf, used)) = rx.recv() {
-                sum ^= checksum(buf.bytes(used));
-                drop(buf);
-            }
-            sum
-        });
-        for t in 0..threads {
-            let tx = tx.clone();
-            s.spawn(move || {
-                let mut buf = new_buffer();
-                let mut used = 0;
-                let mut id = t;
-                while id < RECORDS {
-                    if used + record_len(id) > BUFFER {
-                        let full = std::mem::replace(&mut buf, new_buffer());
-                        tx.send((full, used)).expect("writer");
-                        used = 0;
-                    }
-                    used += serialize(&mut buf, used, id);
-                    id += threads;
-                }
-                tx.send((buf, used)).expect("writer");
-            });
-        }
-        drop(tx);
-        writer.join().expect("writer thread")
-    })
-}
 
 fn serializer(c: &mut Criterion) {
     let mut g = c.benchmark_group("serializer");
@@ -132,11 +26,11 @@ fn serializer(c: &mut Criterion) {
     for threads in [1u64, 2] {
         g.bench_with_input(BenchmarkId::new("segpool", threads), &threads, |b, &n| {
             let new = || pool.allocate(BUFFER).expect("allocate");
-            b.iter(|| black_box(pipeline(n, &new)))
+            b.iter(|| black_box(pipeline(n, BUFFER, &new)))
         });
         g.bench_with_input(BenchmarkId::new("vec", threads), &threads, |b, &n| {
             let new = || Vec::with_capacity(BUFFER);
-            b.iter(|| black_box(pipeline(n, &new)))
+            b.iter(|| black_box(pipeline(n, BUFFER, &new)))
         });
     }
     g.finish();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::alloc::{self, ABOVE_LARGEST, LARGE_IN_FLIGHT_BYTES, PC_OVER_CHANNEL_NS};
 use super::report::{claim_lines_md, Report};
 use super::table::size_text;
-use super::{growth, plot, write};
+use super::{growth, plot, serializer, write};
 use crate::Error;
 
 const README_BEGIN: &str = "<!-- bench:begin -->";
@@ -166,6 +166,17 @@ fn page(r: &Report) -> String {
         growth::RUNS
     );
     out.push_str(&growth::table(&r.growth).markdown());
+    out.push('\n');
+    let _ = writeln!(out, "## Serializer\n");
+    let _ = writeln!(
+        out,
+        "The workload of `benches/workloads/serializer.rs`: serializer threads append records of 96 to 607 bytes (a length, an id and a payload copied from a static pattern) to buffers until the next record does not fit, and hand each full buffer through a bounded channel ({} buffers) to one writer thread, which checksums its bytes and releases it; {} records per pipeline. Buffers: **segpool** `allocate(size)` from a default pool, **lgalloc** as in the large sizes, **Vec<u8>** `Vec::with_capacity(size)` from glibc filled with `extend_from_slice`. Each contender runs one untimed pipeline first; each cell times whole pipelines for {} ms, median of {} runs, the contenders of a row taking turns going first. Millions of records per second (higher is better).\n",
+        serializer::IN_FLIGHT,
+        serializer::RECORDS,
+        r.run_ms * u64::from(serializer::CELL_RUN_MS_FACTOR),
+        r.runs
+    );
+    out.push_str(&serializer::table(&r.serializer).markdown());
     out.push('\n');
     let _ = writeln!(out, "## Claims, and what this run measured\n");
     let _ = writeln!(

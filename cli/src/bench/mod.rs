@@ -1,8 +1,9 @@
-//! `segpool bench`: segpool side by side with its peers, in four sections, each measured by a
+//! `segpool bench`: segpool side by side with its peers, in five sections, each measured by a
 //! module of its own: `alloc` (ns per allocate+release pair against glibc, mimalloc, jemalloc,
-//! mmap, and at large sizes lgalloc), `growth` (allocation cost as one class grows), `files`
-//! (file I/O against pread/pwrite, read() and memmap2, and a page cache over direct I/O) and
-//! `memory` (resident memory after a release, each allocator in a child process).
+//! mmap, and at large sizes lgalloc), `growth` (allocation cost as one class grows),
+//! `serializer` (records per second of a serializer pipeline against `Vec<u8>` and lgalloc
+//! buffers), `files` (file I/O against pread/pwrite, read() and memmap2, and a page cache over
+//! direct I/O) and `memory` (resident memory after a release, each allocator in a child process).
 //!
 //! The sections measure into one [`Report`] (`report`), whose tables share one model and one
 //! renderer (`table`), text for the terminal, Markdown for the docs; `docs` writes the generated
@@ -22,6 +23,7 @@ mod growth;
 pub mod memory;
 mod plot;
 mod report;
+mod serializer;
 mod table;
 
 /// Options of `segpool bench`.
@@ -50,8 +52,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     docs_dir: Option<PathBuf>,
     /// Run only one section: `alloc` (allocate+release pairs, with the growth rows), `growth`
-    /// (the growth rows alone), `files` (file I/O against pread/pwrite, read() and memmap2) or
-    /// `memory`. All run by default; `--update-docs` needs all.
+    /// (the growth rows alone), `serializer` (records per second of a serializer pipeline),
+    /// `files` (file I/O against pread/pwrite, read() and memmap2) or `memory`. All run by
+    /// default; `--update-docs` needs all.
     #[arg(long, value_name = "SECTION", conflicts_with = "update_docs")]
     only: Option<Section>,
     /// Milliseconds each file I/O cell is timed for, per run.
@@ -67,9 +70,10 @@ pub struct Args {
 }
 
 impl Args {
-    /// Whether this run measures the C peers (the growth rows alone measure segpool only).
+    /// Whether this run measures the C peers (the growth and serializer rows alone measure
+    /// segpool against peers that need no C compiler).
     pub fn needs_peers(&self) -> bool {
-        self.only != Some(Section::Growth)
+        !matches!(self.only, Some(Section::Growth | Section::Serializer))
     }
 
     /// Fails on options that cannot work, before a minute of measuring, not after.
@@ -119,6 +123,9 @@ pub enum Section {
     Memory,
     /// ns per allocation while one class grows (part of `alloc`, alone).
     Growth,
+    /// Records per second of a serializer pipeline, segpool's buffers against `Vec<u8>` (glibc)
+    /// and lgalloc.
+    Serializer,
 }
 
 /// Runs the benchmark and writes what `args` asks for.
@@ -138,8 +145,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         Some(Section::Alloc) => (true, false, false),
         Some(Section::Files) => (false, true, false),
         Some(Section::Memory) => (false, false, true),
-        Some(Section::Growth) => (false, false, false),
+        Some(Section::Growth | Section::Serializer) => (false, false, false),
     };
+    let serializer = args.only.is_none() || args.only == Some(Section::Serializer);
     let growth = alloc || args.only == Some(Section::Growth);
     args.check(files)?;
     let machine = Machine::this();
@@ -157,6 +165,11 @@ pub fn run(args: Args) -> Result<(), Error> {
     };
     let growth_points = if growth {
         growth::measure()?
+    } else {
+        Vec::new()
+    };
+    let serializer_rows = if serializer {
+        serializer::measure(args.runs, per_cell * serializer::CELL_RUN_MS_FACTOR)?
     } else {
         Vec::new()
     };
@@ -183,6 +196,9 @@ pub fn run(args: Args) -> Result<(), Error> {
     if growth {
         claims.push(growth::claim(&growth_points));
     }
+    if serializer {
+        claims.extend(serializer::claims(&serializer_rows));
+    }
     let report = Report {
         machine,
         command: report::command_line(),
@@ -195,6 +211,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         rows,
         large_rows,
         growth: growth_points,
+        serializer: serializer_rows,
         above_largest_calls,
         claims,
         files: files_report,

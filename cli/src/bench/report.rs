@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::alloc::{self, CallsPerPair, Row};
 use super::files::FileReport;
 use super::growth::{self, GrowthPoint};
+use super::serializer::{self, SerializerRow};
 
 /// Everything one `segpool bench` produced.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,11 +32,14 @@ pub struct Report {
     /// The growth rows: (regions when the window started, ns per allocation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub growth: Vec<GrowthPoint>,
+    /// The serializer rows: records per second with segpool's buffers and its peers'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serializer: Vec<SerializerRow>,
     /// Memory-mapping system calls per allocate+release pair above the largest class, counted
     /// by `segpool::diagnostics::mapping_calls` over a loop of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above_largest_calls: Option<CallsPerPair>,
-    /// The allocator and growth claims.
+    /// The allocator, growth and serializer claims.
     #[serde(alias = "targets")]
     pub claims: Vec<Claim>,
     /// The file I/O section, when it ran.
@@ -142,19 +146,18 @@ pub fn command_line() -> String {
 /// sections.
 pub fn text(r: &Report) -> String {
     let mut sections = Vec::new();
+    let mut tables = Vec::new();
     if !r.rows.is_empty() {
-        sections.push(format!(
-            "{}\n{}\n{}",
-            alloc::text(r),
-            growth::text(&r.growth),
-            claim_lines(&r.claims)
-        ));
-    } else if !r.growth.is_empty() {
-        sections.push(format!(
-            "{}\n{}",
-            growth::text(&r.growth),
-            claim_lines(&r.claims)
-        ));
+        tables.push(alloc::text(r));
+    }
+    if !r.growth.is_empty() {
+        tables.push(growth::text(&r.growth));
+    }
+    if !r.serializer.is_empty() {
+        tables.push(serializer::text(&r.serializer));
+    }
+    if !tables.is_empty() {
+        sections.push(format!("{}\n{}", tables.join("\n"), claim_lines(&r.claims)));
     }
     if let Some(f) = &r.files {
         sections.push(format!("{}\n{}", f.text(), claim_lines(&f.claims)));
@@ -162,7 +165,8 @@ pub fn text(r: &Report) -> String {
     sections.join("\n")
 }
 
-/// The tables as Markdown (`--markdown`): the allocator tables and the file table.
+/// The tables as Markdown (`--markdown`): the allocator tables, the serializer table and the
+/// file table.
 pub fn markdown(r: &Report) -> String {
     let mut parts = Vec::new();
     if !r.rows.is_empty() {
@@ -171,6 +175,9 @@ pub fn markdown(r: &Report) -> String {
             alloc::table(r).markdown(),
             alloc::large_table(r).markdown()
         ));
+    }
+    if !r.serializer.is_empty() {
+        parts.push(serializer::table(&r.serializer).markdown());
     }
     if let Some(f) = &r.files {
         parts.push(f.markdown());
