@@ -11,13 +11,24 @@ use std::io;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::file::FileCore;
-use crate::sync::atomic::Ordering;
 use crate::sync::{Arc, Condvar, Mutex};
+
+/// What the flusher needs of a file: whether it was written since its last sync, and a sync.
+/// The file layer implements it (for its shared file core), so the flusher knows nothing of
+/// files and the dependency runs one way.
+pub(crate) trait Flushable: Send + Sync + std::fmt::Debug {
+    /// Whether the file was written since the last [`take_dirty`](Self::take_dirty).
+    fn is_dirty(&self) -> bool;
+    /// Clears the dirty mark; true when it was set (the caller then owes the file a sync).
+    fn take_dirty(&self) -> bool;
+    /// Syncs the file's data, unless it is poisoned by a fault; true when it synced. A failure
+    /// is the file's to report (it poisons the file and emits an event): no caller waits here.
+    fn flush(&self) -> bool;
+}
 
 #[derive(Debug, Default)]
 struct State {
-    files: Vec<(u64, Arc<FileCore>)>,
+    files: Vec<(u64, Arc<dyn Flushable>)>,
     next_id: u64,
     stop: bool,
     running: bool,
@@ -67,7 +78,7 @@ impl Flusher {
         }))
     }
 
-    pub(crate) fn register(this: &Arc<Self>, core: Arc<FileCore>) -> FlushRegistration {
+    pub(crate) fn register(this: &Arc<Self>, core: Arc<dyn Flushable>) -> FlushRegistration {
         let mut st = this.shared.state.lock();
         let id = st.next_id;
         st.next_id += 1;
@@ -109,21 +120,17 @@ fn run(shared: &Shared) {
         if st.stop {
             break;
         }
-        let dirty: Vec<Arc<FileCore>> = st
+        let dirty: Vec<Arc<dyn Flushable>> = st
             .files
             .iter()
-            .filter(|(_, f)| f.dirty.load(Ordering::Acquire))
+            .filter(|(_, f)| f.is_dirty())
             .map(|(_, f)| Arc::clone(f))
             .collect();
         drop(st);
         let mut flushed = 0;
         for f in dirty {
-            if f.dirty.swap(false, Ordering::AcqRel) && !f.entry().fault.is_faulted() {
-                // A failure poisons the file and is reported by `sync_data` as an event: no
-                // caller is waiting here.
-                if f.sync_data().is_ok() {
-                    flushed += 1;
-                }
+            if f.take_dirty() && f.flush() {
+                flushed += 1;
             }
         }
         st = shared.state.lock();

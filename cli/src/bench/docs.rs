@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::alloc::{self, ABOVE_LARGEST, LARGE_IN_FLIGHT_BYTES, PC_OVER_CHANNEL_NS};
-use super::report::{claim_lines_md, Report};
+use super::claim::claim_lines_md;
+use super::report::Report;
 use super::table::size_text;
 use super::{growth, plot, serializer, write};
 use crate::Error;
@@ -90,7 +91,7 @@ fn readme_table(r: &Report) -> String {
          20-30% between runs. Columns and method: [docs/benchmarks.md].\n",
         r.runs, r.machine.cpu, r.machine.cpus, r.machine.kernel
     );
-    out.push_str(&alloc::table(r).markdown());
+    out.push_str(&alloc::table(&r.rows).markdown());
     out
 }
 
@@ -145,7 +146,7 @@ fn page(r: &Report) -> String {
     );
     let _ = writeln!(out, "Patterns: *1 thread* allocates and releases at once; *2 threads, each own* is the same on two threads at once (ns per pair per thread); *producer/consumer* allocates on one thread and releases on another (ns per pair, channel included). {} is above the largest class (a dedicated mapping in segpool).\n", size_text(ABOVE_LARGEST));
     let _ = writeln!(out, "## Table\n");
-    out.push_str(&alloc::table(r).markdown());
+    out.push_str(&alloc::table(&r.rows).markdown());
     let _ = writeln!(out, "\n![ns per pair by size class](bench-alloc.svg)\n");
     let _ = writeln!(out, "## Large sizes\n");
     let _ = writeln!(
@@ -153,7 +154,7 @@ fn page(r: &Report) -> String {
         "segpool (its default pool: classes up to 1 GiB) against **lgalloc** (`lgalloc::allocate`/`deallocate`, default configuration: per-thread caches of 32 MiB per class, no background worker), mimalloc and jemalloc, at sizes of the large classes. *touched*: one byte is written into every 4 KiB page of each buffer between allocate and release, so an allocator that hands out fresh pages pays their faults. The producer/consumer rows carry at most {} of buffers in the channel (at least 4).\n",
         size_text(LARGE_IN_FLIGHT_BYTES)
     );
-    out.push_str(&alloc::large_table(r).markdown());
+    out.push_str(&alloc::large_table(&r.large_rows).markdown());
     out.push('\n');
     let _ = writeln!(out, "## Growth\n");
     let _ = writeln!(

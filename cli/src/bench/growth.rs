@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::report::Claim;
+use super::claim::Claim;
 use super::table::{ns_text, num, Align, Table};
 use crate::Error;
 

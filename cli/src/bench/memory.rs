@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use segpool::{SegmentPool, DEFAULT_PURGE_DECAY};
 
-use super::report::{claim_lines, Claim};
+use super::claim::{claim_lines, Claim};
 use super::table::{size_text, Align, Table};
 use crate::peers::{self, Allocator, PAGE};
 use crate::Error;

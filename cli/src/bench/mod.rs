@@ -6,7 +6,8 @@
 //! direct I/O) and `memory` (resident memory after a release, each allocator in a child process).
 //!
 //! The sections measure into one [`Report`] (`report`), whose tables share one model and one
-//! renderer (`table`), text for the terminal, Markdown for the docs; `docs` writes the generated
+//! renderer (`table`), text for the terminal, Markdown for the docs; each section judges its own
+//! claims (`claim`), which the report lists after the tables; `docs` writes the generated
 //! docs and README table from a report, `plot` its SVG. This module reads the options, runs the
 //! sections and writes what was asked for.
 
@@ -17,6 +18,7 @@ use crate::Error;
 use report::{Machine, Report};
 
 mod alloc;
+mod claim;
 mod docs;
 mod files;
 mod growth;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::alloc::{self, CallsPerPair, Row};
+use super::claim::{claim_lines, Claim};
 use super::files::FileReport;
 use super::growth::{self, GrowthPoint};
 use super::serializer::{self, SerializerRow};
@@ -90,46 +91,6 @@ impl Machine {
     }
 }
 
-/// A claim of the project's about its figures, and whether this run's table meets it: the
-/// figures depend on the machine, so a claim not met is reported, not treated as a failure.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claim {
-    #[serde(alias = "target")]
-    pub claim: String,
-    pub holds: bool,
-    pub detail: String,
-}
-
-impl Claim {
-    /// The claim, what this run measured, and whether the measurement meets the claim, said
-    /// neutrally: the figures depend on the machine, which the output names above its tables.
-    pub fn text(&self) -> String {
-        format!(
-            "{}; measured: {} ({})",
-            self.claim,
-            self.detail,
-            if self.holds {
-                "met"
-            } else {
-                "not met on this machine"
-            }
-        )
-    }
-}
-
-/// One `claim: ...` line per claim.
-pub fn claim_lines(claims: &[Claim]) -> String {
-    claims
-        .iter()
-        .map(|c| format!("claim: {}\n", c.text()))
-        .collect()
-}
-
-/// One Markdown list item per claim, as the docs list them.
-pub fn claim_lines_md(claims: &[Claim]) -> String {
-    claims.iter().map(|c| format!("- {}\n", c.text())).collect()
-}
-
 /// The command that reproduces this run, as the docs show it.
 pub fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -148,7 +109,7 @@ pub fn text(r: &Report) -> String {
     let mut sections = Vec::new();
     let mut tables = Vec::new();
     if !r.rows.is_empty() {
-        tables.push(alloc::text(r));
+        tables.push(alloc::text(r.runs, &r.rows, &r.large_rows));
     }
     if !r.growth.is_empty() {
         tables.push(growth::text(&r.growth));
@@ -172,8 +133,8 @@ pub fn markdown(r: &Report) -> String {
     if !r.rows.is_empty() {
         parts.push(format!(
             "{}\n{}",
-            alloc::table(r).markdown(),
-            alloc::large_table(r).markdown()
+            alloc::table(&r.rows).markdown(),
+            alloc::large_table(&r.large_rows).markdown()
         ));
     }
     if !r.serializer.is_empty() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::report::Claim;
+use super::claim::Claim;
 use super::table::{num, size_text, Align, Cells, Table};
 use crate::peers::{self, Allocator};
 use crate::Error;

@@ -7,6 +7,7 @@ use super::access::Step;
 use super::{invalid, FileCore, MappedFile, View};
 use crate::fs::config::{Advice, MapMode};
 use crate::fs::extent::MappedExtent;
+use crate::fs::flusher::Flushable;
 use crate::os;
 use crate::sync::atomic::Ordering;
 
@@ -31,6 +32,21 @@ impl FileCore {
                 Err(e)
             }
         }
+    }
+}
+
+impl Flushable for FileCore {
+    fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
+    fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+
+    fn flush(&self) -> bool {
+        // A failure poisons the file and is reported as an event by `sync_data`.
+        !self.entry().fault.is_faulted() && self.sync_data().is_ok()
     }
 }
 

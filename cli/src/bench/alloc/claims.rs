@@ -8,7 +8,7 @@ use super::{
     Pattern, Row, ABOVE_LARGEST, CLASSES, LARGE_PC_SIZES, LARGE_SIZES, LARGE_TOLERANCE,
     PC_OVER_CHANNEL_NS,
 };
-use crate::bench::report::Claim;
+use crate::bench::claim::Claim;
 use crate::bench::table::{median, ns_text, signed_ns, size_text};
 
 /// The main table's claims: the cost per pair in one and two threads, against the floor and

@@ -20,7 +20,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::report::Report;
 use super::table::{num, size_text, Align, Cells, Table};
 
 mod claims;
@@ -165,7 +164,7 @@ impl Row {
 }
 
 /// The main table: a row per (pattern, size), a column per allocator.
-pub fn table(r: &Report) -> Table {
+pub fn table(rows: &[Row]) -> Table {
     // segpool's values have no ratio beside them: a narrower column.
     let widths = [9, 15, 15, 15, 15, 15, 15];
     let mut t = Table::new(
@@ -178,7 +177,7 @@ pub fn table(r: &Report) -> Table {
                     .map(|(&c, w)| (c, w, Align::Right)),
             ),
     );
-    for row in &r.rows {
+    for row in rows {
         let mut cols = vec![row.pattern.label().to_string(), size_text(row.size)];
         cols.extend(COLUMNS.iter().map(|c| row.cell_text(c)));
         t.push(cols);
@@ -187,13 +186,13 @@ pub fn table(r: &Report) -> Table {
 }
 
 /// The large section's table: touched rows labelled as such.
-pub fn large_table(r: &Report) -> Table {
+pub fn large_table(rows: &[Row]) -> Table {
     let mut t = Table::new(
         [("pattern", 32, Align::Left), ("size", 9, Align::Left)]
             .into_iter()
             .chain(LARGE_COLUMNS.iter().map(|&c| (c, 20, Align::Right))),
     );
-    for row in &r.large_rows {
+    for row in rows {
         let mut cols = vec![row.large_label(), size_text(row.size)];
         cols.extend(LARGE_COLUMNS.iter().map(|c| row.cell_text(c)));
         t.push(cols);
@@ -201,16 +200,17 @@ pub fn large_table(r: &Report) -> Table {
     t
 }
 
-/// Both tables as the terminal shows them, each under a line saying what it holds.
-pub fn text(r: &Report) -> String {
+/// Both tables as the terminal shows them, each under a line saying what it holds (cells are
+/// medians of `runs` runs).
+pub fn text(runs: u32, rows: &[Row], large_rows: &[Row]) -> String {
     format!(
         "ns per allocate+release pair, median of {} runs (peer (peer/segpool)); memory untouched\n\
          {}\n\
          large sizes: ns per allocate+release pair, median of {} runs (peer (peer/segpool)); \
          touched: one byte written per 4 KiB page\n{}",
-        r.runs,
-        table(r).text(),
-        r.runs,
-        large_table(r).text()
+        runs,
+        table(rows).text(),
+        runs,
+        large_table(large_rows).text()
     )
 }

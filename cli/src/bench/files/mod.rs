@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs, SyncMode};
 use serde::{Deserialize, Serialize};
 
-use super::report::Claim;
+use super::claim::Claim;
 use super::table::Cells;
 use crate::Error;
 

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{FileReport, Op, Row, COLUMNS, MIB};
-use crate::bench::report::{claim_lines_md, Claim};
+use crate::bench::claim::{claim_lines_md, Claim};
 use crate::bench::table::{ns_text, Align, Table};
 
 /// The file layer's claims: faster than pread for small random reads, as fast as read() for
