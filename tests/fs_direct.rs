@@ -289,3 +289,51 @@ fn threads_read_and_write_disjoint_blocks_at_once() {
     });
     assert_eq!(std::fs::read(&path).unwrap(), contents(blocks * (64 << 10)));
 }
+
+/// A cut made through a `DirectFile` of an `MmapFs` goes through the file's registry entry: a
+/// `MappedFile` of the same file in the process sees the new end (short reads, its length)
+/// instead of faulting past it and being poisoned, and a truncating direct open cuts the same
+/// way. Without the registry, the mapped handle's next read past the cut would fault: an error
+/// that poisons the file.
+#[test]
+fn direct_cuts_go_through_the_registry_and_mapped_handles_see_them() {
+    let dir = disk_dir();
+    let fs = MmapFs::new(dir.path(), MapConfig::default().mode(MapMode::ReadWrite)).unwrap();
+    let data = contents(64 << 10);
+    std::fs::write(dir.path().join("f"), &data).unwrap();
+    let mapped = fs.open("f").unwrap();
+    let mut buf = vec![0u8; 8192];
+    assert_eq!(mapped.read_at(&mut buf, 40 << 10).unwrap(), 8192);
+
+    let direct = fs.open_direct("f").unwrap();
+    direct.set_len(16 << 10).unwrap();
+    assert_eq!(
+        mapped.len(),
+        16 << 10,
+        "the mapped handle did not see the cut"
+    );
+    assert_eq!(
+        mapped.read_at(&mut buf, 40 << 10).unwrap(),
+        0,
+        "a read past the cut"
+    );
+    assert_eq!(mapped.read_at(&mut buf, 12 << 10).unwrap(), 4096);
+    assert_eq!(buf[..4096], data[12 << 10..16 << 10]);
+
+    // Growth is seen too, and reads zero past the old end.
+    direct.set_len(32 << 10).unwrap();
+    assert_eq!(mapped.len(), 32 << 10);
+    assert_eq!(mapped.read_at(&mut buf, 16 << 10).unwrap(), 8192);
+    assert!(buf.iter().all(|&b| b == 0));
+
+    // A truncating direct open cuts through the registry as well.
+    let _t = fs.open_direct_with("f", rw().truncate(true)).unwrap();
+    assert_eq!(mapped.len(), 0);
+    assert_eq!(mapped.read_at(&mut buf, 0).unwrap(), 0);
+    // Nothing faulted: the mapped handle is healthy and writes again.
+    mapped.write_all_at(b"alive", 0).unwrap();
+    let mut five = [0u8; 5];
+    mapped.read_exact_at(&mut five, 0).unwrap();
+    assert_eq!(&five, b"alive");
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"alive");
+}

@@ -20,7 +20,10 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use super::gate;
+use super::registry::{self, Registered};
 use crate::os::file::{self as osf, DioAlign};
+use crate::sync::atomic::Ordering;
 use crate::Segment;
 
 /// The alignment assumed where the kernel does not report one (before Linux 6.1, or a file
@@ -64,7 +67,10 @@ const MAX_END: u64 = i64::MAX as u64;
 /// # Invariants
 ///
 /// `file` has `O_DIRECT` set, without `O_APPEND`, and is a regular file; `align` and
-/// `mem_align` are powers of two.
+/// `mem_align` are powers of two. A file opened through an [`MmapFs`](super::MmapFs) is a member
+/// of the process's per-file registry (`reg`): every cut it makes (`set_len`, a truncating open)
+/// goes through the registry's resize protocol, so the `MappedFile` handles of the process on
+/// the same file see the new end instead of faulting past it.
 #[derive(Debug)]
 pub struct DirectFile {
     file: File,
@@ -73,6 +79,8 @@ pub struct DirectFile {
     align: usize,
     /// Buffer addresses are multiples of this.
     mem_align: usize,
+    /// The registry entry of the file, when it was opened through an `MmapFs`.
+    reg: Option<Registered>,
 }
 
 impl DirectFile {
@@ -143,7 +151,28 @@ impl DirectFile {
             path,
             align,
             mem_align,
+            reg: None,
         })
+    }
+
+    /// Like [`from_file`](Self::from_file), for a file opened through an `MmapFs`: joins the
+    /// file's registry entry, and with `truncate` cuts the file to 0 bytes through it (the
+    /// descriptor was opened without `O_TRUNC`: the kernel must not cut a file that mapped
+    /// handles of this process may be reading).
+    pub(crate) fn from_file_registered(
+        file: File,
+        path: PathBuf,
+        truncate: bool,
+    ) -> io::Result<DirectFile> {
+        let mut direct = DirectFile::from_file(file, path)?;
+        let id = osf::stat(&direct.file)?;
+        let reg = registry::join(&direct.file, id.dev, id.ino, direct.path.clone())?;
+        reg.entry.fault.check().map_err(io::Error::from)?;
+        direct.reg = Some(reg);
+        if truncate {
+            direct.set_len(0)?;
+        }
+        Ok(direct)
     }
 
     /// The alignment of file offsets and lengths for direct I/O, in bytes: what the kernel
@@ -234,8 +263,37 @@ impl DirectFile {
 
     /// Sets the file's length (`ftruncate`: cuts, or grows sparsely). Any length: only reads and
     /// writes are aligned.
+    ///
+    /// Opened through an [`MmapFs`](super::MmapFs), the change goes through the file's registry
+    /// entry as `MappedFile::set_len` does: a cut waits until no access of a mapped handle of the
+    /// process runs on the file, and those handles then stop at the new end. From inside a
+    /// `MappedFile::with_view`/`with_bytes` closure such a change is refused (`WouldBlock`),
+    /// since it would wait for that very access.
     pub fn set_len(&self, len: u64) -> io::Result<()> {
-        osf::truncate(&self.file, len)
+        if len > MAX_END {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: length {len} is past the largest file size ({MAX_END})",
+                    self.path.display()
+                ),
+            ));
+        }
+        let Some(reg) = &self.reg else {
+            return osf::truncate(&self.file, len);
+        };
+        gate::refuse_in_scoped_access()?;
+        let entry = &reg.entry;
+        let _r = entry.resize.lock();
+        // The real size, under the lock: a cut made outside the process is taken first.
+        entry.adopt(osf::stat(&self.file)?.size)?;
+        if len < entry.reserved.load(Ordering::Acquire) {
+            entry.cut(&self.file, len)
+        } else {
+            osf::truncate(&self.file, len)?;
+            entry.catch_up(len);
+            Ok(())
+        }
     }
 
     /// `fsync`: data, size and metadata durable when it returns (including the device's

@@ -167,9 +167,12 @@ impl MmapFs {
         options: &OpenOptions,
     ) -> io::Result<DirectFile> {
         let rel = path.as_ref();
-        let spec = path::OpenSpec::from_std(options)?;
+        let mut spec = path::OpenSpec::from_std(options)?;
+        // As for mapped files: the registry makes the cut, so mapped handles see it.
+        let truncate = spec.flags.contains(OFlags::TRUNC);
+        spec.flags.remove(OFlags::TRUNC);
         let file = self.inner.root.open_file(rel, &spec)?;
-        DirectFile::from_file(file, self.inner.root.path().join(rel))
+        DirectFile::from_file_registered(file, self.inner.root.path().join(rel), truncate)
     }
 
     /// `std::fs::metadata` of a path under the root (symlinks followed, all under the root).
