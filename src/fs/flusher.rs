@@ -26,9 +26,27 @@ pub(crate) trait Flushable: Send + Sync + std::fmt::Debug {
     fn flush(&self) -> bool;
 }
 
+/// A shared file core is flushable as the core is. The flusher keeps its files as
+/// `std::sync::Arc<dyn Flushable>` holding one of these: the sync shim's `Arc` is loom's under
+/// `--cfg loom`, and loom's `Arc` cannot be coerced to a trait object.
+impl<T: Flushable> Flushable for Arc<T> {
+    fn is_dirty(&self) -> bool {
+        T::is_dirty(self)
+    }
+    fn take_dirty(&self) -> bool {
+        T::take_dirty(self)
+    }
+    fn flush(&self) -> bool {
+        T::flush(self)
+    }
+}
+
+/// A file as the flusher holds it (see the `Arc<T>` implementation above).
+type FlushEntry = std::sync::Arc<dyn Flushable>;
+
 #[derive(Debug, Default)]
 struct State {
-    files: Vec<(u64, Arc<dyn Flushable>)>,
+    files: Vec<(u64, FlushEntry)>,
     next_id: u64,
     stop: bool,
     running: bool,
@@ -78,11 +96,15 @@ impl Flusher {
         }))
     }
 
-    pub(crate) fn register(this: &Arc<Self>, core: Arc<dyn Flushable>) -> FlushRegistration {
+    pub(crate) fn register<F: Flushable + 'static>(
+        this: &Arc<Self>,
+        core: Arc<F>,
+    ) -> FlushRegistration {
+        let entry: FlushEntry = std::sync::Arc::new(core);
         let mut st = this.shared.state.lock();
         let id = st.next_id;
         st.next_id += 1;
-        st.files.push((id, core));
+        st.files.push((id, entry));
         FlushRegistration {
             flusher: Arc::clone(this),
             id,
@@ -120,11 +142,11 @@ fn run(shared: &Shared) {
         if st.stop {
             break;
         }
-        let dirty: Vec<Arc<dyn Flushable>> = st
+        let dirty: Vec<FlushEntry> = st
             .files
             .iter()
             .filter(|(_, f)| f.is_dirty())
-            .map(|(_, f)| Arc::clone(f))
+            .map(|(_, f)| std::sync::Arc::clone(f))
             .collect();
         drop(st);
         let mut flushed = 0;

@@ -80,7 +80,7 @@ impl MappedFile {
         });
         let flush = match (cfg.sync, mode, flusher) {
             (SyncMode::Periodic(_), MapMode::ReadWrite, Some(f)) => {
-                Some(Flusher::register(f, Arc::clone(&core) as Arc<_>))
+                Some(Flusher::register(f, Arc::clone(&core)))
             }
             _ => None,
         };
