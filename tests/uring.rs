@@ -358,6 +358,12 @@ fn a_region_beyond_rlimit_memlock_is_a_clear_error_at_register() {
         caps.effective.remove(CapabilitySet::IPC_LOCK);
         caps.permitted.remove(CapabilitySet::IPC_LOCK);
         set_capabilities(None, caps).unwrap();
+        // Created without CAP_IPC_LOCK, so the ring and what it pins are charged to the user's
+        // locked memory; created before the limit drops, because that charge is counted per
+        // user, not per process: another process of the same user pinning memory at this moment
+        // (a `perf record` buffer, another ring) could take a 64 KiB limit on its own and fail
+        // the ring's creation instead of the registration this test is about.
+        let ring = IoUring::new(8).unwrap();
         setrlimit(
             Resource::Memlock,
             Rlimit {
@@ -368,7 +374,6 @@ fn a_region_beyond_rlimit_memlock_is_a_clear_error_at_register() {
         .unwrap();
         let pool = four_class_pool();
         let _seg = pool.allocate(4 * KIB).unwrap(); // one 1 MiB region
-        let ring = IoUring::new(8).unwrap(); // created without CAP_IPC_LOCK: it is charged
         let m = fixed_buffers_error(FixedBuffers::register(&pool, &ring, 4));
         assert!(m.contains("RLIMIT_MEMLOCK (65536 bytes)"), "{m}");
         println!("refused: {m}");
