@@ -46,8 +46,8 @@ pub fn claims(rows: &[Row], calls: Option<&CallsPerPair>) -> Vec<Claim> {
         )
     }));
     out.push(Claim {
-        claim: "1 thread, every class: <= 2.5x the thread-local floor".into(),
-        holds: x <= 2.5,
+        claim: "1 thread, every class: <= 2x the thread-local floor".into(),
+        holds: x <= 2.0,
         detail: format!("worst {x:.2}x at {}", size_text(s)),
     });
     let (s, ns) = worst(
