@@ -354,6 +354,9 @@ impl Mapping {
     }
 }
 
+/// Pages asked of `mincore` at a time (16 MiB of 4 KiB pages; a 4 KiB buffer on the stack).
+const MINCORE_CHUNK: usize = 4096;
+
 /// How many entries of a `mincore` vector say "resident" (bit 0; the other bits are reserved).
 /// Eight entries at a time: a region of 32 MiB has 8,192 entries, and `stats()` reads every
 /// region's.
@@ -372,6 +375,8 @@ fn resident_pages(vec: &[u8]) -> usize {
 
 impl Mapping {
     /// Bytes of this mapping resident in memory right now (`mincore(2)`, counted in whole pages).
+    /// Asks in pieces of [`MINCORE_CHUNK`] pages into a buffer on the stack, so `stats()`, which
+    /// asks for every region, allocates nothing for it.
     pub(crate) fn resident_bytes(&self) -> io::Result<usize> {
         if cfg!(miri) {
             return Err(io::Error::new(
@@ -381,14 +386,28 @@ impl Mapping {
         }
         let page = page_size();
         let pages = self.len / page;
-        let mut vec = vec![0u8; pages];
-        // SAFETY: the range is this live mapping (page-aligned start, length a multiple of the
-        // page size) and `vec` has one byte per page; mincore only writes `vec`.
-        let r = unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, vec.as_mut_ptr()) };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
+        let mut vec = [0u8; MINCORE_CHUNK];
+        let mut resident = 0;
+        let mut first = 0;
+        while first < pages {
+            let n = (pages - first).min(MINCORE_CHUNK);
+            // SAFETY: `first * page .. (first + n) * page` lies inside this live mapping
+            // (page-aligned start, `first + n <= pages`), and `vec` has a byte for each of its
+            // `n` pages; mincore only writes `vec`.
+            let r = unsafe {
+                libc::mincore(
+                    self.ptr.as_ptr().add(first * page).cast(),
+                    n * page,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            resident += resident_pages(&vec[..n]);
+            first += n;
         }
-        Ok(resident_pages(&vec) * page)
+        Ok(resident * page)
     }
 
     /// Makes `offset..offset + len` (page-aligned) inaccessible (`mprotect(PROT_NONE)`): any
@@ -433,7 +452,7 @@ fn too_large() -> io::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::resident_pages;
+    use super::{page_size, resident_pages, Mapping, MINCORE_CHUNK};
 
     #[test]
     fn resident_pages_counts_bit_zero_of_every_entry() {
@@ -444,6 +463,46 @@ mod tests {
                 .collect();
             let expected = vec.iter().filter(|&&b| b & 1 != 0).count();
             assert_eq!(resident_pages(&vec), expected, "{len} entries");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "mincore is not available under Miri")]
+    fn resident_bytes_counts_the_touched_pages_across_the_pieces_mincore_is_asked_in() {
+        let page = page_size();
+        // Two and a half pieces, huge pages off (a mapping that is never advised stays in
+        // base pages unless the system forces huge pages on every mapping: then the count is
+        // whole huge pages, and only the lower bound below is asserted).
+        let pages = MINCORE_CHUNK * 2 + MINCORE_CHUNK / 2;
+        let m = Mapping::anonymous(pages * page, page).unwrap();
+        assert_eq!(
+            m.resident_bytes().unwrap(),
+            0,
+            "an untouched mapping is not resident"
+        );
+        let touched = [
+            0,
+            1,
+            MINCORE_CHUNK - 1,
+            MINCORE_CHUNK,
+            2 * MINCORE_CHUNK + 7,
+            pages - 1,
+        ];
+        for &p in &touched {
+            // SAFETY: `p < pages`, so the byte lies inside the live mapping, which nothing else
+            // reads or writes.
+            unsafe { m.as_ptr().add(p * page).write_volatile(1) };
+        }
+        let resident = m.resident_bytes().unwrap();
+        let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]"));
+        if thp_always {
+            assert!(
+                resident >= touched.len() * page,
+                "{resident} bytes resident"
+            );
+        } else {
+            assert_eq!(resident, touched.len() * page, "one page per touched page");
         }
     }
 }
