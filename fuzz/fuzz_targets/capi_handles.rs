@@ -22,11 +22,21 @@ enum Handle {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    CreatePool,
+    /// A pool whose flags the byte picks (see `pool_flags`).
+    CreatePool(u8),
     FreePool(Handle),
-    Allocate { pool: Handle, size: u32 },
-    Release { pool: Handle, segment: Handle },
-    Touch { pool: Handle, segment: Handle },
+    Allocate {
+        pool: Handle,
+        size: u32,
+    },
+    Release {
+        pool: Handle,
+        segment: Handle,
+    },
+    Touch {
+        pool: Handle,
+        segment: Handle,
+    },
     Stats(Handle),
     Trim(Handle),
 }
@@ -52,7 +62,12 @@ impl Model {
             Handle::LiveSegment(i) => pick(&self.segments, i).map_or(0, |s| s.1),
             Handle::ReleasedSegment(i) => pick(&self.released, i).unwrap_or(2),
             Handle::Flipped { of, bit } => {
-                let all: Vec<u64> = self.pools.iter().copied().chain(self.segments.iter().map(|s| s.1)).collect();
+                let all: Vec<u64> = self
+                    .pools
+                    .iter()
+                    .copied()
+                    .chain(self.segments.iter().map(|s| s.1))
+                    .collect();
                 pick(&all, of).unwrap_or(3) ^ (1u64 << (bit % 64))
             }
             Handle::Raw(x) => x,
@@ -67,22 +82,44 @@ fn all_equal(bytes: &[u8], b: u8) -> bool {
     bytes.chunks(page.len()).all(|c| c == &page[..c.len()])
 }
 
+/// The flags of a new pool, from the input's byte: no thread cache half the time; huge pages
+/// and prefaulting one pool in eight each. Every pool here is new, so its regions are fresh
+/// memory: with huge pages on, the first byte written into a region faults in (and the kernel
+/// zeroes) 2 MiB, and a prefaulted region is written whole up front. Both are exercised; were
+/// they the default, they would be most of the run's time.
+fn pool_flags(b: u8) -> u32 {
+    let mut flags = 0;
+    if b & 1 != 0 {
+        flags |= SEGPOOL_FLAG_NO_THREAD_CACHE;
+    }
+    if (b >> 1) & 7 != 7 {
+        flags |= SEGPOOL_FLAG_NO_HUGE_PAGES;
+    }
+    if (b >> 4) & 7 == 7 {
+        flags |= SEGPOOL_FLAG_PREFAULT;
+    }
+    flags
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     let mut m = Model::default();
     for op in ops.iter().take(128) {
         match op {
-            Op::CreatePool => {
+            Op::CreatePool(b) => {
                 if m.pools.len() < 3 {
                     let cfg = SegpoolConfig {
                         size_classes: std::ptr::null(),
                         size_class_count: 0,
                         region_size: 0,
                         budget: 8 << 20,
-                        flags: 0,
+                        flags: pool_flags(*b),
                     };
                     let mut p = 0;
                     // SAFETY: both pointers are to live locals.
-                    assert_eq!(unsafe { segpool_pool_create(&cfg, &mut p) }, SegpoolStatus::Ok);
+                    assert_eq!(
+                        unsafe { segpool_pool_create(&cfg, &mut p) },
+                        SegpoolStatus::Ok
+                    );
                     m.pools.push(p);
                 }
             }
@@ -98,7 +135,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     }
                     m.segments.retain(|s| s.0 != p);
                 } else {
-                    assert_ne!(st, SegpoolStatus::Ok, "freeing a handle that is not a live pool");
+                    assert_ne!(
+                        st,
+                        SegpoolStatus::Ok,
+                        "freeing a handle that is not a live pool"
+                    );
                 }
             }
             Op::Allocate { pool, size } => {
@@ -114,7 +155,10 @@ fuzz_target!(|ops: Vec<Op>| {
                 // SAFETY: the out pointer is a live local.
                 let st = unsafe { segpool_allocate(p, size, 0, &mut s) };
                 if st == SegpoolStatus::Ok {
-                    assert!(m.pools.contains(&p), "allocated from a handle that is not a live pool");
+                    assert!(
+                        m.pools.contains(&p),
+                        "allocated from a handle that is not a live pool"
+                    );
                     let mut len = 0;
                     let mut ptr = std::ptr::null_mut();
                     // SAFETY: out pointers are live locals.
@@ -146,7 +190,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 let mut ptr = std::ptr::null_mut();
                 let mut len = 0;
                 // SAFETY: out pointers are live locals.
-                let (a, b) = unsafe { (segpool_segment_ptr(p, s, &mut ptr), segpool_segment_len(p, s, &mut len)) };
+                let (a, b) = unsafe {
+                    (
+                        segpool_segment_ptr(p, s, &mut ptr),
+                        segpool_segment_len(p, s, &mut len),
+                    )
+                };
                 if let Some(&(_, _, l, fill)) = m.segments.iter().find(|x| x.0 == p && x.1 == s) {
                     assert_eq!((a, b), (SegpoolStatus::Ok, SegpoolStatus::Ok));
                     assert_eq!(len, l);
@@ -164,7 +213,8 @@ fuzz_target!(|ops: Vec<Op>| {
                 let mut stats = SegpoolStats::default();
                 let mut classes = [SegpoolClassStats::default(); 32];
                 // SAFETY: out pointers are live locals; `classes` holds 32 entries.
-                let st = unsafe { segpool_stats(p, &mut stats, classes.as_mut_ptr(), classes.len()) };
+                let st =
+                    unsafe { segpool_stats(p, &mut stats, classes.as_mut_ptr(), classes.len()) };
                 if m.pools.contains(&p) {
                     assert_eq!(st, SegpoolStatus::Ok);
                     let live = m.segments.iter().filter(|s| s.0 == p).count();

@@ -115,20 +115,32 @@ fuzz_target!(|input: Input| {
                 assert_eq!(kind(&a), kind(&b), "set_len({len})");
             }
             Op::Len => {
-                assert_eq!(mapped.len(), model.metadata().unwrap().len(), "lengths differ");
+                assert_eq!(
+                    mapped.len(),
+                    model.metadata().unwrap().len(),
+                    "lengths differ"
+                );
             }
             Op::Sync => {
                 mapped.sync_all().unwrap();
             }
         }
     }
-    assert_eq!(mapped.len(), model.metadata().unwrap().len(), "lengths differ at the end");
+    assert_eq!(
+        mapped.len(),
+        model.metadata().unwrap().len(),
+        "lengths differ at the end"
+    );
     let mut a = vec![0; mapped.len() as usize];
     mapped.read_exact_at(&mut a, 0).unwrap();
     mapped.close().unwrap();
     let b = std::fs::read(dir.path().join("model")).unwrap();
     assert_eq!(a, b, "contents differ at the end");
-    assert_eq!(std::fs::read(dir.path().join("mapped")).unwrap(), b, "the file on disk differs");
+    assert_eq!(
+        std::fs::read(dir.path().join("mapped")).unwrap(),
+        b,
+        "the file on disk differs"
+    );
 });
 
 /// Reads until `buf` is full or the end of the file; returns the count.

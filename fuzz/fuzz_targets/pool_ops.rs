@@ -34,7 +34,10 @@ const SIZES: [usize; 12] = [
 enum Op {
     Allocate(u8),
     AllocateZeroed(u8),
-    Write { slot: u8, byte: u8 },
+    Write {
+        slot: u8,
+        byte: u8,
+    },
     Release(u8),
     /// The segment goes to the second thread, which checks and releases it; this thread waits
     /// for the acknowledgement, so the counts are exact again when the next step runs.
@@ -106,16 +109,21 @@ fn fixture(thread_cache: bool) -> Fixture {
                     to_main.send(None).unwrap();
                 }
                 Work::Allocate(size) => {
-                    let got = worker_pool
-                        .allocate(size)
-                        .ok()
-                        .map(|seg| Live { seg, asked: size, fill: None });
+                    let got = worker_pool.allocate(size).ok().map(|seg| Live {
+                        seg,
+                        asked: size,
+                        fill: None,
+                    });
                     to_main.send(got).unwrap();
                 }
             }
         }
     });
-    Fixture { pool, to_worker, back }
+    Fixture {
+        pool,
+        to_worker,
+        back,
+    }
 }
 
 static FIXTURES: OnceLock<[Mutex<Fixture>; 2]> = OnceLock::new();
@@ -125,7 +133,11 @@ fuzz_target!(|input: Input| {
     let fx = fixtures[usize::from(input.thread_cache)].lock().unwrap();
     let (pool, to_worker, back) = (&fx.pool, &fx.to_worker, &fx.back);
     let budget = BUDGET;
-    assert_eq!(pool.stats().in_use_bytes, 0, "the previous input left segments behind");
+    assert_eq!(
+        pool.stats().in_use_bytes,
+        0,
+        "the previous input left segments behind"
+    );
 
     let mut live: Vec<Live> = Vec::new();
     for op in input.ops.iter().take(256) {
@@ -134,15 +146,27 @@ fuzz_target!(|input: Input| {
                 let size = SIZES[usize::from(i) % SIZES.len()];
                 let zeroed = matches!(op, Op::AllocateZeroed(_));
                 let before = pool.stats();
-                let got = if zeroed { pool.allocate_zeroed(size) } else { pool.allocate(size) };
+                let got = if zeroed {
+                    pool.allocate_zeroed(size)
+                } else {
+                    pool.allocate(size)
+                };
                 match got {
                     Ok(seg) => {
-                        live.push(Live { seg, asked: size, fill: zeroed.then_some(0) });
+                        live.push(Live {
+                            seg,
+                            asked: size,
+                            fill: zeroed.then_some(0),
+                        });
                         check(live.last().unwrap());
                     }
                     Err(Error::BudgetExceeded { budget: b, .. }) => {
                         assert_eq!(b, budget);
-                        assert_eq!(pool.stats().in_use_bytes, before.in_use_bytes, "a refusal changed the pool");
+                        assert_eq!(
+                            pool.stats().in_use_bytes,
+                            before.in_use_bytes,
+                            "a refusal changed the pool"
+                        );
                     }
                     Err(e) => panic!("unexpected error {e:?}"),
                 }
@@ -198,7 +222,11 @@ fuzz_target!(|input: Input| {
         assert_eq!(stats.in_use_bytes, live_bytes, "in-use bytes do not add up");
         assert!(stats.mapped_bytes <= budget, "mapped above the budget");
         let class_in_use: usize = stats.classes.iter().map(|c| c.in_use * c.size).sum();
-        assert_eq!(class_in_use + stats.dedicated_bytes, live_bytes, "per-class counts do not add up");
+        assert_eq!(
+            class_in_use + stats.dedicated_bytes,
+            live_bytes,
+            "per-class counts do not add up"
+        );
     }
     for l in &live {
         check(l);
