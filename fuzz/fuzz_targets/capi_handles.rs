@@ -101,15 +101,29 @@ fn pool_flags(b: u8) -> u32 {
     flags
 }
 
+/// Small classes only (so a request above 1 MiB is a dedicated mapping), for pools whose byte
+/// has its top bit set; the default classes (an empty list) for the others, which serve every
+/// size this target asks for from a class.
+const SMALL_CLASSES: [usize; 3] = [4096, 64 << 10, 1 << 20];
+
+fn pool_classes(b: u8) -> &'static [usize] {
+    if b & 0x80 != 0 {
+        &SMALL_CLASSES
+    } else {
+        &[]
+    }
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     let mut m = Model::default();
     for op in ops.iter().take(128) {
         match op {
             Op::CreatePool(b) => {
                 if m.pools.len() < 3 {
+                    let classes = pool_classes(*b);
                     let cfg = SegpoolConfig {
-                        size_classes: std::ptr::null(),
-                        size_class_count: 0,
+                        size_classes: classes.as_ptr(),
+                        size_class_count: classes.len(),
                         region_size: 0,
                         budget: 8 << 20,
                         flags: pool_flags(*b),

@@ -14,8 +14,13 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use segpool::{Error, Segment, SegmentPool};
 
+/// The fixture pools' classes: the small ones and the first large class, so that a request
+/// above 2 MiB (the last size below) is a dedicated mapping, which the default classes (up to
+/// 1 GiB) would never reach under this budget.
+const CLASSES: [usize; 6] = [4096, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 2 << 20];
+
 /// Sizes chosen from: each class edge, one byte past it, and above the largest class.
-const SIZES: [usize; 12] = [
+const SIZES: [usize; 13] = [
     1,
     4096,
     4097,
@@ -27,6 +32,7 @@ const SIZES: [usize; 12] = [
     (256 << 10) + 1,
     1 << 20,
     (1 << 20) + 1,
+    2 << 20,
     3 << 20,
 ];
 
@@ -93,6 +99,7 @@ const BUDGET: usize = 16 << 20;
 
 fn fixture(thread_cache: bool) -> Fixture {
     let pool = SegmentPool::builder()
+        .size_classes(&CLASSES)
         .budget(BUDGET)
         .thread_cache(thread_cache)
         .build()
