@@ -98,7 +98,7 @@ fn observer_added_while_a_region_is_mapped_learns_of_it() {
         rec.fixed_io();
         // SAFETY: this slice was taken above and is released once.
         unsafe { release_direct(region, addr) };
-        class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
+        class(&shared).retire_empty(usize::MAX, &epoch::pin());
         assert_eq!(unmapped_regions(&shared), 1);
         assert_eq!(rec.cleared.lock().unwrap().len(), 1, "cleared exactly once");
         assert!(rec.slots.lock().unwrap().is_empty());
@@ -132,9 +132,9 @@ fn fixed_io_on_a_live_segment_racing_the_release_and_retire_of_its_region() {
         });
         // SAFETY: taken above, released once.
         unsafe { release_direct(region, b) };
-        class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
+        class(&shared).retire_empty(usize::MAX, &epoch::pin());
         io.join().unwrap();
-        class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
+        class(&shared).retire_empty(usize::MAX, &epoch::pin());
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
         assert_eq!(rec.cleared.lock().unwrap().len(), 1, "cleared exactly once");
         // SAFETY: every thread that touched the cell has been joined.

@@ -24,7 +24,7 @@ fn release_racing_the_retire_of_its_region() {
             // SAFETY: the slice was taken above and is released once.
             unsafe { release_direct(region, addr) };
         });
-        let trimmed = class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
+        let trimmed = class(&shared).retire_empty(usize::MAX, &epoch::pin());
         t.join().unwrap();
         assert!(trimmed == 0 || trimmed == PAGE);
         assert_eq!(unmapped_regions(&shared), 1, "destroyed exactly once");
@@ -69,7 +69,7 @@ fn allocate_racing_the_retire() {
             write(a, 2);
             (r, a)
         });
-        let trimmed = class(&shared).retire_empty(None, usize::MAX, &epoch::pin());
+        let trimmed = class(&shared).retire_empty(usize::MAX, &epoch::pin());
         let (r, a) = t.join().unwrap();
         // SAFETY: the slice the thread took keeps its region alive.
         let same = unsafe { r.get() }.id == original;

@@ -2,10 +2,12 @@
 //!
 //! Two structures, both behind mutexes that the allocate/release fast path never takes:
 //!
-//! * `regions`, every live region of the class in the order it was mapped. Growing appends (an
-//!   amortised O(1) push: nothing is copied per region), retiring removes. Its lock also
-//!   serialises growth, so two refills that both find no room map one region, not two. Purging,
-//!   stats and retirement walk it: they are not per allocation, and stay O(regions).
+//! * `regions`, every live region of the class, keyed by region id (so in the order it was
+//!   mapped). Growing inserts and retiring removes, each O(log regions): nothing is copied or
+//!   scanned per region. Its lock also serialises growth, so two refills that both find no room
+//!   map one region, not two. Purging, stats, `trim()` and closing walk it: they are not per
+//!   allocation, and stay O(regions). A region that empties beyond the retained count is found
+//!   by its id and retired on its own, without a walk (`on_emptied`).
 //! * `with_room`, the regions that may have a free slice, keyed by region id (ids grow with age
 //!   within a class, so the first key is the oldest region). A refill takes from the first entry
 //!   and drops entries it finds full; a give-back that takes a region from full to not full (its
@@ -55,12 +57,13 @@ pub(crate) struct ClassPool {
     retain_empty: usize,
     /// How long after mapping a region the class keeps surplus empty regions.
     grace_ns: u64,
-    last_grow_ns: AtomicU64,
+    /// When the grace period of the last region mapped ends (the pool clock's nanoseconds).
+    grace_until_ns: AtomicU64,
     clock: Clock,
-    /// Every live region of the class, oldest first. Its lock serialises growth and retirement
-    /// and is never taken on the fast path nor by a refill that finds room. A region leaves it
-    /// only after it was retired (its state word refuses new takers).
-    regions: Mutex<Vec<RegionRef>>,
+    /// Every live region of the class, by region id (oldest first). Its lock serialises growth
+    /// and retirement and is never taken on the fast path nor by a refill that finds room. A
+    /// region leaves it only after it was retired (its state word refuses new takers).
+    regions: Mutex<BTreeMap<u64, RegionRef>>,
     /// The regions that may have room, by region id (oldest first).
     ///
     /// # Invariants (under this lock)
@@ -82,6 +85,10 @@ pub(crate) struct ClassPool {
     /// Regions a refill looked at (unit tests check that a refill does not scan).
     #[cfg(test)]
     pub(crate) visited: AtomicU64,
+    /// Regions a search for empty regions to retire looked at (unit tests check that a region
+    /// emptied beyond the retained count is retired without one).
+    #[cfg(test)]
+    pub(crate) retire_visited: AtomicU64,
     /// Regions whose state word is exactly 0 (live, nothing out). Updated after the transition
     /// it counts, so it can be off by the transitions in flight (even negative for a moment); it
     /// only steers when to retire, and retiring re-checks the state word itself.
@@ -134,12 +141,14 @@ impl ClassPool {
             cache_capacity,
             retain_empty,
             grace_ns: u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
-            last_grow_ns: AtomicU64::new(0),
+            grace_until_ns: AtomicU64::new(0),
             clock,
-            regions: Mutex::new(Vec::new()),
+            regions: Mutex::new(BTreeMap::new()),
             with_room: Mutex::new(BTreeMap::new()),
             #[cfg(test)]
             visited: AtomicU64::new(0),
+            #[cfg(test)]
+            retire_visited: AtomicU64::new(0),
             empty_regions: AtomicIsize::new(0),
             regions_mapped: AtomicU64::new(0),
             regions_unmapped: AtomicU64::new(0),
@@ -150,7 +159,7 @@ impl ClassPool {
     /// its metadata stays readable while the guard is (invariant 4 of `docs/design.md`), even if
     /// it is retired meanwhile.
     fn list_copy(&self, _guard: &Guard) -> Vec<RegionRef> {
-        self.regions.lock().clone()
+        self.regions.lock().values().copied().collect()
     }
 
     /// Takes up to `out.len()` slices from one region, mapping a new region if none has room.
@@ -226,15 +235,17 @@ impl ClassPool {
         let fresh = unsafe { region.get() };
         let (n, _) = fresh.take(out);
         debug_assert!(n > 0);
-        // Amortised O(1): the list is not copied.
-        list.push(region);
+        // O(log regions): the list is not copied.
+        list.insert(fresh.id, region);
         // Nobody else holds a slice of it yet, so no give-back can race this.
         if fresh.in_use() < fresh.slices() {
             self.with_room.lock().insert(fresh.id, region);
         }
         self.regions_mapped.fetch_add(1, Ordering::Relaxed);
-        self.last_grow_ns
-            .store(self.clock.now_ns(), Ordering::Relaxed);
+        self.grace_until_ns.store(
+            self.clock.now_ns().saturating_add(self.grace_ns),
+            Ordering::Relaxed,
+        );
         // SAFETY: the region is in the list and we hold the class lock, without which it cannot be
         // retired, so it is alive.
         let r = unsafe { region.get() };
@@ -249,70 +260,122 @@ impl ClassPool {
         Ok((region, n))
     }
 
-    /// Called by whoever moved `region`'s count to zero. When the class keeps more empty regions than it retains, unmaps the surplus
-    /// (newest first), unless the class mapped a region within the grace period: a flow whose
-    /// demand swings (slices allocated on one thread, released on another) keeps a varying number
-    /// of regions briefly empty, and unmapping each one would map a new one moments later.
-    pub(crate) fn on_emptied(&self, guard: &Guard) {
+    /// Called by whoever moved `region`'s count to zero. When the class keeps more empty regions
+    /// than it retains, unmaps the surplus, unless the class mapped a region within the grace
+    /// period: a flow whose demand swings (slices allocated on one thread, released on another)
+    /// keeps a varying number of regions briefly empty, and unmapping each one would map a new
+    /// one moments later.
+    ///
+    /// The region that just emptied goes first, found by its id (O(log regions), no walk): in the
+    /// steady state that is the whole surplus. Only a surplus left from the grace period (regions
+    /// that emptied while it ran) is looked for among the others, newest first.
+    ///
+    /// # Safety
+    ///
+    /// * `region` is a region of this class that the caller's pinned `guard` keeps readable (the
+    ///   caller held a reference on it when it was pinned).
+    pub(crate) unsafe fn on_emptied(&self, region: RegionRef, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
         let retain = self.retain_empty.min(isize::MAX as usize) as isize;
-        if empty > retain {
-            let since_grow = self
-                .clock
-                .now_ns()
-                .saturating_sub(self.last_grow_ns.load(Ordering::Relaxed));
-            if since_grow >= self.grace_ns {
-                self.retire_empty(None, (empty - retain) as usize, guard);
-            }
+        if empty <= retain {
+            return;
+        }
+        if self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        let gone = unsafe { self.retire_one(region, guard) };
+        // A surplus beyond this region: regions that emptied during the grace period, or, if
+        // this one was taken again meanwhile, whatever surplus there is now. (A surplus of one
+        // that an emptier on another thread is about to retire is not looked for: that thread
+        // retires its own region.)
+        let rest = self.empty_regions.load(Ordering::Relaxed) - retain;
+        if rest > 0 && (empty - retain > 1 || !gone) {
+            self.retire_empty(rest as usize, guard);
         }
     }
 
-    /// Retires and unmaps up to `limit` empty regions (only `only`, if given), newest first;
-    /// returns the bytes unmapped.
-    pub(crate) fn retire_empty(
+    /// Retires and unmaps `region` if it is still linked and empty; returns whether it did.
+    ///
+    /// # Safety
+    ///
+    /// As for [`on_emptied`](Self::on_emptied).
+    unsafe fn retire_one(&self, region: RegionRef, guard: &Guard) -> bool {
+        // SAFETY: the caller's pin keeps the metadata readable, linked or not.
+        let id = unsafe { region.get() }.id;
+        let list = self.regions.lock();
+        if list.get(&id) != Some(&region) {
+            // Retired and unlinked already (by a trim, a close, or another emptier's search).
+            return false;
+        }
+        // SAFETY: linked, and the list cannot change while we hold its lock.
+        let r = unsafe { region.get() };
+        if !r.try_retire_empty() {
+            return false;
+        }
+        self.retired(r);
+        self.unlink_and_drop(list, vec![region], guard);
+        true
+    }
+
+    /// Retires and unmaps up to `limit` empty regions, newest first; returns the bytes unmapped.
+    /// Looks at the regions from the newest until it found them: `trim()` and a surplus left from
+    /// the grace period, not a release in the steady state, which [`on_emptied`](Self::on_emptied)
+    /// serves without it.
+    pub(crate) fn retire_empty(&self, limit: usize, guard: &Guard) -> usize {
+        let mut retired = Vec::new();
+        let list = self.regions.lock();
+        for &r in list.values().rev() {
+            if retired.len() >= limit {
+                break;
+            }
+            #[cfg(test)]
+            self.retire_visited.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: `r` is in the list, which cannot change while we hold the lock.
+            let region = unsafe { r.get() };
+            if region.try_retire_empty() {
+                self.retired(region);
+                retired.push(r);
+            }
+        }
+        if retired.is_empty() {
+            return 0;
+        }
+        self.unlink_and_drop(list, retired, guard)
+    }
+
+    /// Counts a region this class just retired (`try_retire_empty` succeeded).
+    fn retired(&self, region: &crate::region::Region) {
+        self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "segpool",
+            region = region.id,
+            class = self.size,
+            bytes = region.len(),
+            "region retired"
+        );
+    }
+
+    /// Unlinks regions this class retired (each holding the retirer's reference, taken by
+    /// `try_retire_empty`) from both lists, releases the class lock, then drops the references,
+    /// which unmaps them; returns the bytes unmapped.
+    fn unlink_and_drop(
         &self,
-        only: Option<RegionRef>,
-        limit: usize,
+        mut list: crate::sync::MutexGuard<'_, BTreeMap<u64, RegionRef>>,
+        retired: Vec<RegionRef>,
         guard: &Guard,
     ) -> usize {
-        let mut retired = Vec::new();
         {
-            let mut list = self.regions.lock();
-            for &r in list.iter().rev() {
-                if retired.len() >= limit {
-                    break;
-                }
-                // SAFETY: `r` is in the list, which cannot change while we hold the lock.
-                let region = unsafe { r.get() };
-                if only.is_none_or(|o| o == r) && region.try_retire_empty() {
-                    self.empty_regions.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!(
-                        target: "segpool",
-                        region = region.id,
-                        class = self.size,
-                        bytes = region.len(),
-                        "region retired"
-                    );
-                    retired.push(r);
-                }
+            // Before the references are dropped below (see `with_room`).
+            let mut room = self.with_room.lock();
+            for &r in &retired {
+                // SAFETY: we hold the retirer's reference.
+                let id = unsafe { r.get() }.id;
+                room.remove(&id);
+                list.remove(&id);
             }
-            if retired.is_empty() {
-                return 0;
-            }
-            {
-                // Before the references are dropped below (see `with_room`).
-                let mut room = self.with_room.lock();
-                for &r in &retired {
-                    // SAFETY: we hold the retirer's reference.
-                    room.remove(&unsafe { r.get() }.id);
-                }
-            }
-            // Unlink them by address (no region's metadata is read for it: with many regions,
-            // reading every one would be a cache miss each).
-            let addr = |r: &RegionRef| r.0.as_ptr() as usize;
-            retired.sort_unstable_by_key(addr);
-            list.retain(|r| retired.binary_search_by_key(&addr(r), addr).is_err());
         }
+        drop(list);
         let mut bytes = 0;
         for r in retired {
             // SAFETY: metadata is alive (we hold the retirer's reference).
@@ -342,7 +405,8 @@ impl ClassPool {
                 self.empty_regions.fetch_sub(1, Ordering::Relaxed);
             }
             if done.outcome == Some(Released::Emptied) {
-                self.on_emptied(guard);
+                // SAFETY: `r` was in the list after `guard` was pinned (`list_copy`).
+                unsafe { self.on_emptied(r, guard) };
             }
         }
         bytes
@@ -353,7 +417,7 @@ impl ClassPool {
     pub(crate) fn close(&self, guard: &Guard) {
         let all = {
             let mut list = self.regions.lock();
-            let all = std::mem::take(&mut *list);
+            let all: Vec<RegionRef> = std::mem::take(&mut *list).into_values().collect();
             for &r in &all {
                 // SAFETY: `r` is in the list, which cannot change while we hold the lock.
                 let region = unsafe { r.get() };
@@ -391,7 +455,7 @@ impl ClassPool {
         mut f: impl FnMut(&crate::region::Region) -> Result<(), E>,
     ) -> Result<(), E> {
         let list = self.regions.lock();
-        for &r in list.iter() {
+        for &r in list.values() {
             // SAFETY: `r` is in the list, which cannot change while we hold its lock (the class
             // lock: growth and retirement take it), so it is alive.
             f(unsafe { r.get() })?;
@@ -405,7 +469,7 @@ impl ClassPool {
     pub(crate) fn check_with_room(&self) {
         let list = self.regions.lock();
         let room = self.with_room.lock();
-        for &r in list.iter() {
+        for &r in list.values() {
             // SAFETY: linked, and the list cannot change while we hold its lock.
             let region = unsafe { r.get() };
             if region.in_use() < region.slices() {
@@ -416,11 +480,17 @@ impl ClassPool {
             }
         }
         for (id, r) in room.iter() {
-            assert!(list.contains(r), "a listed region {id} is not linked");
+            assert_eq!(list.get(id), Some(r), "a listed region {id} is not linked");
             // SAFETY: linked (checked above) while we hold the list's lock.
             let region = unsafe { r.get() };
             assert!(!region.is_retired(), "a listed region is retired");
         }
+    }
+
+    /// Ends the grace period of the last region mapped now (tests of what happens after it).
+    #[cfg(test)]
+    pub(crate) fn end_grace(&self) {
+        self.grace_until_ns.store(0, Ordering::Relaxed);
     }
 
     /// Counts over the live regions (a snapshot), with `mincore` for the resident bytes.

@@ -273,7 +273,7 @@ impl PoolShared {
         let guard = epoch::pin();
         self.classes
             .iter()
-            .map(|c| c.retire_empty(None, usize::MAX, &guard))
+            .map(|c| c.retire_empty(usize::MAX, &guard))
             .sum()
     }
 

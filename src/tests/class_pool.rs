@@ -136,3 +136,82 @@ fn older_regions_fill_first_so_newer_ones_drain() {
     assert_eq!(class.snapshot().regions, 0);
     class.check_with_room();
 }
+
+/// A region that empties beyond the retained count is retired on its own, found by its id: a
+/// drain of thousands of regions, oldest first (the order that leaves the most regions between
+/// the newest and the one emptying), looks at no other region.
+#[test]
+fn a_drain_retires_each_emptied_region_without_a_walk() {
+    const SLICES: usize = 4;
+    // Fewer under Miri, which runs it too (the count of regions looked at is zero at any size).
+    const REGIONS: usize = if cfg!(miri) { 40 } else { 3_000 };
+    let pool = pool(SLICES);
+    let class = &pool.shared().classes[0];
+    let held: Vec<_> = (0..REGIONS * SLICES)
+        .map(|_| pool.allocate(PAGE).unwrap())
+        .collect();
+    assert_eq!(class.snapshot().regions, REGIONS);
+    let before = class.retire_visited.load(Ordering::Relaxed);
+    let mut half = held;
+    let rest = half.split_off(REGIONS / 2 * SLICES);
+    // `Vec`'s drop releases front to back: the oldest region first.
+    drop(half);
+    assert_eq!(class.snapshot().regions, REGIONS / 2);
+    class.check_with_room();
+    drop(rest);
+    assert_eq!(
+        class.retire_visited.load(Ordering::Relaxed) - before,
+        0,
+        "a region was looked at to find the one that emptied"
+    );
+    assert_eq!(class.snapshot().regions, 0);
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        REGIONS as u64
+    );
+    class.check_with_room();
+}
+
+/// Regions that emptied during the grace period stay mapped; the first region to empty after it
+/// takes them along (the surplus is looked for then, newest first), and the retained count holds.
+#[test]
+fn the_surplus_of_the_grace_period_goes_with_the_next_region_that_empties() {
+    const SLICES: usize = 4;
+    const REGIONS: usize = 20;
+    const RETAIN: usize = 2;
+    let pool = SegmentPool::builder()
+        .size_classes(&[PAGE])
+        .region_size(SLICES * PAGE)
+        .retain_empty_regions(RETAIN)
+        .empty_region_grace(std::time::Duration::from_secs(3600))
+        .thread_cache(false)
+        .huge_pages(false)
+        .purge_decay(None)
+        .build()
+        .unwrap();
+    let class = &pool.shared().classes[0];
+    let mut held: Vec<_> = (0..REGIONS * SLICES)
+        .map(|_| pool.allocate(PAGE).unwrap())
+        .collect();
+    // The oldest half empties within the grace period: all of it stays mapped.
+    let later = held.split_off(REGIONS / 2 * SLICES);
+    drop(held);
+    assert_eq!(class.snapshot().regions, REGIONS);
+    assert_eq!(class.regions_unmapped.load(Ordering::Relaxed), 0);
+    class.end_grace();
+    // One more region empties: it and the surplus go, `RETAIN` empty regions stay.
+    let mut later = later.into_iter();
+    for seg in later.by_ref().take(SLICES) {
+        drop(seg);
+    }
+    let live = REGIONS / 2 - 1;
+    assert_eq!(class.snapshot().regions, live + RETAIN);
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        (REGIONS / 2 + 1 - RETAIN) as u64
+    );
+    class.check_with_room();
+    drop(later);
+    assert_eq!(class.snapshot().regions, RETAIN);
+    class.check_with_room();
+}

@@ -270,7 +270,8 @@ pub(super) fn give_back_batch(shared: &PoolShared, items: &mut [Slot]) {
         if outcome == Released::Emptied {
             // SAFETY: pinned since before the give-back, so the metadata is readable.
             let class = unsafe { region.get() }.class as usize;
-            shared.classes[class].on_emptied(&guard);
+            // SAFETY: as above: the cache owned slices of `region` when `guard` was pinned.
+            unsafe { shared.classes[class].on_emptied(region, &guard) };
         }
     }
     shared.budget.notify();

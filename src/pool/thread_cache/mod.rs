@@ -90,7 +90,8 @@ pub(crate) unsafe fn release_direct(region: RegionRef, addr: usize) {
     // SAFETY: forwarded from the caller; pinned.
     let outcome = unsafe { give_back(region, &[addr], &guard) };
     if outcome == Released::Emptied {
-        shared.classes[class].on_emptied(&guard);
+        // SAFETY: we owned a slice of `region` when `guard` was pinned.
+        unsafe { shared.classes[class].on_emptied(region, &guard) };
     }
     shared.count_direct_release(class);
     shared.budget.notify();
