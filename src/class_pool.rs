@@ -449,7 +449,7 @@ impl ClassPool {
     /// Calls `f` on every region in the class list, under the class lock (so none of them is
     /// retired meanwhile); stops at the first error.
     // Used by the io_uring fixed-buffer table and the loom models only.
-    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "io-uring", all(loom, test))), allow(dead_code))]
     pub(crate) fn for_each_listed<E>(
         &self,
         mut f: impl FnMut(&crate::region::Region) -> Result<(), E>,
@@ -488,7 +488,7 @@ impl ClassPool {
     }
 
     /// Ends the grace period of the last region mapped now (tests of what happens after it).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom), not(shuttle)))]
     pub(crate) fn end_grace(&self) {
         self.grace_until_ns.store(0, Ordering::Relaxed);
     }

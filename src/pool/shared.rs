@@ -196,7 +196,7 @@ impl PoolShared {
     /// removed again and the error returned; the observer is told `unmapping` for nothing it
     /// accepted, so it lets go of those itself.
     // Used by the io_uring fixed-buffer table and the loom models only.
-    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "io-uring", all(loom, test))), allow(dead_code))]
     pub(crate) fn add_observer(
         &self,
         observer: std::sync::Arc<dyn RegionObserver>,
@@ -217,7 +217,7 @@ impl PoolShared {
 
     /// Removes an observer; once this returns it is not called again.
     // Used by the io_uring fixed-buffer table and the loom models only.
-    #[cfg_attr(not(any(feature = "io-uring", loom)), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "io-uring", all(loom, test))), allow(dead_code))]
     pub(crate) fn remove_observer(&self, observer: &std::sync::Arc<dyn RegionObserver>) {
         self.observers
             .lock()

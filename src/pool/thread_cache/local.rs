@@ -187,7 +187,7 @@ pub(super) fn with_entry<R>(
 /// `PoolCache` drops). The loom models end each model thread with it: loom runs a thread's
 /// thread-local destructors after `join` has returned and in no fixed order (so an execution could
 /// not be replayed), where std runs them before the thread can be joined.
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) fn exit_current_thread() {
     let entries = CACHES.with(|caches| {
         let mut caches = CachesBorrow::new(caches).expect("not called from inside the pool");

@@ -58,7 +58,7 @@ pub(crate) use class_cache::ClassCache;
 use class_cache::Slot;
 #[cfg(all(test, not(loom), not(shuttle)))]
 pub(crate) use class_cache::UNCOUNTED_CACHES;
-#[cfg(loom)]
+#[cfg(all(loom, test))]
 pub(crate) use local::exit_current_thread;
 pub(crate) use local::flush_current_thread;
 use local::{with_entry, FAST};
