@@ -4,7 +4,7 @@
 //! * `addr`: `allocate` inlined, only the address escapes (the shape of `segpool bench`);
 //! * `value`: the whole segment escapes (`black_box(segment)`: stored and loaded back);
 //! * `call`: `allocate` behind a function that is not inlined and returns `Result<Segment>`;
-//! * `call_boxed_error`: the same, returning `Result<Segment, Box<Error>>` (two words);
+//! * `call_io`: the same, returning `std::io::Result<Segment>` (the shape of a wrapper in I/O code);
 //! * `try`: a function that is not inlined, uses `?` on `allocate` and returns a `Result<usize>`;
 //! * `floor`: pop and push on a thread-local `Vec` of addresses (as in `segpool bench`).
 //!
@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::Instant;
 
-use segpool::{Error, Result, Segment, SegmentPool};
+use segpool::{Result, Segment, SegmentPool};
 
 const SIZE: usize = 4096;
 
@@ -30,8 +30,8 @@ fn get(pool: &SegmentPool, size: usize) -> Result<Segment> {
 }
 
 #[inline(never)]
-fn get_boxed_error(pool: &SegmentPool, size: usize) -> std::result::Result<Segment, Box<Error>> {
-    pool.allocate(size).map_err(Box::new)
+fn get_io(pool: &SegmentPool, size: usize) -> std::io::Result<Segment> {
+    Ok(pool.allocate(size)?)
 }
 
 #[inline(never)]
@@ -64,9 +64,9 @@ fn call(pool: &SegmentPool, n: u64) {
 }
 
 #[inline(never)]
-fn call_boxed_error(pool: &SegmentPool, n: u64) {
+fn call_io(pool: &SegmentPool, n: u64) {
     for _ in 0..n {
-        let s = get_boxed_error(pool, SIZE).expect("allocate");
+        let s = get_io(pool, SIZE).expect("allocate");
         black_box(s.as_ptr());
     }
 }
@@ -104,7 +104,7 @@ const SHAPES: [Shape; 6] = [
     ("addr", addr),
     ("value", value),
     ("call", call),
-    ("call_boxed_error", call_boxed_error),
+    ("call_io", call_io),
     ("try", try_shape),
     ("floor", floor),
 ];

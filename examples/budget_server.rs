@@ -79,7 +79,7 @@ impl Server {
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
         let mut buf = match self.pool.allocate(BUFFER) {
             Ok(buf) => buf,
-            Err(segpool::Error::BudgetExceeded { .. }) => {
+            Err(e) if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. }) => {
                 // Backpressure: the client's bytes wait in the socket until a buffer is free.
                 self.waited.fetch_add(1, Ordering::Relaxed);
                 self.pool.allocate_timeout(BUFFER, BUFFER_WAIT)?
@@ -230,7 +230,7 @@ async fn serve_async(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = match pool.allocate(BUFFER) {
         Ok(buf) => buf,
-        Err(segpool::Error::BudgetExceeded { .. }) => {
+        Err(e) if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. }) => {
             waited.fetch_add(1, Ordering::Relaxed);
             pool.allocate_async(BUFFER).await?
         }

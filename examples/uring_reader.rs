@@ -109,7 +109,10 @@ pub fn run(path: &Path, cfg: &Config) -> Result<Report> {
         while in_flight < cfg.depth && next_offset < len {
             let seg = match pool.allocate(cfg.chunk) {
                 Ok(seg) => seg,
-                Err(segpool::Error::BudgetExceeded { .. }) if in_flight + ready.len() > 0 => {
+                Err(e)
+                    if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. })
+                        && in_flight + ready.len() > 0 =>
+                {
                     report.budget_waits += 1;
                     break;
                 }

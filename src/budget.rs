@@ -46,7 +46,7 @@ use crossbeam_utils::CachePadded;
 use crate::region::RegionRef;
 use crate::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use crate::sync::{const_thread_local, Arc, Condvar, Mutex};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 const_thread_local! {
     /// Releases this thread made (notifications and hand-offs), for the pressure protocol.
@@ -319,12 +319,13 @@ impl Budget {
             budget = self.limit(),
             "budget exhausted"
         );
-        Error::BudgetExceeded {
+        ErrorKind::BudgetExceeded {
             requested,
             needed,
             used: self.used(),
             budget: self.limit(),
         }
+        .into()
     }
 
     /// Takes `bytes` under the limit; on failure returns the bytes used at that moment.

@@ -5,10 +5,70 @@ use std::path::PathBuf;
 /// Result alias used throughout segpool.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in segpool, with the numbers a caller needs to act.
+/// segpool's error: one word, a box holding the [`ErrorKind`] that says what went wrong.
+///
+/// One word so that the results the fast paths return travel in registers: `Result<Segment>` is
+/// two words (the segment's pair, or a null first word and this box), where an error with its
+/// fields inline made it five, returned through memory, and a caller that is not inlined then
+/// reads it back with loads that wait for the callee's stores (the measurement is in
+/// `docs/design.md`, "Two words"). Errors are the slow path; the box is allocated only there.
+///
+/// Match on [`kind`](Error::kind) for the numbers:
+///
+/// ```
+/// use segpool::{ErrorKind, SegmentPool};
+///
+/// let pool = SegmentPool::builder().budget(1 << 20).build()?;
+/// match pool.allocate(4 << 20) {
+///     Err(e) => match e.kind() {
+///         ErrorKind::BudgetExceeded { requested, budget, .. } => {
+///             assert_eq!((*requested, *budget), (4 << 20, 1 << 20))
+///         }
+///         other => panic!("unexpected error: {other}"),
+///     },
+///     Ok(_) => panic!("4 MiB does not fit a budget of 1 MiB"),
+/// }
+/// # Ok::<(), segpool::Error>(())
+/// ```
+#[derive(thiserror::Error)]
+#[error(transparent)]
+pub struct Error {
+    kind: Box<ErrorKind>,
+}
+
+impl Error {
+    /// What went wrong, with its numbers.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// The [`ErrorKind`], taken out of its box (to move its fields out).
+    pub fn into_kind(self) -> ErrorKind {
+        *self.kind
+    }
+}
+
+impl From<ErrorKind> for Error {
+    #[cold]
+    fn from(kind: ErrorKind) -> Self {
+        Error {
+            kind: Box::new(kind),
+        }
+    }
+}
+
+/// Prints the kind alone, as if the box were not there (`BudgetExceeded { requested: .. }`).
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+/// Everything that can go wrong in segpool, with the numbers a caller needs to act; an
+/// [`Error`] holds one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// Mapping `requested` more bytes would take the pool past its budget.
     ///
     /// `requested` is the size the caller asked for, `needed` what had to fit under the budget to
@@ -68,20 +128,30 @@ pub enum Error {
 
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
-        match e {
-            Error::Map(io) => io,
-            Error::ZeroSize | Error::InvalidConfig(_) | Error::TooLarge { .. } => {
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+        let kind = match e.kind() {
+            ErrorKind::Map(_) => {
+                let ErrorKind::Map(io) = e.into_kind() else {
+                    unreachable!("matched as Map just above")
+                };
+                return io;
             }
-            Error::BudgetExceeded { .. } => std::io::Error::new(std::io::ErrorKind::OutOfMemory, e),
-            Error::Faulted { .. } => std::io::Error::other(e),
+            ErrorKind::ZeroSize | ErrorKind::InvalidConfig(_) | ErrorKind::TooLarge { .. } => {
+                std::io::ErrorKind::InvalidInput
+            }
+            ErrorKind::BudgetExceeded { .. } => std::io::ErrorKind::OutOfMemory,
+            ErrorKind::Faulted { .. } => std::io::ErrorKind::Other,
             #[cfg(feature = "io-uring")]
-            Error::FixedBuffers { ref source, .. } => {
-                let kind = source
-                    .as_ref()
-                    .map_or(std::io::ErrorKind::Unsupported, |s| s.kind());
-                std::io::Error::new(kind, e)
-            }
-        }
+            ErrorKind::FixedBuffers { source, .. } => source
+                .as_ref()
+                .map_or(std::io::ErrorKind::Unsupported, |s| s.kind()),
+        };
+        std::io::Error::new(kind, e)
     }
 }
+
+const _: () = assert!(std::mem::size_of::<Error>() == std::mem::size_of::<usize>());
+const _: () = assert!(
+    std::mem::size_of::<Result<crate::Segment>>() == 2 * std::mem::size_of::<usize>(),
+    "a Result<Segment> is two words, returned in registers"
+);
+const _: () = assert!(std::mem::size_of::<Result<usize>>() == 2 * std::mem::size_of::<usize>());

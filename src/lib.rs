@@ -40,7 +40,7 @@ mod writer;
 
 pub use budget::{Budget, Reservation};
 pub use diagnostics::{Diagnostics, Leak, LeakReport};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use pool::{Backing, SegmentPool, SegmentPoolBuilder, DEFAULT_PURGE_DECAY};
 pub use segment::Segment;
 pub use size_class::DEFAULT_SIZE_CLASSES;

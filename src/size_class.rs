@@ -1,7 +1,7 @@
 //! Size classes: which fixed slice size serves a request, how large each class's regions are, and
 //! how many free slices a thread may keep cached per class.
 
-use crate::{Error, Result};
+use crate::{ErrorKind, Result};
 
 /// The default classes: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB, and every power of two from 2 MiB
 /// to 1 GiB (the large classes: regions of a few slices, one slice from 32 MiB up; see
@@ -71,34 +71,39 @@ pub(crate) struct SizeClasses {
 impl SizeClasses {
     pub(crate) fn new(sizes: &[usize]) -> Result<Self> {
         if sizes.is_empty() {
-            return Err(Error::InvalidConfig(
+            return Err(ErrorKind::InvalidConfig(
                 "size_classes: at least one class is needed".into(),
-            ));
+            )
+            .into());
         }
         if sizes.len() > 32 {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ErrorKind::InvalidConfig(format!(
                 "size_classes: {} classes given, at most 32 are supported",
                 sizes.len()
-            )));
+            ))
+            .into());
         }
         for (i, &s) in sizes.iter().enumerate() {
             if !s.is_power_of_two() || s < MIN_CLASS {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "size_classes: {s} is not a power of two of at least {MIN_CLASS}"
-                )));
+                ))
+                .into());
             }
             if s > MAX_REGION {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "size_classes: {s} is larger than the largest region ({} bytes); requests \
                      above the largest class are served by dedicated mappings",
                     MAX_REGION
-                )));
+                ))
+                .into());
             }
             if i > 0 && s <= sizes[i - 1] {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "size_classes: {s} follows {}; classes must be strictly increasing",
                     sizes[i - 1]
-                )));
+                ))
+                .into());
             }
         }
         let mut by_log2 = [NO_CLASS; 65];

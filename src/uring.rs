@@ -46,7 +46,7 @@ use rustix::io_uring::{
 use crate::observer::{RegionInfo, RegionObserver};
 use crate::pool::PoolShared;
 use crate::sync::{Arc, Mutex};
-use crate::{Backing, Error, Result, Segment, SegmentPool};
+use crate::{Backing, Error, ErrorKind, Result, Segment, SegmentPool};
 
 /// The largest buffer the kernel registers (`SZ_1G` in `io_uring/rsrc.c`).
 pub const MAX_BUFFER: usize = 1 << 30;
@@ -132,9 +132,9 @@ impl FixedBuffers {
     ) -> Result<FixedBuffers> {
         let shared = pool.shared();
         if slots == 0 || slots > MAX_SLOTS {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ErrorKind::InvalidConfig(format!(
                 "fixed buffer slots: {slots} is not in 1..={MAX_SLOTS} (an SQE's buffer index is 16 bits)"
-            )));
+            )).into());
         }
         if let Backing::File(dir) = shared.backing() {
             return Err(refusal(
@@ -344,7 +344,7 @@ impl RegionObserver for RingTable {
 }
 
 fn refusal(message: String, source: Option<io::Error>) -> Error {
-    Error::FixedBuffers { message, source }
+    ErrorKind::FixedBuffers { message, source }.into()
 }
 
 /// The error for a refused `register_buffers_sparse`.

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 
-use crate::{Error, Result, Segment, SegmentPool};
+use crate::{ErrorKind, Result, Segment, SegmentPool};
 
 /// The segment size of [`SegmentPool::writer`], when the pool has a class this large.
 pub(crate) const DEFAULT_WRITER_SEGMENT: usize = 64 * 1024;
@@ -51,10 +51,10 @@ impl SegmentPool {
     /// [`allocate(segment_size)`](Self::allocate): the smallest class that holds `segment_size`
     /// bytes, or a dedicated mapping (one `mmap` per segment) above the largest class.
     ///
-    /// Fails with [`Error::ZeroSize`] for a size of zero.
+    /// Fails with [`ErrorKind::ZeroSize`] for a size of zero.
     pub fn writer_with_segment_size(&self, segment_size: usize) -> Result<SegmentWriter> {
         if segment_size == 0 {
-            return Err(Error::ZeroSize);
+            return Err(ErrorKind::ZeroSize.into());
         }
         Ok(SegmentWriter::new(self.clone(), segment_size))
     }
@@ -69,9 +69,9 @@ impl SegmentPool {
 /// # Writing, and the budget
 ///
 /// * [`std::io::Write`] (always available): when the pool refuses a segment (its budget is
-///   used up, see [`Error::BudgetExceeded`]), `write` returns the bytes it had already copied
+///   used up, see [`ErrorKind::BudgetExceeded`]), `write` returns the bytes it had already copied
 ///   if there were any, and the next call returns the refusal as an [`io::Error`] of kind
-///   `OutOfMemory` whose inner error is the [`Error`]:
+///   `OutOfMemory` whose inner error is the [`Error`](crate::Error):
 ///   `e.get_ref().and_then(|e| e.downcast_ref::<segpool::Error>())`. Nothing written before the
 ///   error is lost: `finish` still gives every byte that was accepted.
 /// * `bytes::BufMut` (feature `bytes`): `chunk_mut` cannot fail, so when it needs a segment and
@@ -153,7 +153,8 @@ impl SegmentWriter {
     /// `io::Write` or `BufMut` cannot fail or panic.
     ///
     /// All or nothing: when the pool refuses a segment, the segments this call took go back and
-    /// the error (usually [`Error::BudgetExceeded`]) is returned; what was written is untouched.
+    /// the error (usually of kind [`ErrorKind::BudgetExceeded`]) is returned; what was written is
+    /// untouched.
     pub fn try_reserve(&mut self, additional: usize) -> Result<()> {
         let mut have = self.reserved();
         let before = self.spare.len();

@@ -28,8 +28,9 @@ fn allocate_timeout_with_duration_max_succeeds_or_waits_without_deadline() {
     assert_eq!(waiter.join().unwrap().unwrap().len(), MIB);
     // A request that can never fit fails at once, whatever the timeout.
     assert!(matches!(
-        pool.allocate_timeout(8 * MIB, Duration::MAX),
-        Err(Error::BudgetExceeded { .. })
+        pool.allocate_timeout(8 * MIB, Duration::MAX)
+            .map_err(Error::into_kind),
+        Err(segpool::ErrorKind::BudgetExceeded { .. })
     ));
     assert!(pool.allocate_timeout(usize::MAX, Duration::MAX).is_err());
 }
@@ -42,8 +43,12 @@ fn the_largest_sizes_are_errors_at_build_or_allocation() {
         &[1 << 31],
         &[1 << 63],
     ] {
-        match SegmentPool::builder().size_classes(classes).build() {
-            Err(Error::InvalidConfig(m)) => {
+        match SegmentPool::builder()
+            .size_classes(classes)
+            .build()
+            .map_err(Error::into_kind)
+        {
+            Err(segpool::ErrorKind::InvalidConfig(m)) => {
                 assert!(m.contains("larger than the largest region"), "{m}")
             }
             other => panic!("{classes:?}: {other:?}"),
@@ -58,8 +63,11 @@ fn the_largest_sizes_are_errors_at_build_or_allocation() {
     assert!(pool.allocate(usize::MAX / 2).is_err());
     for r in [usize::MAX, usize::MAX - 4095, 1 << 62] {
         assert!(matches!(
-            SegmentPool::builder().region_size(r).build(),
-            Err(Error::InvalidConfig(_))
+            SegmentPool::builder()
+                .region_size(r)
+                .build()
+                .map_err(Error::into_kind),
+            Err(segpool::ErrorKind::InvalidConfig(_))
         ));
     }
     let pool = SegmentPool::builder()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use segpool::{Error, Segment, SegmentPool};
+use segpool::{Error, ErrorKind, Segment, SegmentPool};
 
 const PAGE: usize = 4096;
 
@@ -59,13 +59,13 @@ fn a_request_that_can_never_fit_fails_at_once() {
     let (_, w) = waker();
     let mut f = pin!(pool.allocate_async(1 << 20));
     assert!(matches!(
-        poll(f.as_mut(), &w),
-        Poll::Ready(Err(Error::BudgetExceeded { .. }))
+        poll(f.as_mut(), &w).map_err(Error::into_kind),
+        Poll::Ready(Err(ErrorKind::BudgetExceeded { .. }))
     ));
     let mut z = pin!(pool.allocate_async(0));
     assert!(matches!(
-        poll(z.as_mut(), &w),
-        Poll::Ready(Err(Error::ZeroSize))
+        poll(z.as_mut(), &w).map_err(Error::into_kind),
+        Poll::Ready(Err(ErrorKind::ZeroSize))
     ));
 }
 
@@ -86,8 +86,8 @@ fn a_release_wakes_the_waiter_and_hands_it_the_slice() {
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
     // A newcomer cannot take the slice that was handed to the waiter.
     assert!(matches!(
-        pool.allocate(PAGE),
-        Err(Error::BudgetExceeded { .. })
+        pool.allocate(PAGE).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     let Poll::Ready(Ok(seg)) = poll(f.as_mut(), &w) else {
         panic!("woken with its slice");

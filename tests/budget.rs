@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use segpool::{Error, Segment, SegmentPool};
+use segpool::{Error, ErrorKind, Segment, SegmentPool};
 
 const MIB: usize = 1 << 20;
 
@@ -37,8 +37,8 @@ fn a_small_budget_serves_segments_up_to_about_the_budget() {
         })
         .collect();
     assert_eq!(pool.stats().mapped_bytes, 4 * MIB);
-    match pool.allocate(MIB) {
-        Err(Error::BudgetExceeded {
+    match pool.allocate(MIB).map_err(Error::into_kind) {
+        Err(ErrorKind::BudgetExceeded {
             requested,
             needed,
             used,
@@ -94,8 +94,11 @@ fn a_blocked_allocate_timeout_is_woken_by_a_release_on_another_thread() {
 fn allocate_timeout_gives_up_with_budget_exceeded_when_nothing_is_released() {
     let pool = four_mib_pool();
     let _segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).unwrap()).collect();
-    match pool.allocate_timeout(MIB, Duration::from_millis(30)) {
-        Err(Error::BudgetExceeded { budget, used, .. }) => {
+    match pool
+        .allocate_timeout(MIB, Duration::from_millis(30))
+        .map_err(Error::into_kind)
+    {
+        Err(ErrorKind::BudgetExceeded { budget, used, .. }) => {
             assert_eq!(budget, 4 * MIB);
             assert_eq!(used, 4 * MIB);
         }
@@ -138,8 +141,8 @@ fn a_pressure_callback_that_frees_nothing_leads_to_budget_exceeded() {
     let (pool, calls) = pool_counting_pressure_calls();
     let _segs: Vec<Segment> = (0..4).map(|_| pool.allocate(MIB).unwrap()).collect();
     assert!(matches!(
-        pool.allocate(MIB),
-        Err(Error::BudgetExceeded { .. })
+        pool.allocate(MIB).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -147,8 +150,8 @@ fn a_pressure_callback_that_frees_nothing_leads_to_budget_exceeded() {
 #[test]
 fn requests_that_can_never_fit_fail_at_once() {
     let (pool, calls) = pool_counting_pressure_calls();
-    match pool.allocate(5 * MIB) {
-        Err(Error::BudgetExceeded {
+    match pool.allocate(5 * MIB).map_err(Error::into_kind) {
+        Err(ErrorKind::BudgetExceeded {
             requested,
             needed,
             budget,
@@ -162,8 +165,9 @@ fn requests_that_can_never_fit_fail_at_once() {
     }
     // Even with a long timeout: it can never fit, so no waiting.
     assert!(matches!(
-        pool.allocate_timeout(5 * MIB, Duration::from_secs(3600)),
-        Err(Error::BudgetExceeded { .. })
+        pool.allocate_timeout(5 * MIB, Duration::from_secs(3600))
+            .map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -171,12 +175,12 @@ fn requests_that_can_never_fit_fail_at_once() {
         "no pressure for the impossible"
     );
     assert!(matches!(
-        pool.allocate(usize::MAX),
-        Err(Error::TooLarge { .. })
+        pool.allocate(usize::MAX).map_err(Error::into_kind),
+        Err(ErrorKind::TooLarge { .. })
     ));
     assert!(matches!(
-        pool.allocate(usize::MAX - 4095),
-        Err(Error::TooLarge { .. })
+        pool.allocate(usize::MAX - 4095).map_err(Error::into_kind),
+        Err(ErrorKind::TooLarge { .. })
     ));
     assert_eq!(pool.stats().mapped_bytes, 0, "failed requests map nothing");
 }
@@ -193,8 +197,8 @@ fn dedicated_mappings_count_against_the_budget() {
     assert_eq!(stats.mapped_bytes, 6 * MIB);
     assert_eq!(stats.in_use_bytes, 6 * MIB);
     assert!(matches!(
-        pool.allocate(3 * MIB),
-        Err(Error::BudgetExceeded { .. })
+        pool.allocate(3 * MIB).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     drop(big);
     assert_eq!(

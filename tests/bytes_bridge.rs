@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use bytes::{Buf, BufMut, Bytes};
-use segpool::{Error, SegmentPool};
+use segpool::{Error, ErrorKind, SegmentPool};
 use serde_json::{json, Value};
 
 const KIB: usize = 1024;
@@ -171,8 +171,8 @@ fn try_reserve_makes_buf_mut_safe_under_the_budget() {
     let pool = SegmentPool::builder().budget(MIB).build().unwrap();
     let mut w = pool.writer();
     assert!(matches!(
-        w.try_reserve(2 * MIB),
-        Err(Error::BudgetExceeded { .. })
+        w.try_reserve(2 * MIB).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     w.try_reserve(300 * KIB).unwrap();
     let mut others = Vec::new();

@@ -1,10 +1,10 @@
 //! Bad input gets a clear error, never a panic.
 
-use segpool::{Backing, Error, SegmentPool};
+use segpool::{Backing, Error, ErrorKind, Segment, SegmentPool};
 
 fn invalid(b: segpool::SegmentPoolBuilder, needle: &str) {
-    match b.build() {
-        Err(Error::InvalidConfig(msg)) => assert!(
+    match b.build().map_err(Error::into_kind) {
+        Err(ErrorKind::InvalidConfig(msg)) => assert!(
             msg.contains(needle),
             "message {msg:?} should name {needle:?}"
         ),
@@ -66,27 +66,111 @@ fn a_missing_or_unusable_backing_directory_fails_at_build() {
 #[test]
 fn zero_and_absurd_sizes_are_errors() {
     let pool = SegmentPool::new().unwrap();
-    assert!(matches!(pool.allocate(0), Err(Error::ZeroSize)));
-    assert!(matches!(pool.allocate_zeroed(0), Err(Error::ZeroSize)));
     assert!(matches!(
-        pool.allocate(usize::MAX),
-        Err(Error::TooLarge { .. })
+        pool.allocate(0).map_err(Error::into_kind),
+        Err(ErrorKind::ZeroSize)
+    ));
+    assert!(matches!(
+        pool.allocate_zeroed(0).map_err(Error::into_kind),
+        Err(ErrorKind::ZeroSize)
+    ));
+    assert!(matches!(
+        pool.allocate(usize::MAX).map_err(Error::into_kind),
+        Err(ErrorKind::TooLarge { .. })
     ));
     // Representable but more than the machine can map: the OS says no, and that is an error.
-    match pool.allocate(1 << 62) {
-        Err(Error::Map(e)) => assert!(e.raw_os_error().is_some(), "{e}"),
+    match pool.allocate(1 << 62).map_err(Error::into_kind) {
+        Err(ErrorKind::Map(e)) => assert!(e.raw_os_error().is_some(), "{e}"),
         other => panic!("expected Map error, got {other:?}"),
     }
     assert_eq!(pool.stats().mapped_bytes, 0);
-    let msg = Error::BudgetExceeded {
+    let msg = Error::from(ErrorKind::BudgetExceeded {
         requested: 1,
         needed: 2,
         used: 3,
         budget: 4,
-    }
+    })
     .to_string();
     assert!(
         msg.contains("requested 1") && msg.contains("3 of 4"),
         "{msg}"
     );
+}
+
+#[test]
+fn an_error_is_one_word_and_keeps_its_kind() {
+    use std::mem::size_of;
+    // The box makes `Error` one word, so a `Result<Segment>` is two and comes back in registers.
+    #[cfg(target_pointer_width = "64")]
+    {
+        assert_eq!(size_of::<segpool::Result<Segment>>(), 16);
+        assert_eq!(size_of::<Error>(), 8);
+    }
+    assert_eq!(size_of::<Error>(), size_of::<usize>());
+
+    // `Error::from(kind)` gives the kind back, with its fields, and shows as the kind does.
+    let budget = || ErrorKind::BudgetExceeded {
+        requested: 1,
+        needed: 2,
+        used: 3,
+        budget: 4,
+    };
+    let e = Error::from(budget());
+    assert!(matches!(
+        e.kind(),
+        ErrorKind::BudgetExceeded {
+            requested: 1,
+            needed: 2,
+            used: 3,
+            budget: 4
+        }
+    ));
+    assert_eq!(e.to_string(), budget().to_string());
+    assert_eq!(format!("{e:?}"), format!("{:?}", budget()));
+    assert!(matches!(
+        Error::from(ErrorKind::ZeroSize).kind(),
+        ErrorKind::ZeroSize
+    ));
+    assert!(matches!(
+        Error::from(ErrorKind::TooLarge { requested: 7 }).into_kind(),
+        ErrorKind::TooLarge { requested: 7 }
+    ));
+    assert!(matches!(
+        Error::from(ErrorKind::InvalidConfig("x".into())).kind(),
+        ErrorKind::InvalidConfig(m) if m == "x"
+    ));
+    assert!(matches!(
+        Error::from(ErrorKind::Faulted {
+            path: None,
+            addr: 0x1000
+        })
+        .kind(),
+        ErrorKind::Faulted {
+            path: None,
+            addr: 0x1000
+        }
+    ));
+    let map = Error::from(ErrorKind::Map(std::io::Error::from_raw_os_error(12)));
+    assert!(matches!(map.kind(), ErrorKind::Map(io) if io.raw_os_error() == Some(12)));
+    let source = std::error::Error::source(&map).expect("the OS error is the source");
+    assert_eq!(
+        source
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error()),
+        Some(12)
+    );
+
+    // As an `io::Error`, a budget refusal is OutOfMemory and still holds the `Error`.
+    let io = std::io::Error::from(Error::from(budget()));
+    assert_eq!(io.kind(), std::io::ErrorKind::OutOfMemory);
+    assert!(matches!(
+        io.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Error>())
+            .map(Error::kind),
+        Some(ErrorKind::BudgetExceeded {
+            requested: 1,
+            budget: 4,
+            ..
+        })
+    ));
 }

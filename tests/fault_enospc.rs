@@ -14,7 +14,7 @@ use std::process::Command;
 
 use fault_support::*;
 use segpool::fault::FileFaultState;
-use segpool::Error;
+use segpool::ErrorKind;
 
 const PAGE: usize = 4096;
 const NAME: &str = "enospc_at_write_fault_is_an_error_and_fallocate_reports_it";
@@ -88,7 +88,7 @@ fn child() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, Error::Faulted { .. }), "{err:?}");
+    assert!(matches!(err.kind(), ErrorKind::Faulted { .. }), "{err:?}");
     assert!(state.is_faulted());
     assert!(
         written <= TMPFS_PAGES,

@@ -1,6 +1,6 @@
 //! The fault guard under `segpool::fs::MappedFile`: a file truncated by someone else makes
 //! `read_at`, `with_view`, `Read::read` and `write_at` into the lost range return an `io::Error`
-//! wrapping `segpool::Error::Faulted`; the other handles of that file fail fast; other files work;
+//! wrapping a `segpool::Error` of kind `Faulted`; the other handles of that file fail fast; other files work;
 //! the file works again once restored and reopened.
 
 mod fault_support;
@@ -10,7 +10,7 @@ use std::path::Path;
 
 use fault_support::*;
 use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
-use segpool::Error;
+use segpool::{Error, ErrorKind};
 
 const PAGE: usize = 4096;
 const LEN: usize = 8 * PAGE;
@@ -29,15 +29,19 @@ fn create(fs: &MmapFs, name: &str, id: u64) -> MappedFile {
 /// Asserts `r` is the fault error of the file at `path`, as an `io::Error` wrapping ours.
 fn assert_io_faulted<T: std::fmt::Debug>(r: std::io::Result<T>, path: &Path) {
     let e = r.expect_err("expected the fault error");
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-        Some(Error::Faulted {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .map(Error::kind)
+    {
+        Some(ErrorKind::Faulted {
             path: Some(p),
             addr,
         }) => {
             assert_eq!(p.file_name(), path.file_name());
             assert_ne!(*addr, 0);
         }
-        other => panic!("expected an io::Error wrapping Error::Faulted, got {e:?} ({other:?})"),
+        other => panic!("expected an io::Error wrapping ErrorKind::Faulted, got {e:?} ({other:?})"),
     }
 }
 

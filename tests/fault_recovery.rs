@@ -4,13 +4,13 @@ mod fault_support;
 
 use fault_support::*;
 use segpool::fault::{self, FileFaultState};
-use segpool::Error;
+use segpool::{Error, ErrorKind};
 
 const PAGE: usize = 4096;
 
 fn assert_faulted<T: std::fmt::Debug>(r: segpool::Result<T>, state: &FileFaultState) {
-    match r {
-        Err(Error::Faulted { path, addr }) => {
+    match r.map_err(Error::into_kind) {
+        Err(ErrorKind::Faulted { path, addr }) => {
             assert_eq!(path.as_deref(), state.path());
             assert_ne!(addr, 0);
         }
@@ -45,7 +45,7 @@ fn truncated_file_read_and_write_return_faulted_and_poison_the_file() {
     assert_eq!(s1.fault_count(), 1);
     // Other tests in this binary may recover faults at the same time: at least ours counted.
     assert!(fault::recovered_faults() > recovered_before);
-    let Err(Error::Faulted { addr, .. }) = s1.check() else {
+    let Err(ErrorKind::Faulted { addr, .. }) = s1.check().map_err(Error::into_kind) else {
         panic!("not poisoned")
     };
     // The faulting address lies in the range read (which byte `memcpy` touches first depends on
@@ -99,7 +99,13 @@ fn mapping_past_end_of_file_faults_on_whole_pages_past_eof() {
     assert_eq!(buf, pattern_bytes(4, (PAGE + 8) as u64, 16));
     // A whole page past EOF faults.
     let r = m.read(3 * PAGE, &mut buf);
-    assert!(matches!(r, Err(Error::Faulted { path: None, .. })), "{r:?}");
+    assert!(
+        matches!(
+            r.as_ref().map_err(Error::kind),
+            Err(ErrorKind::Faulted { path: None, .. })
+        ),
+        "{r:?}"
+    );
     assert!(s.is_faulted());
 }
 
@@ -142,12 +148,17 @@ fn poison_without_signal_fails_fast() {
     s.poison(0x1000);
     let mut ran = false;
     let r = s.guarded(|| ran = true);
-    assert!(matches!(r, Err(Error::Faulted { addr: 0x1000, .. })));
+    assert!(matches!(
+        r.map_err(Error::into_kind),
+        Err(ErrorKind::Faulted { addr: 0x1000, .. })
+    ));
     assert!(!ran, "a poisoned file must not be touched");
     let io: std::io::Error = s.error().into();
     assert!(matches!(
-        io.get_ref().and_then(|e| e.downcast_ref::<Error>()),
-        Some(Error::Faulted { .. })
+        io.get_ref()
+            .and_then(|e| e.downcast_ref::<Error>())
+            .map(Error::kind),
+        Some(ErrorKind::Faulted { .. })
     ));
 }
 
@@ -179,7 +190,7 @@ fn full_fault_ranges_refuse_a_new_mapping() {
         let err = Guarded::map(&f, PAGE, false, &s)
             .err()
             .expect("the ranges are full");
-        assert!(matches!(err, Error::Map(_)), "{err:?}");
+        assert!(matches!(err.kind(), ErrorKind::Map(_)), "{err:?}");
         println!("refused: {err}");
         // Freeing one slot makes room again.
         regs.pop();

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 
 use fault_support::*;
 use segpool::fault::{self, FileFaultState};
-use segpool::Error;
+use segpool::ErrorKind;
 
 const PAGE: usize = 4096;
 const FILES: usize = 4;
@@ -115,7 +115,7 @@ fn stress_truncation_never_returns_wrong_bytes() {
                             }
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(Error::Faulted { .. }) => {
+                        Err(e) if matches!(e.kind(), ErrorKind::Faulted { .. }) => {
                             faulted.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => panic!("unexpected error {e}"),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use segpool::{Backing, Error, Segment, SegmentPool};
+use segpool::{Backing, ErrorKind, Segment, SegmentPool};
 
 #[test]
 fn a_file_backed_pool_works_and_its_files_are_invisible() {
@@ -77,8 +77,8 @@ fn tiny_filesystem_child() {
             Err(e) => break e,
         }
     };
-    match &err {
-        Error::Map(io) => assert_eq!(io.raw_os_error(), Some(libc::ENOSPC), "{io}"),
+    match err.kind() {
+        ErrorKind::Map(io) => assert_eq!(io.raw_os_error(), Some(libc::ENOSPC), "{io}"),
         other => panic!("expected a Map error with ENOSPC, got {other:?}"),
     }
     // What was handed out before is intact, and the pool keeps working after a release.

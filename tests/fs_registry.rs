@@ -124,8 +124,9 @@ fn concurrent_readers_survive_cuts_and_growth() {
 fn is_faulted(e: &std::io::Error) -> bool {
     matches!(
         e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<segpool::Error>()),
-        Some(segpool::Error::Faulted { .. })
+            .and_then(|inner| inner.downcast_ref::<segpool::Error>())
+            .map(segpool::Error::kind),
+        Some(segpool::ErrorKind::Faulted { .. })
     )
 }
 

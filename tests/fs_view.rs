@@ -220,8 +220,10 @@ fn a_truncation_during_the_view_is_an_error_and_poisons_the_file() {
     let e = r.expect_err("the view's result must be discarded after a fault");
     assert!(
         matches!(
-            e.get_ref().and_then(|i| i.downcast_ref::<Error>()),
-            Some(Error::Faulted { .. })
+            e.get_ref()
+                .and_then(|i| i.downcast_ref::<Error>())
+                .map(Error::kind),
+            Some(segpool::ErrorKind::Faulted { .. })
         ),
         "{e:?}"
     );

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 
 use segpool::diagnostics::mapping_calls;
-use segpool::{Error, SegmentPool};
+use segpool::{Error, ErrorKind, SegmentPool};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
@@ -106,8 +106,8 @@ fn large_classes_count_against_the_budget() {
     let stats = pool.stats();
     assert_eq!(stats.mapped_bytes, 4 * MIB);
     assert_eq!(stats.in_use_bytes, 4 * MIB);
-    match pool.allocate(2 * MIB) {
-        Err(Error::BudgetExceeded { needed, budget, .. }) => {
+    match pool.allocate(2 * MIB).map_err(Error::into_kind) {
+        Err(ErrorKind::BudgetExceeded { needed, budget, .. }) => {
             assert_eq!((needed, budget), (2 * MIB, 4 * MIB));
         }
         other => panic!("expected BudgetExceeded, got {other:?}"),
@@ -116,8 +116,8 @@ fn large_classes_count_against_the_budget() {
 
     // A class larger than the budget is refused at once, and maps nothing.
     assert!(matches!(
-        pool.allocate(8 * MIB),
-        Err(Error::BudgetExceeded { needed, .. }) if needed == 8 * MIB
+        pool.allocate(8 * MIB).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { needed, .. }) if needed == 8 * MIB
     ));
 
     // Under a 64 MiB budget a 32 MiB segment maps exactly one 32 MiB region.

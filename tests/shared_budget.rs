@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use segpool::{Budget, Error, Segment, SegmentPool};
+use segpool::{Budget, Error, ErrorKind, Segment, SegmentPool};
 
 const MIB: usize = 1 << 20;
 
@@ -51,9 +51,9 @@ fn two_pools_and_a_reservation_share_sixteen_mib_and_the_sum_never_exceeds_it() 
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
                         let size = 4096 << (rng % 9); // 4 KiB .. 1 MiB
-                        match pool.allocate(size) {
+                        match pool.allocate(size).map_err(Error::into_kind) {
                             Ok(seg) => held.push(seg),
-                            Err(Error::BudgetExceeded {
+                            Err(ErrorKind::BudgetExceeded {
                                 used, budget: b, ..
                             }) => {
                                 assert!(used <= b);
@@ -123,7 +123,7 @@ fn a_reservation_that_cannot_grow_gets_the_pools_callbacks_run_first() {
     // nothing left, then the growth fails and the reservation is unchanged.
     let err = r.try_grow(3 * MIB).unwrap_err();
     assert!(
-        matches!(err, Error::BudgetExceeded { requested, budget: b, .. }
+        matches!(err.into_kind(), ErrorKind::BudgetExceeded { requested, budget: b, .. }
         if requested == 3 * MIB && b == 4 * MIB)
     );
     assert_eq!(r.size(), 2 * MIB);
@@ -168,8 +168,8 @@ fn reservations_count_against_the_budget_and_are_released_on_drop() {
     let r = budget.reserve(3 * MIB).unwrap();
     assert_eq!(budget.used(), 3 * MIB);
     // A 2 MiB dedicated mapping does not fit beside it, and nobody can free anything.
-    match pool.allocate(2 * MIB) {
-        Err(Error::BudgetExceeded {
+    match pool.allocate(2 * MIB).map_err(Error::into_kind) {
+        Err(ErrorKind::BudgetExceeded {
             used, budget: b, ..
         }) => {
             assert_eq!(used, 3 * MIB);
@@ -178,8 +178,8 @@ fn reservations_count_against_the_budget_and_are_released_on_drop() {
         other => panic!("expected BudgetExceeded, got {other:?}"),
     }
     assert!(matches!(
-        budget.reserve(5 * MIB),
-        Err(Error::BudgetExceeded { .. })
+        budget.reserve(5 * MIB).map_err(Error::into_kind),
+        Err(ErrorKind::BudgetExceeded { .. })
     ));
     drop(r);
     assert_eq!(budget.used(), 0);
@@ -197,5 +197,5 @@ fn a_pool_takes_either_a_budget_or_a_shared_one() {
         .shared_budget(&budget)
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    assert!(matches!(err.kind(), ErrorKind::InvalidConfig(_)), "{err}");
 }

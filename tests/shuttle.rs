@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use segpool::{Error, Segment, SegmentPool};
+use segpool::{ErrorKind, Segment, SegmentPool};
 use shuttle::sync::{Arc, Mutex};
 use shuttle::thread;
 
@@ -71,7 +71,7 @@ fn scenario(retain_empty: usize) {
                             seg[last] = tag;
                             held.push((seg, tag));
                         }
-                        Err(Error::BudgetExceeded { .. }) => {}
+                        Err(e) if matches!(e.kind(), ErrorKind::BudgetExceeded { .. }) => {}
                         Err(e) => panic!("unexpected error {e}"),
                     }
                     if t == 0 && i % 2 == 1 {

@@ -109,14 +109,14 @@ impl Failure {
 
 impl From<segpool::Error> for Failure {
     fn from(e: segpool::Error) -> Self {
-        use segpool::Error;
-        let status = match &e {
-            Error::BudgetExceeded { .. } => SegpoolStatus::BudgetExceeded,
-            Error::ZeroSize => SegpoolStatus::ZeroSize,
-            Error::TooLarge { .. } => SegpoolStatus::TooLarge,
-            Error::InvalidConfig(_) => SegpoolStatus::InvalidConfig,
-            Error::Map(_) => SegpoolStatus::MapFailed,
-            Error::Faulted { .. } => SegpoolStatus::Faulted,
+        use segpool::ErrorKind;
+        let status = match e.kind() {
+            ErrorKind::BudgetExceeded { .. } => SegpoolStatus::BudgetExceeded,
+            ErrorKind::ZeroSize => SegpoolStatus::ZeroSize,
+            ErrorKind::TooLarge { .. } => SegpoolStatus::TooLarge,
+            ErrorKind::InvalidConfig(_) => SegpoolStatus::InvalidConfig,
+            ErrorKind::Map(_) => SegpoolStatus::MapFailed,
+            ErrorKind::Faulted { .. } => SegpoolStatus::Faulted,
             _ => SegpoolStatus::Unknown,
         };
         Self::new(status, e.to_string())

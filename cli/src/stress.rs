@@ -378,7 +378,7 @@ fn pool_worker(
         let size = SIZES[rng.below(SIZES.len() as u64) as usize];
         let seg = match pool.allocate(size) {
             Ok(s) => Some(s),
-            Err(segpool::Error::BudgetExceeded { .. }) => {
+            Err(e) if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. }) => {
                 // Backpressure: wait for room, but never while holding segments others may be
                 // waiting for (hold-and-wait deadlocks a tight budget).
                 run.counts.waits.fetch_add(1, Ordering::Relaxed);
@@ -392,7 +392,7 @@ fn pool_worker(
                 }
                 match pool.allocate_timeout(size, WAIT) {
                     Ok(s) => Some(s),
-                    Err(segpool::Error::BudgetExceeded { .. }) => {
+                    Err(e) if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. }) => {
                         run.counts.timeouts.fetch_add(1, Ordering::Relaxed);
                         None
                     }
@@ -583,5 +583,5 @@ impl Files {
 fn is_faulted(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<segpool::Error>())
-        .is_some_and(|se| matches!(se, segpool::Error::Faulted { .. }))
+        .is_some_and(|se| matches!(se.kind(), segpool::ErrorKind::Faulted { .. }))
 }

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use segpool::{Error, Segment, SegmentPool};
+use segpool::{Error, ErrorKind, Segment, SegmentPool};
 
 /// The fixture pools' classes: the small ones and the first large class, so that a request
 /// above 2 MiB (the last size below) is a dedicated mapping, which the default classes (up to
@@ -158,7 +158,7 @@ fuzz_target!(|input: Input| {
                 } else {
                     pool.allocate(size)
                 };
-                match got {
+                match got.map_err(Error::into_kind) {
                     Ok(seg) => {
                         live.push(Live {
                             seg,
@@ -167,7 +167,7 @@ fuzz_target!(|input: Input| {
                         });
                         check(live.last().unwrap());
                     }
-                    Err(Error::BudgetExceeded { budget: b, .. }) => {
+                    Err(ErrorKind::BudgetExceeded { budget: b, .. }) => {
                         assert_eq!(b, budget);
                         assert_eq!(
                             pool.stats().in_use_bytes,

@@ -179,10 +179,11 @@ pub(crate) fn install_hook() -> crate::Result<()> {
     // SAFETY: `claim` is async-signal-safe (atomic loads and `write(2)`, see the module docs) and
     // the only claim registered for the guard pages.
     unsafe { signal::register(Signal::Segv, Claimer::GuardPages, claim) }.map_err(|e| {
-        crate::Error::Map(io::Error::new(
+        crate::ErrorKind::Map(io::Error::new(
             e.kind(),
             "installing segpool's SIGSEGV hook for guard pages failed",
         ))
+        .into()
     })
 }
 

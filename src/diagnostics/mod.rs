@@ -98,7 +98,7 @@ pub fn mapping_calls() -> MappingCalls {
 ///
 /// `Sampled` takes a plain `u32` rather than a `NonZeroU32`, so `Sampled(1000)` can be written as
 /// is; `Sampled(0)` is refused by [`build`](crate::SegmentPoolBuilder::build) with
-/// [`InvalidConfig`](crate::Error::InvalidConfig).
+/// [`InvalidConfig`](crate::ErrorKind::InvalidConfig).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Diagnostics {

@@ -36,7 +36,7 @@
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::os::signal::{self, Claim, Claimer, Fault, Signal};
-use crate::Error;
+use crate::ErrorKind;
 
 use super::ranges;
 
@@ -53,10 +53,11 @@ pub(super) fn ensure_installed() -> crate::Result<()> {
     // SAFETY: `claim` is async-signal-safe (see the module docs) and the only claim registered
     // for the fault ranges.
     unsafe { signal::register(Signal::Bus, Claimer::FaultRanges, claim) }.map_err(|e| {
-        Error::Map(std::io::Error::new(
+        ErrorKind::Map(std::io::Error::new(
             e.kind(),
             "installing segpool's SIGBUS handler failed",
         ))
+        .into()
     })
 }
 

@@ -4,8 +4,8 @@
 //! an I/O error at page-in, or when a write fault finds the disk full. The kernel then sends
 //! SIGBUS, which kills the process. This module catches SIGBUS on the ranges segpool registered,
 //! poisons the file they belong to, maps a zero page over the lost page so the access completes,
-//! and lets the operation that touched it return [`Error::Faulted`]. Every fault elsewhere, and
-//! every SIGSEGV, behaves exactly as without segpool. `docs/faults.md` has the full story.
+//! and lets the operation that touched it return an error of kind [`ErrorKind::Faulted`]. Every
+//! fault elsewhere, and every SIGSEGV, behaves exactly as without segpool. `docs/faults.md` has the full story.
 //!
 //! * [`FileFaultState`]: one per file, shared by every handle and mapping of it; its
 //!   [`guarded`](FileFaultState::guarded) runs an access under the fault protocol.
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use crate::sync::Arc;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 pub use ranges::CAPACITY as MAX_RANGES;
 
@@ -91,10 +91,11 @@ impl FileFaultState {
     #[cold]
     #[inline(never)]
     pub fn error(&self) -> Error {
-        Error::Faulted {
+        ErrorKind::Faulted {
             path: self.path.clone(),
             addr: self.first_addr.load(Ordering::Acquire),
         }
+        .into()
     }
 
     /// Marks the file poisoned without a signal (EFAULT from a syscall, a failed msync/fsync).
@@ -229,7 +230,7 @@ impl Drop for RangeRegistration {
 /// The range is widened to whole pages (a page belongs to one mapping only). A lost page is
 /// replaced by a read-write zero page; use [`register_with_access`] for a read-only mapping.
 ///
-/// Fails (with `Error::Map`) when the fault ranges are full ([`MAX_RANGES`] ranges): a mapping
+/// Fails (with `ErrorKind::Map`) when the fault ranges are full ([`MAX_RANGES`] ranges): a mapping
 /// is refused rather than left unprotected; also when the range is empty or wraps around, or the
 /// handler cannot be installed.
 ///
@@ -261,10 +262,11 @@ pub unsafe fn register_with_access(
 ) -> Result<RangeRegistration> {
     let page = crate::os::page_size();
     let invalid = |what: &str| {
-        Error::Map(std::io::Error::new(
+        ErrorKind::Map(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             what.to_owned(),
         ))
+        .into()
     };
     if start.is_null() || len == 0 {
         return Err(invalid("cannot register an empty or null range"));
@@ -277,7 +279,7 @@ pub unsafe fn register_with_access(
     handler::ensure_installed()?;
     let slot = ranges::insert(first, end, access == Access::ReadWrite, state).map_err(
         |ranges::Full| {
-            Error::Map(std::io::Error::new(
+            ErrorKind::Map(std::io::Error::new(
                 std::io::ErrorKind::OutOfMemory,
                 format!("the fault ranges are full ({MAX_RANGES} ranges): file mapping refused"),
             ))

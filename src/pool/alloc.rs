@@ -10,7 +10,7 @@ use super::{PoolShared, SegmentPool};
 use crate::class_pool::Shortage;
 use crate::region::{RegionRef, ZERO_TAG};
 use crate::segment::Segment;
-use crate::{Error, Result};
+use crate::{ErrorKind, Result};
 
 /// The outcome of one attempt to serve an allocation.
 pub(crate) enum Attempt {
@@ -51,7 +51,7 @@ impl SegmentPool {
     fn allocate_inner(&self, size: usize) -> Result<(Segment, bool)> {
         let shared = self.shared();
         if size == 0 {
-            return Err(Error::ZeroSize);
+            return Err(ErrorKind::ZeroSize.into());
         }
         if let Some(class) = shared.size_classes.class_of(size) {
             // A pool with diagnostics is never on the fast path: it takes the slow path, which
@@ -87,9 +87,12 @@ impl SegmentPool {
         // A timeout too long for an `Instant` waits without a deadline.
         let deadline = crate::sync::deadline_after(timeout);
         let needed = match self.allocate(size) {
-            // Waiting cannot help a request larger than the whole budget.
-            Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => needed,
-            other => return other,
+            Err(e) => match *e.kind() {
+                // Waiting cannot help a request larger than the whole budget.
+                ErrorKind::BudgetExceeded { needed, budget, .. } if needed <= budget => needed,
+                _ => return Err(e),
+            },
+            ok => return ok,
         };
         let (seg, zero) = super::wait::wait_blocking(self, size, needed, deadline)?;
         self.diagnose_segment(&seg, zero, at);
@@ -122,7 +125,7 @@ impl SegmentPool {
         at: &'static Location<'static>,
     ) -> Result<Segment> {
         if size == 0 {
-            return Err(Error::ZeroSize);
+            return Err(ErrorKind::ZeroSize.into());
         }
         self.allocate_slow(size, at).map(|(seg, _)| seg)
     }
@@ -197,7 +200,7 @@ impl SegmentPool {
                     addr & ZERO_TAG != 0,
                 )),
                 Err(Shortage::Budget { needed }) => Ok(Attempt::Short { needed }),
-                Err(Shortage::Map(e)) => Err(Error::Map(e)),
+                Err(Shortage::Map(e)) => Err(ErrorKind::Map(e).into()),
             },
             None => self.attempt_dedicated(size),
         }
@@ -207,11 +210,11 @@ impl SegmentPool {
         let shared = self.shared();
         let len = crate::os::round_up(size, crate::os::page_size())
             .filter(|&l| l <= isize::MAX as usize)
-            .ok_or(Error::TooLarge { requested: size })?;
+            .ok_or(ErrorKind::TooLarge { requested: size })?;
         let region = match PoolShared::map_dedicated(shared, len) {
             Ok(r) => r,
             Err(Shortage::Budget { needed }) => return Ok(Attempt::Short { needed }),
-            Err(Shortage::Map(e)) => return Err(Error::Map(e)),
+            Err(Shortage::Map(e)) => return Err(ErrorKind::Map(e).into()),
         };
         // SAFETY: the region was born with its one slice out, for this segment.
         let base = unsafe { region.get() }.base();

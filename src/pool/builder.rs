@@ -13,7 +13,7 @@ use crate::size_class::{SizeClasses, DEFAULT_SIZE_CLASSES, MAX_REGION};
 use crate::stats::ClassCounters;
 use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use crate::sync::{Arc, Mutex};
-use crate::{Error, Result};
+use crate::{ErrorKind, Result};
 
 /// Where a pool's memory comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -250,9 +250,10 @@ impl SegmentPoolBuilder {
         let page = crate::os::page_size();
         let budget = match (self.shared_budget.take(), self.budget) {
             (Some(_), Some(_)) => {
-                return Err(Error::InvalidConfig(
+                return Err(ErrorKind::InvalidConfig(
                     "budget and shared_budget: set one of them, not both".into(),
-                ))
+                )
+                .into())
             }
             (Some(b), None) => b,
             (None, Some(limit)) => Budget::new(limit),
@@ -264,37 +265,40 @@ impl SegmentPoolBuilder {
             crate::diagnostics::guard::install_hook()?;
         }
         if self.diagnostics == Diagnostics::Sampled(0) {
-            return Err(Error::InvalidConfig(
-                "diagnostics: Sampled(n) needs n >= 1".into(),
-            ));
+            return Err(
+                ErrorKind::InvalidConfig("diagnostics: Sampled(n) needs n >= 1".into()).into(),
+            );
         }
         if let Some(b) = self.budget {
             if b < page {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "budget: {b} bytes is less than one page ({page} bytes)"
-                )));
+                ))
+                .into());
             }
         }
         if let Some(r) = self.region_size {
             if r == 0 || r % page != 0 {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "region_size: {r} is not a positive multiple of the page size ({page})"
-                )));
+                ))
+                .into());
             }
             if r > MAX_REGION {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "region_size: {r} is larger than the maximum of {MAX_REGION} bytes"
-                )));
+                ))
+                .into());
             }
             if let Some(b) = self.budget.filter(|&b| r > b) {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ErrorKind::InvalidConfig(format!(
                     "region_size: {r} is larger than the budget ({b} bytes): no region could ever be mapped"
-                )));
+                )).into());
             }
         }
         if let Backing::File(dir) = &self.backing {
             crate::os::file::anonymous_file(dir).map_err(|e| {
-                Error::InvalidConfig(format!("backing directory {}: {e}", dir.display()))
+                ErrorKind::InvalidConfig(format!("backing directory {}: {e}", dir.display()))
             })?;
         }
         let clock = crate::clock::Clock::new();

@@ -35,7 +35,7 @@ use crate::pool::{Attempt, PoolHook, PoolShared, SegmentPool};
 use crate::segment::Segment;
 use crate::size_class::NO_CLASS;
 use crate::sync::Arc;
-use crate::{Error, Result};
+use crate::{ErrorKind, Result};
 
 /// An allocation queued on its pool's budget. Dropping it leaves the queue and gives back a
 /// slice that was handed to it and not taken (to the next one queued for it, if any): a
@@ -256,7 +256,8 @@ impl Future for AllocateFuture {
         if this.waiter.is_none() {
             match this.pool.allocate_located(this.size, this.at) {
                 // Waiting cannot help a request larger than the whole budget.
-                Err(Error::BudgetExceeded { needed, budget, .. }) if needed <= budget => {}
+                Err(e) if matches!(*e.kind(), ErrorKind::BudgetExceeded { needed, budget, .. } if needed <= budget) =>
+                    {}
                 other => {
                     this.done = true;
                     return Poll::Ready(other);

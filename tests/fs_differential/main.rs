@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use segpool::fs::{MapConfig, MapMode, MappedFile, MmapFs};
-use segpool::Error;
+use segpool::{Error, ErrorKind};
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -40,8 +40,10 @@ fn outside(dir: &Path, name: &str) -> File {
 
 fn is_faulted(e: &io::Error) -> bool {
     matches!(
-        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()),
-        Some(Error::Faulted { .. })
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<Error>())
+            .map(Error::kind),
+        Some(ErrorKind::Faulted { .. })
     )
 }
 

@@ -129,7 +129,7 @@ fn worker(
     let take = || -> Result<Segment, Error> {
         match pool.allocate(SEGMENT) {
             Ok(s) => Ok(s),
-            Err(segpool::Error::BudgetExceeded { .. }) => {
+            Err(e) if matches!(e.kind(), segpool::ErrorKind::BudgetExceeded { .. }) => {
                 // Backpressure: every segment the budget allows is in flight; wait for the writer.
                 waits.fetch_add(1, Ordering::Relaxed);
                 pool.allocate_timeout(SEGMENT, WAIT).map_err(|e| {
