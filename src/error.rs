@@ -7,11 +7,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// segpool's error: one word, a box holding the [`ErrorKind`] that says what went wrong.
 ///
-/// One word so that the results the fast paths return travel in registers: `Result<Segment>` is
-/// two words (the segment's pair, or a null first word and this box), where an error with its
-/// fields inline made it five, returned through memory, and a caller that is not inlined then
-/// reads it back with loads that wait for the callee's stores (the measurement is in
-/// `docs/design.md`, "Two words"). Errors are the slow path; the box is allocated only there.
+/// One word so that `Result<Segment>` is two words (the segment's pair, or a null first word and
+/// this box) instead of five. A function that is not inlined still returns it through memory
+/// (rustc returns a two-variant enum with data in both through a pointer), but now as two 8-byte
+/// stores that the caller's two 8-byte loads are forwarded from; the five-word result had its
+/// segment written with one 16-byte store, and an 8-byte load of the upper half waited for it to
+/// reach the cache (measured on AMD EPYC: `docs/design.md`, "Two words"). Errors are the slow
+/// path; the box is allocated only there.
 ///
 /// Match on [`kind`](Error::kind) for the numbers:
 ///
@@ -152,6 +154,6 @@ impl From<Error> for std::io::Error {
 const _: () = assert!(std::mem::size_of::<Error>() == std::mem::size_of::<usize>());
 const _: () = assert!(
     std::mem::size_of::<Result<crate::Segment>>() == 2 * std::mem::size_of::<usize>(),
-    "a Result<Segment> is two words, returned in registers"
+    "a Result<Segment> is two words"
 );
 const _: () = assert!(std::mem::size_of::<Result<usize>>() == 2 * std::mem::size_of::<usize>());
