@@ -465,7 +465,7 @@ impl ClassPool {
 
     /// Checks, with nothing in flight, that every linked region with a free slice is listed in
     /// `with_room` and that every entry there is linked and not retired.
-    #[cfg(all(test, not(loom), not(shuttle)))]
+    #[cfg(all(test, not(shuttle)))]
     pub(crate) fn check_with_room(&self) {
         let list = self.regions.lock();
         let room = self.with_room.lock();
