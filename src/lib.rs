@@ -44,7 +44,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use pool::{Backing, SegmentPool, SegmentPoolBuilder, DEFAULT_PURGE_DECAY};
 pub use segment::Segment;
 pub use size_class::DEFAULT_SIZE_CLASSES;
-pub use stats::{ClassStats, PoolStats};
+pub use stats::{ClassStats, PoolStats, PoolUsage};
 pub use writer::{SegmentChain, SegmentWriter};
 
 #[cfg(all(test, not(loom), not(shuttle)))]

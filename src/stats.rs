@@ -81,6 +81,51 @@ pub struct PoolStats {
     pub classes: Vec<ClassStats>,
 }
 
+/// The pool's byte counts from its counters alone, taken by
+/// [`SegmentPool::usage`](crate::SegmentPool::usage): what a server polls to see how close it is
+/// to its budget. Each field means what the field of the same name in [`PoolStats`] means.
+///
+/// A [`PoolStats`] snapshot walks every region of every class and asks `mincore(2)` about each
+/// (for the resident bytes and the per-class free slices), so its cost grows with what the pool
+/// has mapped; `usage()` makes no system call, allocates nothing and visits no region: its cost
+/// is one pass over the classes for each thread that has used the pool, whatever the pool holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct PoolUsage {
+    /// Bytes the pool has mapped right now (what it counts against its budget).
+    pub mapped_bytes: usize,
+    /// Bytes of segments the user holds right now (dedicated mappings included).
+    pub in_use_bytes: usize,
+    /// Bytes of free slices parked in per-thread caches.
+    pub cached_bytes: usize,
+    /// Bytes mapped for live segments above the largest class (included in `mapped_bytes` and
+    /// `in_use_bytes`).
+    pub dedicated_bytes: usize,
+    /// Live segments above the largest class.
+    pub dedicated_segments: usize,
+    /// The limit of the pool's budget in bytes (its own, or the shared one), if it has one.
+    pub budget_bytes: Option<usize>,
+    /// Allocations queued for room under the pool's budget right now.
+    pub budget_waiters: usize,
+}
+
+impl fmt::Display for PoolUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let budget = self.budget_bytes.map_or_else(|| "none".to_string(), mib);
+        write!(
+            f,
+            "mapped {}, in use {} (dedicated {}), cached {}, budget {} ({} waiting)",
+            mib(self.mapped_bytes),
+            mib(self.in_use_bytes),
+            mib(self.dedicated_bytes),
+            mib(self.cached_bytes),
+            budget,
+            self.budget_waiters
+        )
+    }
+}
+
 /// The counts of one size class. Slices are `size` bytes each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

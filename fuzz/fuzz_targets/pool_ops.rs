@@ -5,14 +5,16 @@
 //! step the model's claims are checked: no two live segments overlap, each segment is
 //! page-aligned and at least as long as asked, the bytes written into a segment are read back,
 //! a zeroed segment reads zero, a refusal is a budget error that changes nothing, and the pool's
-//! counts add up to the live segments.
+//! byte counts (`usage()`) add up to the live segments. At a stats step and at the end of every
+//! input, the full snapshot (`stats()`) is checked too: its per-class counts add up to the live
+//! segments, and it agrees with `usage()`.
 #![no_main]
 
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use segpool::{Error, ErrorKind, Segment, SegmentPool};
+use segpool::{Error, ErrorKind, PoolStats, PoolUsage, Segment, SegmentPool};
 
 /// The fixture pools' classes: the small ones and the first large class, so that a request
 /// above 2 MiB (the last size below) is a dedicated mapping, which the default classes (up to
@@ -51,6 +53,7 @@ enum Op {
     /// The second thread allocates a segment and hands it back here.
     AllocateElsewhere(u8),
     Trim,
+    /// The full snapshot (`stats()`), checked against the model and `usage()`.
     Stats,
 }
 
@@ -141,7 +144,7 @@ fuzz_target!(|input: Input| {
     let (pool, to_worker, back) = (&fx.pool, &fx.to_worker, &fx.back);
     let budget = BUDGET;
     assert_eq!(
-        pool.stats().in_use_bytes,
+        pool.usage().in_use_bytes,
         0,
         "the previous input left segments behind"
     );
@@ -152,7 +155,7 @@ fuzz_target!(|input: Input| {
             Op::Allocate(i) | Op::AllocateZeroed(i) => {
                 let size = SIZES[usize::from(i) % SIZES.len()];
                 let zeroed = matches!(op, Op::AllocateZeroed(_));
-                let before = pool.stats();
+                let before = pool.usage();
                 let got = if zeroed {
                     pool.allocate_zeroed(size)
                 } else {
@@ -170,7 +173,7 @@ fuzz_target!(|input: Input| {
                     Err(ErrorKind::BudgetExceeded { budget: b, .. }) => {
                         assert_eq!(b, budget);
                         assert_eq!(
-                            pool.stats().in_use_bytes,
+                            pool.usage().in_use_bytes,
                             before.in_use_bytes,
                             "a refusal changed the pool"
                         );
@@ -208,7 +211,7 @@ fuzz_target!(|input: Input| {
             Op::Trim => {
                 pool.trim();
             }
-            Op::Stats => {}
+            Op::Stats => check_stats(pool, &live),
         }
         // The model's claims, after every step.
         let mut ranges: Vec<(usize, usize)> = live
@@ -224,22 +227,90 @@ fuzz_target!(|input: Input| {
         for w in ranges.windows(2) {
             assert!(w[0].1 <= w[1].0, "two live segments overlap: {:x?}", w);
         }
-        let stats = pool.stats();
-        let live_bytes: usize = live.iter().map(|l| l.seg.len()).sum();
-        assert_eq!(stats.in_use_bytes, live_bytes, "in-use bytes do not add up");
-        assert!(stats.mapped_bytes <= budget, "mapped above the budget");
-        let class_in_use: usize = stats.classes.iter().map(|c| c.in_use * c.size).sum();
+        let usage = pool.usage();
         assert_eq!(
-            class_in_use + stats.dedicated_bytes,
-            live_bytes,
-            "per-class counts do not add up"
+            usage.in_use_bytes,
+            live_bytes(&live),
+            "in-use bytes do not add up"
+        );
+        assert!(usage.mapped_bytes <= budget, "mapped above the budget");
+        assert!(
+            usage.in_use_bytes + usage.cached_bytes <= usage.mapped_bytes,
+            "more in use and cached than mapped: {usage}"
+        );
+        if !input.thread_cache {
+            assert_eq!(usage.cached_bytes, 0, "cached without thread caches");
+        }
+        let dedicated: Vec<&Live> = live.iter().filter(|l| l.asked > CLASSES[5]).collect();
+        assert_eq!(
+            usage.dedicated_segments,
+            dedicated.len(),
+            "dedicated segments"
+        );
+        assert_eq!(
+            usage.dedicated_bytes,
+            dedicated.iter().map(|l| l.seg.len()).sum::<usize>(),
+            "dedicated bytes"
         );
     }
     for l in &live {
         check(l);
     }
+    check_stats(pool, &live);
     drop(live);
     let stats = pool.stats();
     assert_eq!(stats.in_use_bytes, 0);
     assert_eq!(stats.dedicated_segments, 0);
+    agree(&pool.usage(), &stats);
 });
+
+fn live_bytes(live: &[Live]) -> usize {
+    live.iter().map(|l| l.seg.len()).sum()
+}
+
+/// The full snapshot against the model (its per-class counts add up to the live segments) and
+/// against `usage()`, read right after it on this thread (the worker thread is idle between
+/// steps, so nothing moves in between).
+fn check_stats(pool: &SegmentPool, live: &[Live]) {
+    let stats = pool.stats();
+    let live_bytes = live_bytes(live);
+    assert_eq!(stats.in_use_bytes, live_bytes, "in-use bytes do not add up");
+    let class_in_use: usize = stats.classes.iter().map(|c| c.in_use * c.size).sum();
+    assert_eq!(
+        class_in_use + stats.dedicated_bytes,
+        live_bytes,
+        "per-class counts do not add up"
+    );
+    // At most: a region that was unlinked stays mapped (and counted) until no thread can still
+    // be reading it.
+    let class_mapped: usize = stats.classes.iter().map(|c| c.mapped_bytes).sum();
+    assert!(
+        class_mapped + stats.dedicated_bytes <= stats.mapped_bytes,
+        "the classes' regions and the dedicated mappings exceed what is mapped: {stats}"
+    );
+    agree(&pool.usage(), &stats);
+}
+
+/// `usage()` and `stats()` report the same byte counts on a quiet pool.
+fn agree(u: &PoolUsage, s: &PoolStats) {
+    let of_usage = (
+        u.in_use_bytes,
+        u.cached_bytes,
+        u.mapped_bytes,
+        u.dedicated_bytes,
+    );
+    let of_stats = (
+        s.in_use_bytes,
+        s.cached_bytes,
+        s.mapped_bytes,
+        s.dedicated_bytes,
+    );
+    assert_eq!(
+        of_usage, of_stats,
+        "usage/stats: in use, cached, mapped, dedicated"
+    );
+    assert_eq!(
+        u.dedicated_segments, s.dedicated_segments,
+        "usage/stats: dedicated segments"
+    );
+}

@@ -1,10 +1,12 @@
 //! What a pool reports about itself: [`PoolStats`] and the leak report, both from one fold of
 //! the per-thread counts ([`class_totals`]).
 
+use super::thread_cache::ClassCache;
 use super::{PoolShared, SegmentPool};
 use crate::diagnostics::{Diagnostics, LeakReport};
-use crate::stats::{ClassStats, PoolStats};
+use crate::stats::{ClassStats, PoolStats, PoolUsage};
 use crate::sync::atomic::Ordering;
+use crate::sync::Arc;
 
 /// One class's counts, summed over the threads that have left and the pool's thread caches.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,30 +26,41 @@ impl ClassTotals {
     }
 }
 
-/// The per-class counts of `shared`, one entry per class. Read under the lock of the pool's
-/// thread caches: an exiting thread moves its counts from its cache to `departed` under it, so
-/// reading `departed` outside it could miss them both (or count them twice).
+impl ClassTotals {
+    /// Segments of the class the user holds right now, as [`ClassStats::in_use`] reports it.
+    fn in_use(&self) -> usize {
+        self.allocations.saturating_sub(self.releases) as usize
+    }
+}
+
+/// The counts of class `class` of `shared`: those of the threads that have left plus those of
+/// each live thread's cache in `threads`, the pool's registry of thread caches. The caller holds
+/// the registry's lock: an exiting thread moves its counts from its cache to `departed` under it,
+/// so reading `departed` outside it could miss them both (or count them twice).
+fn class_total(shared: &PoolShared, threads: &[Arc<[ClassCache]>], class: usize) -> ClassTotals {
+    let d = &shared.departed[class];
+    let mut s = ClassTotals {
+        allocations: d.allocations.load(Ordering::Relaxed),
+        releases: d.releases.load(Ordering::Relaxed),
+        cached: 0,
+    };
+    for t in threads {
+        let c = &t[class].counters;
+        s.allocations = s
+            .allocations
+            .wrapping_add(c.allocations.load(Ordering::Relaxed));
+        s.releases = s.releases.wrapping_add(c.releases.load(Ordering::Relaxed));
+        s.cached += c.cached();
+    }
+    s
+}
+
+/// The per-class counts of `shared`, one entry per class (see [`class_total`]).
 fn class_totals(shared: &PoolShared) -> Vec<ClassTotals> {
     let threads = shared.threads.lock();
-    let mut totals: Vec<ClassTotals> = shared
-        .departed
-        .iter()
-        .map(|d| ClassTotals {
-            allocations: d.allocations.load(Ordering::Relaxed),
-            releases: d.releases.load(Ordering::Relaxed),
-            cached: 0,
-        })
-        .collect();
-    for t in threads.iter() {
-        for (s, c) in totals.iter_mut().zip(t.iter().map(|c| &c.counters)) {
-            s.allocations = s
-                .allocations
-                .wrapping_add(c.allocations.load(Ordering::Relaxed));
-            s.releases = s.releases.wrapping_add(c.releases.load(Ordering::Relaxed));
-            s.cached += c.cached();
-        }
-    }
-    totals
+    (0..shared.classes.len())
+        .map(|class| class_total(shared, &threads, class))
+        .collect()
 }
 
 impl SegmentPool {
@@ -58,6 +71,11 @@ impl SegmentPool {
     }
 
     /// A snapshot of the pool's counts; `Display` prints it as a table.
+    ///
+    /// It visits every region of every class, and asks `mincore(2)` about each for its resident
+    /// bytes: its cost grows with the regions mapped (`segpool bench --only growth` measures it
+    /// from 1 to 50,000 regions). To poll the byte counts, use [`usage`](Self::usage), whose cost
+    /// does not depend on what the pool holds.
     pub fn stats(&self) -> PoolStats {
         let shared = self.shared();
         let mut classes: Vec<ClassStats> = shared
@@ -69,6 +87,7 @@ impl SegmentPool {
                 allocations: t.allocations,
                 releases: t.releases,
                 cached: t.cached,
+                in_use: t.in_use(),
                 ..ClassStats::default()
             })
             .collect();
@@ -98,7 +117,6 @@ impl SegmentPool {
             .zip(class_peaks)
         {
             let snap = c.snapshot();
-            s.in_use = s.allocations.saturating_sub(s.releases) as usize;
             s.regions = snap.regions;
             s.free = snap.slices.saturating_sub(snap.out);
             s.peak_in_use = peak;
@@ -118,6 +136,35 @@ impl SegmentPool {
         stats.releases += shared.dedicated_releases.load(Ordering::Relaxed);
         stats.classes = classes;
         stats
+    }
+
+    /// The pool's byte counts (in use, cached, mapped, dedicated, the budget) from its counters
+    /// alone: no system call, no allocation, no region visited, so it costs the same at one
+    /// region as at 50,000 (one pass over the classes for each live thread that has used the
+    /// pool). The
+    /// figures are those [`stats`](Self::stats) reports under the same names; like them, they
+    /// are exact when the pool is quiet.
+    pub fn usage(&self) -> PoolUsage {
+        let shared = self.shared();
+        let (mut in_use_bytes, mut cached_bytes) = (0, 0);
+        {
+            let threads = shared.threads.lock();
+            for (class, c) in shared.classes.iter().enumerate() {
+                let t = class_total(shared, &threads, class);
+                in_use_bytes += t.in_use() * c.size;
+                cached_bytes += t.cached * c.size;
+            }
+        }
+        let dedicated_bytes = shared.dedicated_bytes.load(Ordering::Relaxed);
+        PoolUsage {
+            mapped_bytes: shared.counts.mapped.now(),
+            in_use_bytes: in_use_bytes + dedicated_bytes,
+            cached_bytes,
+            dedicated_bytes,
+            dedicated_segments: shared.dedicated_segments.load(Ordering::Relaxed),
+            budget_bytes: shared.budget.limit_opt(),
+            budget_waiters: shared.budget.waiters(),
+        }
     }
 }
 

@@ -159,12 +159,14 @@ fn page(r: &Report) -> String {
     let _ = writeln!(out, "## Growth\n");
     let _ = writeln!(
         out,
-        "ns per allocation while one class grows, every segment kept live: a pool of 64 KiB slices in 2 MiB regions of {} slices (huge pages off), timed over {} regions' worth of allocations from each region count; then *churn*: half the slices of {} regions spread evenly over the pool (oldest first) are released and allocated again, {} times (the first untimed: it brings those regions' metadata into the cache, as the allocations just before did for the first row), ns per release+allocation pair; then *drain*: every slice of the {} oldest regions is released, oldest first, and each region is unmapped as it empties (empty regions go back at once in this pool, as they do once the grace period after a class last grew is over; the class keeps its few retained ones), ns per release (the same number are then allocated again, untimed, for the next row). Each row is the fastest of {} runs, each in a new pool.\n",
+        "ns per allocation while one class grows, every segment kept live: a pool of 64 KiB slices in 2 MiB regions of {} slices (huge pages off), timed over {} regions' worth of allocations from each region count; then *churn*: half the slices of {} regions spread evenly over the pool (oldest first) are released and allocated again, {} times (the first untimed: it brings those regions' metadata into the cache, as the allocations just before did for the first row), ns per release+allocation pair; then *drain*: every slice of the {} oldest regions is released, oldest first, and each region is unmapped as it empties (empty regions go back at once in this pool, as they do once the grace period after a class last grew is over; the class keeps its few retained ones), ns per release (the same number are then allocated again, untimed, for the next row); and what reading the pool's counts costs right after the allocation window (with the row's region count plus the window's): `stats()` (a snapshot that visits every region and asks `mincore` about each; the fastest of {} calls) and `usage()` (the byte counts from the counters alone; the mean of {} calls). Each row is the fastest of {} runs, each in a new pool.\n",
         growth::SLICES,
         growth::WINDOW,
         growth::WINDOW,
         growth::CHURN_PASSES,
         growth::WINDOW,
+        growth::STATS_CALLS,
+        growth::USAGE_CALLS,
         growth::RUNS
     );
     out.push_str(&growth::table(&r.growth).markdown());

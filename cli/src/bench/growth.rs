@@ -29,6 +29,11 @@ pub const RUNS: usize = 3;
 pub const CHURN_PASSES: usize = 5;
 /// What the claim allows: the cost at the largest region count over the cost at one region.
 const TOLERANCE: f64 = 0.20;
+/// Calls of `stats()` timed at each region count (the fastest counts: at 50,000 regions one call
+/// takes tens of milliseconds).
+pub const STATS_CALLS: usize = 3;
+/// Calls of `usage()` timed at each region count (their mean counts).
+pub const USAGE_CALLS: usize = 10_000;
 
 /// One growth row: allocations timed while a class grew from `regions` regions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +50,13 @@ pub struct GrowthPoint {
     /// thousands of newer regions still live.
     #[serde(default)]
     pub ns_per_drain_release: f64,
+    /// ns per `stats()` call right after the allocation window, `regions + WINDOW` regions (the
+    /// fastest of `STATS_CALLS`).
+    #[serde(default)]
+    pub ns_per_stats: f64,
+    /// ns per `usage()` call at the same moment (the mean of `USAGE_CALLS`).
+    #[serde(default)]
+    pub ns_per_usage: f64,
 }
 
 /// Times allocations while one class grows: a pool of `SLICE` slices in regions of `SLICES`
@@ -57,6 +69,8 @@ pub fn measure() -> Result<Vec<GrowthPoint>, Error> {
             b.ns_per_allocation = b.ns_per_allocation.min(p.ns_per_allocation);
             b.ns_per_churn_pair = b.ns_per_churn_pair.min(p.ns_per_churn_pair);
             b.ns_per_drain_release = b.ns_per_drain_release.min(p.ns_per_drain_release);
+            b.ns_per_stats = b.ns_per_stats.min(p.ns_per_stats);
+            b.ns_per_usage = b.ns_per_usage.min(p.ns_per_usage);
         }
     }
     Ok(best)
@@ -90,6 +104,20 @@ fn measure_once() -> Result<Vec<GrowthPoint>, Error> {
         }
         let ns = t0.elapsed().as_nanos() as f64 / n as f64;
         black_box(held.last().map(|s| s.as_ref().map(|s| s.as_ptr())));
+        // What reading the counts costs at this size (`at + WINDOW` regions): a full snapshot,
+        // and the counters alone.
+        let stats = (0..STATS_CALLS)
+            .map(|_| {
+                let t0 = Instant::now();
+                black_box(pool.stats());
+                t0.elapsed().as_nanos() as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        let t0 = Instant::now();
+        for _ in 0..USAGE_CALLS {
+            black_box(pool.usage());
+        }
+        let usage = t0.elapsed().as_nanos() as f64 / USAGE_CALLS as f64;
         // Churn: half the slices of every `step`-th region come back, then as many are
         // allocated again (no region empties, so none is unmapped in between).
         let step = ((held.len() - drained) / SLICES / WINDOW).max(1);
@@ -134,6 +162,8 @@ fn measure_once() -> Result<Vec<GrowthPoint>, Error> {
             ns_per_allocation: ns,
             ns_per_churn_pair: churn,
             ns_per_drain_release: drain,
+            ns_per_stats: stats,
+            ns_per_usage: usage,
         });
     }
     eprintln!();
@@ -156,29 +186,31 @@ pub fn claim(points: &[GrowthPoint]) -> Claim {
     let ratio = last.ns_per_allocation / first.ns_per_allocation;
     let churn_ratio = last.ns_per_churn_pair / first.ns_per_churn_pair;
     let drain_ratio = last.ns_per_drain_release / first.ns_per_drain_release;
+    let usage_ratio = last.ns_per_usage / first.ns_per_usage;
     let by_count: Vec<String> = points
         .iter()
         .map(|p| {
             format!(
-                "{} regions {} (churn {}, drain {})",
+                "{} regions {} (churn {}, drain {}, usage() {})",
                 p.regions,
                 ns_text(p.ns_per_allocation),
                 ns_text(p.ns_per_churn_pair),
-                ns_text(p.ns_per_drain_release)
+                ns_text(p.ns_per_drain_release),
+                ns_text(p.ns_per_usage)
             )
         })
         .collect();
     let within = |r: f64| r <= 1.0 + TOLERANCE;
     Claim {
         claim: format!(
-            "growth: allocation, churn and drain from {} regions within {:.0}% of from {}",
+            "growth: allocation, churn, drain and usage() from {} regions within {:.0}% of from {}",
             last.regions,
             TOLERANCE * 100.0,
             first.regions
         ),
-        holds: within(ratio) && within(churn_ratio) && within(drain_ratio),
+        holds: within(ratio) && within(churn_ratio) && within(drain_ratio) && within(usage_ratio),
         detail: format!(
-            "{} ({ratio:.2}x, churn {churn_ratio:.2}x, drain {drain_ratio:.2}x)",
+            "{} ({ratio:.2}x, churn {churn_ratio:.2}x, drain {drain_ratio:.2}x, usage() {usage_ratio:.2}x)",
             by_count.join(", ")
         ),
     }
@@ -192,16 +224,20 @@ pub fn text(points: &[GrowthPoint]) -> String {
          churn: ns per release+allocation pair, half of 100 regions spread over the pool\n  \
          (the same slices 4 times, after one untimed pass)\n  \
          drain: ns per release, every slice of the 100 oldest regions, oldest first\n  \
-         (each region unmapped as it empties)\n",
+         (each region unmapped as it empties)\n  \
+         stats(): ns per call (every region visited, mincore per region);\n  \
+         usage(): ns per call (the counters alone)\n",
     );
     for p in points {
         let _ = writeln!(
             out,
-            "  from {:>6} regions: allocation {}, churn {}, drain {}",
+            "  from {:>6} regions: allocation {}, churn {}, drain {}, stats() {}, usage() {}",
             p.regions,
             ns_text(p.ns_per_allocation),
             ns_text(p.ns_per_churn_pair),
-            ns_text(p.ns_per_drain_release)
+            ns_text(p.ns_per_drain_release),
+            ns_text(p.ns_per_stats),
+            ns_text(p.ns_per_usage)
         );
     }
     out
@@ -214,6 +250,8 @@ pub fn table(points: &[GrowthPoint]) -> Table {
         ("ns per allocation", 0, Align::Right),
         ("churn: ns per pair", 0, Align::Right),
         ("drain: ns per release", 0, Align::Right),
+        ("ns per stats()", 0, Align::Right),
+        ("ns per usage()", 0, Align::Right),
     ]);
     for p in points {
         t.push(vec![
@@ -221,6 +259,8 @@ pub fn table(points: &[GrowthPoint]) -> Table {
             num(p.ns_per_allocation),
             num(p.ns_per_churn_pair),
             num(p.ns_per_drain_release),
+            num(p.ns_per_stats),
+            num(p.ns_per_usage),
         ]);
     }
     t
