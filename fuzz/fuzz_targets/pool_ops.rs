@@ -10,6 +10,7 @@
 //! segments, and it agrees with `usage()`.
 #![no_main]
 
+use std::collections::BTreeMap;
 use std::sync::{mpsc, Mutex, OnceLock};
 
 use arbitrary::Arbitrary;
@@ -84,6 +85,63 @@ fn all_equal(bytes: &[u8], b: u8) -> bool {
     bytes.chunks(page.len()).all(|c| c == &page[..c.len()])
 }
 
+/// The live segments and where each lies. A segment's address and length never change, so each
+/// is checked once, when it joins: page-aligned, at least as long as asked, overlapping no other
+/// live segment (so no two live segments ever overlap). The byte totals follow the list.
+#[derive(Default)]
+struct Model {
+    live: Vec<Live>,
+    /// Start -> end of every live segment.
+    ranges: BTreeMap<usize, usize>,
+    bytes: usize,
+    dedicated_segments: usize,
+    dedicated_bytes: usize,
+}
+
+impl Model {
+    fn add(&mut self, l: Live) {
+        let (start, len) = (l.seg.as_ptr() as usize, l.seg.len());
+        let end = start + len;
+        assert_eq!(start % 4096, 0, "a segment is not page-aligned");
+        assert!(len >= l.asked, "a segment is shorter than asked");
+        // The live ranges are disjoint, so the one starting last before `end` is the only one
+        // that can reach into `start..end` if any does.
+        if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
+            assert!(
+                e <= start,
+                "two live segments overlap: {s:#x}..{e:#x} and {start:#x}..{end:#x}"
+            );
+        }
+        self.ranges.insert(start, end);
+        self.bytes += len;
+        if l.asked > CLASSES[CLASSES.len() - 1] {
+            self.dedicated_segments += 1;
+            self.dedicated_bytes += len;
+        }
+        self.live.push(l);
+    }
+
+    /// The segment in `slot` (modulo the count), out of the model; `None` when none is live.
+    fn take(&mut self, slot: u8) -> Option<Live> {
+        if self.live.is_empty() {
+            return None;
+        }
+        let l = self.live.swap_remove(usize::from(slot) % self.live.len());
+        let (start, len) = (l.seg.as_ptr() as usize, l.seg.len());
+        assert_eq!(
+            self.ranges.remove(&start),
+            Some(start + len),
+            "model out of step"
+        );
+        self.bytes -= len;
+        if l.asked > CLASSES[CLASSES.len() - 1] {
+            self.dedicated_segments -= 1;
+            self.dedicated_bytes -= len;
+        }
+        Some(l)
+    }
+}
+
 enum Work {
     Release(Live),
     Allocate(usize),
@@ -149,7 +207,7 @@ fuzz_target!(|input: Input| {
         "the previous input left segments behind"
     );
 
-    let mut live: Vec<Live> = Vec::new();
+    let mut model = Model::default();
     for op in input.ops.iter().take(256) {
         match *op {
             Op::Allocate(i) | Op::AllocateZeroed(i) => {
@@ -163,12 +221,13 @@ fuzz_target!(|input: Input| {
                 };
                 match got.map_err(Error::into_kind) {
                     Ok(seg) => {
-                        live.push(Live {
+                        let l = Live {
                             seg,
                             asked: size,
                             fill: zeroed.then_some(0),
-                        });
-                        check(live.last().unwrap());
+                        };
+                        check(&l);
+                        model.add(l);
                     }
                     Err(ErrorKind::BudgetExceeded { budget: b, .. }) => {
                         assert_eq!(b, budget);
@@ -182,21 +241,19 @@ fuzz_target!(|input: Input| {
                 }
             }
             Op::Write { slot, byte } => {
-                let n = live.len().max(1);
-                if let Some(l) = live.get_mut(usize::from(slot) % n) {
+                let n = model.live.len().max(1);
+                if let Some(l) = model.live.get_mut(usize::from(slot) % n) {
                     l.seg.fill(byte);
                     l.fill = Some(byte);
                 }
             }
             Op::Release(slot) => {
-                if !live.is_empty() {
-                    let l = live.swap_remove(usize::from(slot) % live.len());
+                if let Some(l) = model.take(slot) {
                     check(&l);
                 }
             }
             Op::ReleaseElsewhere(slot) => {
-                if !live.is_empty() {
-                    let l = live.swap_remove(usize::from(slot) % live.len());
+                if let Some(l) = model.take(slot) {
                     to_worker.send(Work::Release(l)).unwrap();
                     assert!(back.recv().unwrap().is_none());
                 }
@@ -205,32 +262,18 @@ fuzz_target!(|input: Input| {
                 let size = SIZES[usize::from(i) % SIZES.len()];
                 to_worker.send(Work::Allocate(size)).unwrap();
                 if let Some(l) = back.recv().unwrap() {
-                    live.push(l);
+                    model.add(l);
                 }
             }
             Op::Trim => {
                 pool.trim();
             }
-            Op::Stats => check_stats(pool, &live),
+            Op::Stats => check_stats(pool, &model),
         }
-        // The model's claims, after every step.
-        let mut ranges: Vec<(usize, usize)> = live
-            .iter()
-            .map(|l| {
-                let start = l.seg.as_ptr() as usize;
-                assert_eq!(start % 4096, 0, "a segment is not page-aligned");
-                assert!(l.seg.len() >= l.asked, "a segment is shorter than asked");
-                (start, start + l.seg.len())
-            })
-            .collect();
-        ranges.sort_unstable();
-        for w in ranges.windows(2) {
-            assert!(w[0].1 <= w[1].0, "two live segments overlap: {:x?}", w);
-        }
+        // The pool's counts against the model, after every step.
         let usage = pool.usage();
         assert_eq!(
-            usage.in_use_bytes,
-            live_bytes(&live),
+            usage.in_use_bytes, model.bytes,
             "in-use bytes do not add up"
         );
         assert!(usage.mapped_bytes <= budget, "mapped above the budget");
@@ -241,39 +284,29 @@ fuzz_target!(|input: Input| {
         if !input.thread_cache {
             assert_eq!(usage.cached_bytes, 0, "cached without thread caches");
         }
-        let dedicated: Vec<&Live> = live.iter().filter(|l| l.asked > CLASSES[5]).collect();
         assert_eq!(
-            usage.dedicated_segments,
-            dedicated.len(),
-            "dedicated segments"
-        );
-        assert_eq!(
-            usage.dedicated_bytes,
-            dedicated.iter().map(|l| l.seg.len()).sum::<usize>(),
-            "dedicated bytes"
+            (usage.dedicated_segments, usage.dedicated_bytes),
+            (model.dedicated_segments, model.dedicated_bytes),
+            "dedicated segments and bytes"
         );
     }
-    for l in &live {
+    for l in &model.live {
         check(l);
     }
-    check_stats(pool, &live);
-    drop(live);
+    check_stats(pool, &model);
+    drop(model);
     let stats = pool.stats();
     assert_eq!(stats.in_use_bytes, 0);
     assert_eq!(stats.dedicated_segments, 0);
     agree(&pool.usage(), &stats);
 });
 
-fn live_bytes(live: &[Live]) -> usize {
-    live.iter().map(|l| l.seg.len()).sum()
-}
-
 /// The full snapshot against the model (its per-class counts add up to the live segments) and
 /// against `usage()`, read right after it on this thread (the worker thread is idle between
 /// steps, so nothing moves in between).
-fn check_stats(pool: &SegmentPool, live: &[Live]) {
+fn check_stats(pool: &SegmentPool, model: &Model) {
     let stats = pool.stats();
-    let live_bytes = live_bytes(live);
+    let live_bytes = model.bytes;
     assert_eq!(stats.in_use_bytes, live_bytes, "in-use bytes do not add up");
     let class_in_use: usize = stats.classes.iter().map(|c| c.in_use * c.size).sum();
     assert_eq!(
