@@ -249,6 +249,46 @@ typedef struct SegpoolClassStats {
   uint64_t releases;
 } SegpoolClassStats;
 
+/**
+ * A pool's byte counts, filled by `segpool_usage`: the fields of the same names in
+ * `SegpoolStats`, read from the pool's counters alone (no system call, no region visited), so a
+ * program can poll them as often as it likes whatever the pool holds.
+ */
+typedef struct SegpoolUsage {
+  /**
+   * Bytes mapped right now (regions and dedicated mappings): what the budget bounds.
+   */
+  size_t mapped_bytes;
+  /**
+   * Bytes of live segments (class size each, or page-rounded size for dedicated ones).
+   */
+  size_t in_use_bytes;
+  /**
+   * Bytes of free slices parked in per-thread caches.
+   */
+  size_t cached_bytes;
+  /**
+   * The budget in bytes; 0 when the pool has none.
+   */
+  size_t budget_bytes;
+  /**
+   * Live segments served by a dedicated mapping (above the largest class).
+   */
+  size_t dedicated_segments;
+  /**
+   * Bytes of those dedicated mappings.
+   */
+  size_t dedicated_bytes;
+  /**
+   * Threads waiting in `segpool_allocate` for room under the budget right now.
+   */
+  size_t budget_waiters;
+  /**
+   * Live segment handles of this pool (allocated and not yet released).
+   */
+  size_t live_segments;
+} SegpoolUsage;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -358,6 +398,19 @@ SegpoolStatus segpool_stats(SegpoolPool pool,
                             struct SegpoolStats *stats_out,
                             struct SegpoolClassStats *classes,
                             size_t classes_len);
+
+/**
+ * Fills `*usage_out` with the pool's byte counts. Unlike `segpool_stats`, whose cost grows with
+ * the regions the pool has mapped (it visits each and asks the kernel which pages are
+ * resident), this reads counters only: no system call, no allocation.
+ *
+ * Checks: `usage_out` is not NULL (`NULL_POINTER`); `pool` as `segpool_pool_free` does.
+ *
+ * # Safety
+ *
+ * * `usage_out`, when not NULL, points to a writable `SegpoolUsage`.
+ */
+SegpoolStatus segpool_usage(SegpoolPool pool, struct SegpoolUsage *usage_out);
 
 /**
  * Unmaps every region of the pool that holds no segment, and writes the bytes unmapped to

@@ -101,6 +101,30 @@ pub struct SegpoolStats {
     pub class_count: usize,
 }
 
+/// A pool's byte counts, filled by `segpool_usage`: the fields of the same names in
+/// `SegpoolStats`, read from the pool's counters alone (no system call, no region visited), so a
+/// program can poll them as often as it likes whatever the pool holds.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegpoolUsage {
+    /// Bytes mapped right now (regions and dedicated mappings): what the budget bounds.
+    pub mapped_bytes: usize,
+    /// Bytes of live segments (class size each, or page-rounded size for dedicated ones).
+    pub in_use_bytes: usize,
+    /// Bytes of free slices parked in per-thread caches.
+    pub cached_bytes: usize,
+    /// The budget in bytes; 0 when the pool has none.
+    pub budget_bytes: usize,
+    /// Live segments served by a dedicated mapping (above the largest class).
+    pub dedicated_segments: usize,
+    /// Bytes of those dedicated mappings.
+    pub dedicated_bytes: usize,
+    /// Threads waiting in `segpool_allocate` for room under the budget right now.
+    pub budget_waiters: usize,
+    /// Live segment handles of this pool (allocated and not yet released).
+    pub live_segments: usize,
+}
+
 /// The counts of one size class, filled by `segpool_stats`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -372,6 +396,41 @@ pub unsafe extern "C" fn segpool_stats(
             // writable entries (# Safety).
             unsafe { classes.add(i).write(entry) };
         }
+        Ok(())
+    })
+}
+
+/// Fills `*usage_out` with the pool's byte counts. Unlike `segpool_stats`, whose cost grows with
+/// the regions the pool has mapped (it visits each and asks the kernel which pages are
+/// resident), this reads counters only: no system call, no allocation.
+///
+/// Checks: `usage_out` is not NULL (`NULL_POINTER`); `pool` as `segpool_pool_free` does.
+///
+/// # Safety
+///
+/// * `usage_out`, when not NULL, points to a writable `SegpoolUsage`.
+#[no_mangle]
+pub unsafe extern "C" fn segpool_usage(
+    pool: SegpoolPool,
+    usage_out: *mut SegpoolUsage,
+) -> SegpoolStatus {
+    run(|| {
+        if usage_out.is_null() {
+            return Err(null("usage_out"));
+        }
+        let (u, live) = pools::lookup(pool)?.usage();
+        let out = SegpoolUsage {
+            mapped_bytes: u.mapped_bytes,
+            in_use_bytes: u.in_use_bytes,
+            cached_bytes: u.cached_bytes,
+            budget_bytes: u.budget_bytes.unwrap_or(0),
+            dedicated_segments: u.dedicated_segments,
+            dedicated_bytes: u.dedicated_bytes,
+            budget_waiters: u.budget_waiters,
+            live_segments: live,
+        };
+        // SAFETY: not NULL, and the caller promises a writable `SegpoolUsage` (# Safety).
+        unsafe { usage_out.write(out) };
         Ok(())
     })
 }

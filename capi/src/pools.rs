@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{const_rwlock, Mutex, RwLock};
-use segpool::{PoolStats, Segment, SegmentPool};
+use segpool::{PoolStats, PoolUsage, Segment, SegmentPool};
 
 use crate::handle::{
     self, PoolBits, SegmentBits, GEN_BITS, GEN_MASK, MAX_POOL_INDEX, MAX_SLOTS, SERIAL_LIMIT,
@@ -292,6 +292,12 @@ impl RegisteredPool {
     pub(crate) fn stats(&self) -> (PoolStats, usize) {
         let stats = self.pool.stats();
         (stats, self.slots.lock().live)
+    }
+
+    /// The Rust pool's usage and the number of live segment handles.
+    pub(crate) fn usage(&self) -> (PoolUsage, usize) {
+        let usage = self.pool.usage();
+        (usage, self.slots.lock().live)
     }
 
     /// Unmaps the regions that hold no segment; returns the bytes unmapped.

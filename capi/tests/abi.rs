@@ -157,3 +157,69 @@ fn reused_pool_indices_refuse_the_segments_of_earlier_pools() {
         assert_eq!(segpool_pool_free(pool), SegpoolStatus::Ok);
     }
 }
+
+#[test]
+fn usage_reports_what_stats_reports_and_refuses_what_stats_refuses() {
+    let pool = create();
+    let segs: Vec<SegpoolSegment> = [4096, 5000, 64 << 10, 1 << 20]
+        .iter()
+        .map(|&size| allocate(pool, size).unwrap())
+        .collect();
+    let mut u = SegpoolUsage::default();
+    // SAFETY: `u` is a live local.
+    assert_eq!(unsafe { segpool_usage(pool, &mut u) }, SegpoolStatus::Ok);
+    let s = stats(pool);
+    assert_eq!(u.live_segments, 4);
+    assert_eq!(
+        (
+            u.mapped_bytes,
+            u.in_use_bytes,
+            u.cached_bytes,
+            u.budget_bytes
+        ),
+        (
+            s.mapped_bytes,
+            s.in_use_bytes,
+            s.cached_bytes,
+            s.budget_bytes
+        )
+    );
+    assert_eq!(
+        (
+            u.dedicated_segments,
+            u.dedicated_bytes,
+            u.budget_waiters,
+            u.live_segments
+        ),
+        (
+            s.dedicated_segments,
+            s.dedicated_bytes,
+            s.budget_waiters,
+            s.live_segments
+        )
+    );
+    assert!(
+        u.in_use_bytes >= 4096 + 5000 + (64 << 10) + (1 << 20),
+        "{u:?}"
+    );
+
+    // SAFETY: a NULL `usage_out` is refused before anything is written.
+    let st = unsafe { segpool_usage(pool, std::ptr::null_mut()) };
+    assert_eq!(st, SegpoolStatus::NullPointer);
+    for seg in segs {
+        assert_eq!(segpool_release(pool, seg), SegpoolStatus::Ok);
+    }
+    assert_eq!(segpool_pool_free(pool), SegpoolStatus::Ok);
+    let mut after = SegpoolUsage::default();
+    // SAFETY: `after` is a live local; the freed handle is refused.
+    let st = unsafe { segpool_usage(pool, &mut after) };
+    assert_eq!(st, SegpoolStatus::StaleHandle);
+    assert_eq!(
+        after,
+        SegpoolUsage::default(),
+        "a refused call wrote nothing"
+    );
+    // SAFETY: as above; a handle that was never issued.
+    let st = unsafe { segpool_usage(0xdead_beef, &mut after) };
+    assert_ne!(st, SegpoolStatus::Ok);
+}

@@ -16,6 +16,7 @@ fn committed_header_matches_the_generated_one() {
         "segpool_segment_len",
         "segpool_release",
         "segpool_stats",
+        "segpool_usage",
         "segpool_trim",
         "segpool_last_error_message",
         "segpool_last_error_copy",

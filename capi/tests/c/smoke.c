@@ -158,6 +158,18 @@ int main(void) {
     EXPECT(SEGPOOL_STATUS_NULL_POINTER, segpool_stats(pool, NULL, NULL, 0));
     EXPECT(SEGPOOL_STATUS_NULL_POINTER, segpool_stats(pool, &st, NULL, 4));
 
+    /* Usage: the byte counts alone, the same as the stats' on a quiet pool. */
+    SegpoolUsage u;
+    memset(&u, 0, sizeof u);
+    EXPECT(SEGPOOL_STATUS_OK, segpool_usage(pool, &u));
+    CHECK(u.in_use_bytes == st.in_use_bytes && u.mapped_bytes == st.mapped_bytes &&
+              u.cached_bytes == st.cached_bytes && u.budget_bytes == st.budget_bytes,
+          "usage agrees with stats: in use %zu/%zu, mapped %zu/%zu", u.in_use_bytes,
+          st.in_use_bytes, u.mapped_bytes, st.mapped_bytes);
+    CHECK(u.live_segments == N, "usage: %d live segments, got %zu", N, u.live_segments);
+    EXPECT(SEGPOOL_STATUS_NULL_POINTER, segpool_usage(pool, NULL));
+    EXPECT_MESSAGE("usage_out");
+
     /* Release one; its handle is now stale, a second release is refused. */
     SegpoolSegment released = seg[0];
     EXPECT(SEGPOOL_STATUS_OK, segpool_release(pool, released));
