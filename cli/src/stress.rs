@@ -173,7 +173,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         // The progress line, on this thread, until every worker is done.
         let progress = progress_line(args.seconds);
         while handles.iter().any(|h| !h.is_finished()) {
-            let st = pool.stats();
+            let st = pool.usage();
             let c = &run.counts;
             let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
             let elapsed = started.elapsed();

@@ -79,7 +79,7 @@ pub(super) fn serialize(
         };
         // The progress display, on this thread, until the writer is done.
         while !writer.is_finished() {
-            let st = pool.stats();
+            let st = pool.usage();
             let done = done_records.load(Ordering::Relaxed);
             progress.set_position(done);
             progress.set_message(format!(
