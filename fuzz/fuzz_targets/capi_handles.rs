@@ -39,6 +39,7 @@ enum Op {
     },
     Stats(Handle),
     Trim(Handle),
+    Usage(Handle),
 }
 
 #[derive(Default)]
@@ -235,6 +236,34 @@ fuzz_target!(|ops: Vec<Op>| {
                     assert_eq!(stats.live_segments, live);
                 } else {
                     assert_ne!(st, SegpoolStatus::Ok);
+                }
+            }
+            Op::Usage(h) => {
+                let p = m.resolve(h);
+                let mut usage = SegpoolUsage::default();
+                // SAFETY: the out pointer is a live local.
+                let st = unsafe { segpool_usage(p, &mut usage) };
+                if m.pools.contains(&p) {
+                    assert_eq!(st, SegpoolStatus::Ok);
+                    let mine = m.segments.iter().filter(|s| s.0 == p);
+                    assert_eq!(usage.live_segments, mine.clone().count());
+                    assert_eq!(
+                        usage.in_use_bytes,
+                        mine.map(|s| s.2).sum::<usize>(),
+                        "in-use bytes are not the live segments' lengths"
+                    );
+                    let mut stats = SegpoolStats::default();
+                    // SAFETY: the out pointer is a live local; no class array.
+                    let st = unsafe { segpool_stats(p, &mut stats, std::ptr::null_mut(), 0) };
+                    assert_eq!(st, SegpoolStatus::Ok);
+                    assert_eq!(
+                        (usage.in_use_bytes, usage.mapped_bytes, usage.cached_bytes),
+                        (stats.in_use_bytes, stats.mapped_bytes, stats.cached_bytes),
+                        "usage and stats disagree"
+                    );
+                } else {
+                    assert_ne!(st, SegpoolStatus::Ok);
+                    assert_eq!(usage, SegpoolUsage::default(), "a refused call wrote");
                 }
             }
             Op::Trim(h) => {
