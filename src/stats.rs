@@ -88,7 +88,8 @@ pub struct PoolStats {
 /// A [`PoolStats`] snapshot walks every region of every class and asks `mincore(2)` about each
 /// (for the resident bytes and the per-class free slices), so its cost grows with what the pool
 /// has mapped; `usage()` makes no system call, allocates nothing and visits no region: its cost
-/// is one pass over the classes for each thread that has used the pool, whatever the pool holds.
+/// is one pass over the classes for each live thread that has used the pool, whatever the pool
+/// holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]

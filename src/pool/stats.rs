@@ -1,5 +1,5 @@
-//! What a pool reports about itself: [`PoolStats`] and the leak report, both from one fold of
-//! the per-thread counts ([`class_totals`]).
+//! What a pool reports about itself: [`PoolStats`], [`PoolUsage`] and the leak report, all from
+//! one fold of the per-thread counts ([`class_total`]).
 
 use super::thread_cache::ClassCache;
 use super::{PoolShared, SegmentPool};
@@ -20,16 +20,10 @@ struct ClassTotals {
 }
 
 impl ClassTotals {
-    /// Segments of the class out right now (allocations minus releases, never below zero).
+    /// Segments of the class the user holds right now (allocations minus releases, never below
+    /// zero): [`ClassStats::in_use`](crate::ClassStats::in_use).
     fn outstanding(&self) -> usize {
         (self.allocations.wrapping_sub(self.releases) as i64).max(0) as usize
-    }
-}
-
-impl ClassTotals {
-    /// Segments of the class the user holds right now, as [`ClassStats::in_use`] reports it.
-    fn in_use(&self) -> usize {
-        self.allocations.saturating_sub(self.releases) as usize
     }
 }
 
@@ -87,7 +81,7 @@ impl SegmentPool {
                 allocations: t.allocations,
                 releases: t.releases,
                 cached: t.cached,
-                in_use: t.in_use(),
+                in_use: t.outstanding(),
                 ..ClassStats::default()
             })
             .collect();
@@ -141,9 +135,8 @@ impl SegmentPool {
     /// The pool's byte counts (in use, cached, mapped, dedicated, the budget) from its counters
     /// alone: no system call, no allocation, no region visited, so it costs the same at one
     /// region as at 50,000 (one pass over the classes for each live thread that has used the
-    /// pool). The
-    /// figures are those [`stats`](Self::stats) reports under the same names; like them, they
-    /// are exact when the pool is quiet.
+    /// pool). The figures are those [`stats`](Self::stats) reports under the same names; like
+    /// them, they are exact when the pool is quiet.
     pub fn usage(&self) -> PoolUsage {
         let shared = self.shared();
         let (mut in_use_bytes, mut cached_bytes) = (0, 0);
@@ -151,7 +144,7 @@ impl SegmentPool {
             let threads = shared.threads.lock();
             for (class, c) in shared.classes.iter().enumerate() {
                 let t = class_total(shared, &threads, class);
-                in_use_bytes += t.in_use() * c.size;
+                in_use_bytes += t.outstanding() * c.size;
                 cached_bytes += t.cached * c.size;
             }
         }
