@@ -2,7 +2,8 @@
 
 Usage: python3 client.py LIBSEGPOOL_CAPI_SO SEGPOOL_H
 
-Allocates from several threads at once, writes and reads every segment, and checks the status
+Allocates from several threads at once, writes and reads every segment, reads the counts
+(stats and usage), and checks the status
 code of every kind of bad handle (stale, double release, forged, null, wrong kind, wrong pool,
 freed pool) and that a refused call changes nothing. The status values are read from the
 header, so this client checks the header too. Prints "python: N checks passed" and exits 0, or
@@ -80,6 +81,21 @@ class Stats(ctypes.Structure):
         return tuple(getattr(self, f) for f in STATS_FIELDS)
 
 
+USAGE_FIELDS = [
+    "mapped_bytes", "in_use_bytes", "cached_bytes", "budget_bytes", "dedicated_segments",
+    "dedicated_bytes", "budget_waiters", "live_segments",
+]
+usage_body = re.search(r"typedef struct SegpoolUsage \{(.*?)\} SegpoolUsage;", header, re.S).group(1)
+check(
+    re.findall(r"^\s*size_t (\w+);", usage_body, re.M) == USAGE_FIELDS,
+    "SegpoolUsage fields match the header",
+)
+
+
+class Usage(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in USAGE_FIELDS]
+
+
 class ClassStats(ctypes.Structure):
     _fields_ = [
         ("size", ctypes.c_size_t), ("in_use", ctypes.c_size_t), ("free", ctypes.c_size_t),
@@ -99,6 +115,7 @@ for name, args in {
     "segpool_release": [u64, u64],
     "segpool_stats": [u64, ctypes.POINTER(Stats), ctypes.POINTER(ClassStats), size_t],
     "segpool_trim": [u64, ctypes.POINTER(size_t)],
+    "segpool_usage": [u64, ctypes.POINTER(Usage)],
 }.items():
     f = getattr(lib, name)
     f.argtypes, f.restype = args, i32
@@ -233,6 +250,15 @@ st_, in_other = allocate(other, 100)
 expect("OK", st_, "allocate in other pool")
 before = stats(pool).as_tuple()
 before_other = stats(other).as_tuple()
+u = Usage()
+expect("OK", lib.segpool_usage(pool, ctypes.byref(u)), "usage")
+check(
+    (u.in_use_bytes, u.mapped_bytes, u.live_segments)
+    == (before[STATS_FIELDS.index("in_use_bytes")], before[STATS_FIELDS.index("mapped_bytes")], 4),
+    "usage agrees with stats",
+)
+expect("NULL_POINTER", lib.segpool_usage(pool, None), "NULL usage_out")
+expect("INVALID_HANDLE", lib.segpool_usage(keep[0][0], ctypes.byref(u)), "usage of a segment handle")
 
 expect("STALE_HANDLE", lib.segpool_release(pool, gone), "stale handle")
 expect("STALE_HANDLE", lib.segpool_release(pool, gone), "double release, again")
