@@ -2,10 +2,9 @@
 
 Usage: python3 client.py LIBSEGPOOL_CAPI_SO SEGPOOL_H
 
-Allocates from several threads at once, writes and reads every segment, reads the counts
-(stats and usage), and checks the status
-code of every kind of bad handle (stale, double release, forged, null, wrong kind, wrong pool,
-freed pool) and that a refused call changes nothing. The status values are read from the
+Allocates from several threads at once, writes and reads every segment, reads the counts (stats
+and usage), and checks the status code of every kind of bad handle (stale, double release,
+forged, null, wrong kind, wrong pool, freed pool) and that a refused call changes nothing. The status values are read from the
 header, so this client checks the header too. Prints "python: N checks passed" and exits 0, or
 raises (exit 1) naming the failed check.
 """
