@@ -137,6 +137,20 @@ impl SegmentPool {
     /// region as at 50,000 (one pass over the classes for each live thread that has used the
     /// pool). The figures are those [`stats`](Self::stats) reports under the same names; like
     /// them, they are exact when the pool is quiet.
+    ///
+    /// ```
+    /// # fn main() -> segpool::Result<()> {
+    /// let pool = segpool::SegmentPool::builder().budget(64 << 20).build()?;
+    /// let seg = pool.allocate(10_000)?; // a 16 KiB slice
+    /// let u = pool.usage();
+    /// assert_eq!(u.in_use_bytes, 16 << 10);
+    /// // Shed load before the budget refuses anything.
+    /// let nearly_full = u.mapped_bytes > u.budget_bytes.unwrap() / 10 * 9;
+    /// assert!(!nearly_full);
+    /// # drop(seg);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn usage(&self) -> PoolUsage {
         let shared = self.shared();
         let (mut in_use_bytes, mut cached_bytes) = (0, 0);
