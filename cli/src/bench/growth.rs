@@ -50,8 +50,8 @@ pub struct GrowthPoint {
     /// thousands of newer regions still live.
     #[serde(default)]
     pub ns_per_drain_release: f64,
-    /// ns per `stats()` call right after the allocation window, `regions + WINDOW` regions (the
-    /// fastest of `STATS_CALLS`).
+    /// ns per `stats()` call at the end of the row, with `regions + WINDOW` regions (the fastest
+    /// of `STATS_CALLS`).
     #[serde(default)]
     pub ns_per_stats: f64,
     /// ns per `usage()` call at the same moment (the mean of `USAGE_CALLS`).
@@ -104,20 +104,6 @@ fn measure_once() -> Result<Vec<GrowthPoint>, Error> {
         }
         let ns = t0.elapsed().as_nanos() as f64 / n as f64;
         black_box(held.last().map(|s| s.as_ref().map(|s| s.as_ptr())));
-        // What reading the counts costs at this size (`at + WINDOW` regions): a full snapshot,
-        // and the counters alone.
-        let stats = (0..STATS_CALLS)
-            .map(|_| {
-                let t0 = Instant::now();
-                black_box(pool.stats());
-                t0.elapsed().as_nanos() as f64
-            })
-            .fold(f64::INFINITY, f64::min);
-        let t0 = Instant::now();
-        for _ in 0..USAGE_CALLS {
-            black_box(pool.usage());
-        }
-        let usage = t0.elapsed().as_nanos() as f64 / USAGE_CALLS as f64;
         // Churn: half the slices of every `step`-th region come back, then as many are
         // allocated again (no region empties, so none is unmapped in between).
         let step = ((held.len() - drained) / SLICES / WINDOW).max(1);
@@ -157,6 +143,22 @@ fn measure_once() -> Result<Vec<GrowthPoint>, Error> {
         for _ in 0..n {
             held.push(Some(pool.allocate(SLICE)?));
         }
+        // What reading the counts costs at this size (`at + WINDOW` regions again): a full
+        // snapshot, and the counters alone. Timed last in the row: a snapshot touches every
+        // region's metadata and page tables, which would leave the churn and drain passes
+        // with cold caches.
+        let stats = (0..STATS_CALLS)
+            .map(|_| {
+                let t0 = Instant::now();
+                black_box(pool.stats());
+                t0.elapsed().as_nanos() as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        let t0 = Instant::now();
+        for _ in 0..USAGE_CALLS {
+            black_box(pool.usage());
+        }
+        let usage = t0.elapsed().as_nanos() as f64 / USAGE_CALLS as f64;
         out.push(GrowthPoint {
             regions,
             ns_per_allocation: ns,
