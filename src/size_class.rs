@@ -46,11 +46,13 @@ pub(crate) const CACHE_MAX_SLICES: usize = 128;
 /// row of `segpool bench` under the channel's cost plus 30 ns (docs/design.md); an idle thread
 /// holds up to this much per class until its next call or exit.
 pub(crate) const CACHE_MAX_BYTES: usize = 4 << 20;
-/// Classes above [`CACHE_MAX_BYTES`] are cached one slice per class per thread, and only while
-/// the thread's cached bytes in all such classes of one pool stay within this bound (checked on
-/// the slow release path; their fast path never caches). Beyond it a release goes straight back
-/// to the region, still without a system call. 1 GiB: one slice of every class up to 256 MiB
-/// fits at once, or one of the largest.
+/// What one thread may hold cached in all the classes above [`CACHE_MAX_BYTES`] of one pool.
+/// Those classes cache one slice each, smallest class first, as long as their sizes add up to
+/// within this bound; the classes past it are not cached (see
+/// [`SizeClasses::cache_capacities`]). So the bound holds by construction, and the fast path
+/// caches these classes like any other, with no count of the thread's cached bytes to keep.
+/// 1 GiB: with the default classes one slice of every class from 8 MiB to 512 MiB (1016 MiB in
+/// all); a 1 GiB slice goes straight back to its region, still without a system call.
 pub(crate) const THREAD_LARGE_CACHE_BYTES: usize = 1 << 30;
 
 /// Marks a size with no class: served by a dedicated mapping.
@@ -170,12 +172,35 @@ impl SizeClasses {
         r.max(size)
     }
 
-    /// How many free slices of class `size` one thread may keep cached.
+    /// How many free slices of each class (`sizes`, strictly increasing) one thread may keep
+    /// cached: [`cache_capacity`](Self::cache_capacity) of each, except that the classes above
+    /// `CACHE_MAX_BYTES` that it would cache get one slice each only while their sizes, smallest
+    /// first, add up to within [`THREAD_LARGE_CACHE_BYTES`], and none past that. What a thread
+    /// holds cached in those classes is then within the bound whatever it does.
+    pub(crate) fn cache_capacities(sizes: &[usize], budget: Option<usize>) -> Vec<usize> {
+        let mut large = 0usize;
+        sizes
+            .iter()
+            .map(|&size| {
+                let cap = Self::cache_capacity(size, budget);
+                if size <= CACHE_MAX_BYTES || cap == 0 {
+                    cap
+                } else if large + size <= THREAD_LARGE_CACHE_BYTES {
+                    large += size;
+                    1
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    /// How many free slices of class `size` one thread may keep cached, the class alone.
     ///
     /// `min(CACHE_MAX_SLICES, CACHE_MAX_BYTES / size)`, at least one (above `CACHE_MAX_BYTES`
-    /// the thread's total also bounds it, see [`THREAD_LARGE_CACHE_BYTES`]); under a budget also
-    /// at most `budget / (16 * size)` (possibly zero: the class is then not cached), so caches can
-    /// never hold a large share of a tight budget.
+    /// the classes together are bounded too, see [`cache_capacities`](Self::cache_capacities));
+    /// under a budget also at most `budget / (16 * size)` (possibly zero: the class is then not
+    /// cached), so caches can never hold a large share of a tight budget.
     pub(crate) fn cache_capacity(size: usize, budget: Option<usize>) -> usize {
         let mut cap = (CACHE_MAX_BYTES / size).clamp(1, CACHE_MAX_SLICES);
         if let Some(b) = budget {
@@ -239,5 +264,30 @@ mod tests {
         assert_eq!(SizeClasses::cache_capacity(64 << 20, None), 1);
         assert_eq!(SizeClasses::cache_capacity(1 << 30, None), 1);
         assert_eq!(SizeClasses::cache_capacity(2 << 20, Some(16 << 20)), 0);
+    }
+
+    #[test]
+    fn the_large_classes_together_stay_within_the_thread_bound() {
+        const MIB: usize = 1 << 20;
+        let caps = SizeClasses::cache_capacities(&DEFAULT_SIZE_CLASSES, None);
+        let by_size: Vec<(usize, usize)> = DEFAULT_SIZE_CLASSES.iter().copied().zip(caps).collect();
+        // Up to 4 MiB: the class's own bound.
+        for &(size, cap) in by_size.iter().filter(|c| c.0 <= CACHE_MAX_BYTES) {
+            assert_eq!(cap, SizeClasses::cache_capacity(size, None), "{size}");
+        }
+        // Above it: one slice from 8 MiB to 512 MiB (1016 MiB in all), none of 1 GiB.
+        let large: Vec<_> = by_size.iter().filter(|c| c.0 > CACHE_MAX_BYTES).collect();
+        for &&(size, cap) in &large {
+            assert_eq!(cap, usize::from(size <= 512 * MIB), "{size}");
+        }
+        let held: usize = large.iter().map(|c| c.0 * c.1).sum();
+        assert_eq!(held, 1016 * MIB);
+        assert!(held <= THREAD_LARGE_CACHE_BYTES);
+        // Smallest first: a class that does not fit leaves the room to none after it.
+        let caps = SizeClasses::cache_capacities(&[8 * MIB, 1000 * MIB, 1020 * MIB, 1 << 30], None);
+        assert_eq!(caps, [1, 1, 0, 0]);
+        // Under a budget a class the budget leaves uncached takes no room.
+        let caps = SizeClasses::cache_capacities(&[8 * MIB, 512 * MIB], Some(4 << 30));
+        assert_eq!(caps, [1, 0]);
     }
 }

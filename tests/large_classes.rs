@@ -43,10 +43,17 @@ fn vm_flags(addr: usize) -> String {
     panic!("no mapping holds {addr:#x}");
 }
 
+/// A default pool without the background purger: a slice that sits free in its region (the
+/// 1 GiB class is not thread-cached) must not be purged, nor the purger's `madvise` counted,
+/// while a test counts calls.
+fn unpurged_pool() -> SegmentPool {
+    SegmentPool::builder().purge_decay(None).build().unwrap()
+}
+
 #[test]
 fn large_segments_are_reused_without_a_system_call() {
     let _s = serial();
-    let pool = SegmentPool::new().unwrap();
+    let pool = unpurged_pool();
     for size in [2 * MIB, 3 * MIB, 16 * MIB, 64 * MIB, 256 * MIB, GIB] {
         let class = size.next_power_of_two();
         let mut seg = pool.allocate(size).unwrap();
@@ -182,9 +189,35 @@ fn a_thread_exit_returns_its_cached_large_slices() {
 }
 
 #[test]
+fn a_thread_caches_one_slice_of_each_large_class_within_1_gib_in_all() {
+    let _s = serial();
+    let pool = unpurged_pool();
+    let sizes: Vec<usize> = (3..=10).map(|b| MIB << b).collect(); // 8 MiB ..= 1 GiB
+    let worker = {
+        let pool = pool.clone();
+        thread::spawn(move || {
+            let segs: Vec<_> = sizes.iter().map(|&s| pool.allocate(s).unwrap()).collect();
+            drop(segs);
+            let after_one = pool.usage().cached_bytes;
+            // A second round: each cached class hands its slice out and takes it back; the
+            // thread never holds more.
+            let segs: Vec<_> = sizes.iter().map(|&s| pool.allocate(s).unwrap()).collect();
+            drop(segs);
+            (after_one, pool.usage().cached_bytes)
+        })
+    };
+    let (after_one, after_two) = worker.join().unwrap();
+    // One slice of every class from 8 MiB to 512 MiB; the 1 GiB slice went to its region.
+    assert_eq!(after_one, 1016 * MIB);
+    assert_eq!(after_two, 1016 * MIB);
+    let usage = pool.usage();
+    assert_eq!((usage.cached_bytes, usage.in_use_bytes), (0, 0), "{usage}");
+}
+
+#[test]
 fn a_gib_segment_is_pooled() {
     let _s = serial();
-    let pool = SegmentPool::new().unwrap();
+    let pool = unpurged_pool();
     let before = mapping_calls();
     let mut seg = pool.allocate(GIB).unwrap();
     assert_eq!(mapping_calls().since(&before).mmap, 1);

@@ -303,11 +303,17 @@ impl SegmentPoolBuilder {
         }
         let clock = crate::clock::Clock::new();
         static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let cache_caps = if self.thread_cache {
+            SizeClasses::cache_capacities(classes.sizes(), self.budget)
+        } else {
+            vec![0; classes.sizes().len()]
+        };
         let class_pools = classes
             .sizes()
             .iter()
+            .zip(cache_caps)
             .enumerate()
-            .map(|(i, &size)| {
+            .map(|(i, (&size, cache))| {
                 let mut region = SizeClasses::region_size(size, self.region_size, self.budget);
                 let stride = if self.diagnostics.is_full() {
                     crate::diagnostics::guard::stride(size, page)
@@ -318,11 +324,6 @@ impl SegmentPoolBuilder {
                     region =
                         crate::diagnostics::guard::region_size(region, size, stride, self.budget);
                 }
-                let cache = if self.thread_cache {
-                    SizeClasses::cache_capacity(size, self.budget)
-                } else {
-                    0
-                };
                 let retain = self
                     .retain_empty_regions
                     .unwrap_or((RETAINED_EMPTY_BYTES / region).max(1));

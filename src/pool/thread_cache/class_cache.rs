@@ -28,7 +28,7 @@ pub(super) const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 /// # Invariants
 ///
 /// * Its length is `counters.cached()` (derived, module docs), and `length <= cap <=
-///   CACHE_MAX_SLICES`, or `length <= 1` for a byte-bounded class (whose `cap` is 0).
+///   CACHE_MAX_SLICES` (`cap` is 1 for a byte-bounded class).
 /// * `slots[..length]` are slices of this class of this pool, each counted in its region and
 ///   owned by the cache alone.
 /// * Only the owning thread (whose `PoolCache` holds the array) touches `slots` or `uncounted`,
@@ -42,11 +42,12 @@ pub(super) const NO_SLOT: Slot = (0, RegionRef(NonNull::dangling()));
 #[repr(align(128))]
 pub(crate) struct ClassCache {
     pub(crate) counters: ClassCounters,
-    /// The bound the fast path checks. 0 for a byte-bounded class, whose fast path never caches.
+    /// The bound the fast path checks.
     pub(super) cap: usize,
-    /// The class is above `CACHE_MAX_BYTES` (8 MiB and up by default): the slow release caches
-    /// one slice while the thread's cached bytes in such classes of this pool stay within
-    /// `THREAD_LARGE_CACHE_BYTES` (see [`release_slow`]), and a refill takes exactly one slice.
+    /// The class is above `CACHE_MAX_BYTES` (8 MiB and up by default) and cached: one slice
+    /// (`cap` is 1; which of these classes are cached keeps the thread's total within
+    /// `THREAD_LARGE_CACHE_BYTES`, see `SizeClasses::cache_capacities`). A refill takes exactly
+    /// one slice, and a release that finds the slot taken goes to its region.
     pub(super) byte_bounded: bool,
     /// The class's slice size (what a segment's `len()` is).
     pub(super) size: usize,
@@ -88,7 +89,7 @@ impl ClassCache {
         Self {
             counters: ClassCounters::default(),
             cap: if size > CACHE_MAX_BYTES {
-                0
+                cap.min(1)
             } else {
                 cap.min(CACHE_MAX_SLICES)
             },

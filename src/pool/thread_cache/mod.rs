@@ -9,9 +9,10 @@
 //!
 //! * A class caches at most [`SizeClasses::cache_capacity`](crate::size_class::SizeClasses)
 //!   slices (128 slices or 4 MiB, whichever is less, at least one; under a budget at most 1/16 of
-//!   it). A class above 4 MiB caches one slice, only while the thread's cached bytes in such
-//!   classes of the pool stay within `THREAD_LARGE_CACHE_BYTES` (checked where the release's push
-//!   missed: the fast path never caches these classes). A full cache gives its older three
+//!   it). A class above 4 MiB caches one slice, and only the smallest of those classes whose
+//!   sizes add up to within `THREAD_LARGE_CACHE_BYTES` are cached (decided when the pool is
+//!   built, so the fast path needs no count of the thread's bytes); a release of such a class
+//!   that finds its slot taken goes to the region. A full cache gives its older three
 //!   quarters back to the regions in one batch per region; an empty one fills up (`cap - 1` kept, one handed out) from one region in one batch.
 //!   When one thread allocates and another releases, every slice goes through these batches, so
 //!   their size sets what each pair pays.
@@ -48,14 +49,12 @@ use std::ptr;
 use crate::class_pool::Shortage;
 use crate::pool::PoolShared;
 use crate::region::{give_back, RegionRef, Released, MAX_BATCH, ZERO_TAG};
-use crate::size_class::{CACHE_MAX_BYTES, THREAD_LARGE_CACHE_BYTES};
 use crate::sync::{epoch, Arc};
 
 mod class_cache;
 mod local;
 
 pub(crate) use class_cache::ClassCache;
-use class_cache::Slot;
 #[cfg(all(test, not(loom), not(shuttle)))]
 pub(crate) use class_cache::UNCOUNTED_CACHES;
 #[cfg(all(loom, test))]
@@ -159,7 +158,7 @@ pub(crate) fn refill(
         || Arc::clone(shared),
         |entry| {
             let cache = &entry.classes[class];
-            if cache.cap == 0 && !cache.byte_bounded {
+            if cache.cap == 0 {
                 return None;
             }
             // SAFETY: this thread owns its entries.
@@ -229,18 +228,7 @@ pub(crate) unsafe fn release(region: RegionRef, addr: usize) {
             // class; a class region's `class` is a class of its pool.
             let cache = unsafe { &*f.classes.get().add(r.class as usize) };
             // SAFETY: this thread owns the cache; the caller hands us the slice.
-            if unsafe { cache.push((addr, region)) } {
-                return true;
-            }
-            if !cache.byte_bounded {
-                return false;
-            }
-            // SAFETY: as above, `FAST` points at this pool's whole class array, one entry per
-            // class of the pool.
-            let classes =
-                unsafe { std::slice::from_raw_parts(f.classes.get(), pool.classes.len()) };
-            // SAFETY: this thread owns the caches; the caller hands us the slice.
-            unsafe { push_byte_bounded(classes, cache, (addr, region)) }
+            unsafe { cache.push((addr, region)) }
         })
         .unwrap_or(false);
     if !cached {
@@ -276,12 +264,14 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
             if entry.shared.has_waiters() {
                 return false;
             }
-            if cache.byte_bounded {
-                // SAFETY: this thread owns its entries; the caller hands us the slice.
-                return unsafe { push_byte_bounded(&entry.classes, cache, (addr, region)) };
-            }
             if cache.cap == 0 {
                 return false;
+            }
+            if cache.byte_bounded {
+                // Its one slot: cached if free (the fast path found it taken, but a flush by
+                // `with_entry` may have emptied it), else the slice goes to its region.
+                // SAFETY: this thread owns the cache; the caller hands us the slice.
+                return unsafe { cache.push((addr, region)) };
             }
             // SAFETY: this thread owns the cache; the caller hands us the slice.
             if unsafe { cache.push((addr, region)) } {
@@ -300,30 +290,4 @@ unsafe fn release_slow(region: RegionRef, addr: usize) {
         // SAFETY: forwarded from the caller.
         unsafe { release_direct(region, addr) };
     }
-}
-
-/// Caches a slice of a byte-bounded class (above `CACHE_MAX_BYTES`): one per class, and only
-/// while this thread's cached bytes in such classes of this pool stay within
-/// `THREAD_LARGE_CACHE_BYTES`.
-///
-/// # Safety
-///
-/// * The calling thread owns `classes` (one pool's caches) and `cache` is one of them; `slot` is
-///   a slice of its class that the caller owns (the cache owns it after `true`).
-unsafe fn push_byte_bounded(classes: &[ClassCache], cache: &ClassCache, slot: Slot) -> bool {
-    let (len, r) = cache.len_and_releases();
-    if len >= 1 {
-        return false;
-    }
-    let held: usize = classes
-        .iter()
-        .filter(|c| c.byte_bounded)
-        .map(|c| c.counters.cached() * c.size)
-        .sum();
-    if held + cache.size > THREAD_LARGE_CACHE_BYTES {
-        return false;
-    }
-    debug_assert!(cache.size > CACHE_MAX_BYTES);
-    // SAFETY: forwarded from the caller; the cache is empty, so slot 0 is free.
-    unsafe { cache.push_unchecked(len, r, slot) }
 }
