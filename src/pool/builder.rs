@@ -235,9 +235,10 @@ impl SegmentPoolBuilder {
     /// whichever is less (at least one slice); in the classes above 4 MiB, one slice each, for
     /// the smallest of them whose sizes add up to within 1 GiB (with the default classes, 8 MiB
     /// to 512 MiB; the 1 GiB class is not cached). Under a [`budget`](Self::budget) a class
-    /// caches at most a sixteenth of it, and nothing if one slice is more than that. Cached slices count in
-    /// [`PoolStats::cached_bytes`](crate::PoolStats::cached_bytes) and go back to the regions on
-    /// [`SegmentPool::trim`], when the budget runs short, and when the thread exits.
+    /// caches at most a sixteenth of it, and nothing if one slice is more than that. Cached
+    /// slices count in [`PoolStats::cached_bytes`](crate::PoolStats::cached_bytes) and go back
+    /// to the regions on [`SegmentPool::trim`], when the budget runs short, and when the thread
+    /// exits.
     pub fn thread_cache(mut self, on: bool) -> Self {
         self.thread_cache = on;
         self
