@@ -55,9 +55,10 @@ pub(crate) struct ClassPool {
     pub(crate) cache_capacity: usize,
     /// Empty regions kept mapped; more are unmapped when one empties (see `on_emptied`).
     retain_empty: usize,
-    /// How long after mapping a region the class keeps surplus empty regions.
+    /// How long the class keeps surplus empty regions after it mapped a region, or took a slice
+    /// from an empty region while it kept a surplus (see `on_emptied`).
     grace_ns: u64,
-    /// When the grace period of the last region mapped ends (the pool clock's nanoseconds).
+    /// When the grace period last started ends (the pool clock's nanoseconds).
     grace_until_ns: AtomicU64,
     clock: Clock,
     /// Every live region of the class, by region id (oldest first). Its lock serialises growth
@@ -192,7 +193,17 @@ impl ClassPool {
             }
             if n > 0 {
                 if was_empty {
-                    self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                    let before = self.empty_regions.fetch_sub(1, Ordering::Relaxed);
+                    // Demand came back while the class kept more empty regions than it retains:
+                    // its demand swings, so the grace period starts again. (A class whose
+                    // demand rises and falls with every batch, as a pipeline's does, would
+                    // otherwise unmap its surplus at the first fall after the grace period and
+                    // map it again at the next rise, all its pages faulting in again.) Only
+                    // then: a class that keeps no surplus (every refill of a one-slice region
+                    // takes an empty one) reads no clock here.
+                    if before > self.retain() {
+                        self.start_grace();
+                    }
                 }
                 return Some((r, n));
             }
@@ -242,10 +253,7 @@ impl ClassPool {
             self.with_room.lock().insert(fresh.id, region);
         }
         self.regions_mapped.fetch_add(1, Ordering::Relaxed);
-        self.grace_until_ns.store(
-            self.clock.now_ns().saturating_add(self.grace_ns),
-            Ordering::Relaxed,
-        );
+        self.start_grace();
         // SAFETY: the region is in the list and we hold the class lock, without which it cannot be
         // retired, so it is alive.
         let r = unsafe { region.get() };
@@ -260,11 +268,25 @@ impl ClassPool {
         Ok((region, n))
     }
 
+    /// Starts the grace period now (a region was mapped, or demand came back to a surplus).
+    fn start_grace(&self) {
+        self.grace_until_ns.store(
+            self.clock.now_ns().saturating_add(self.grace_ns),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// How many empty regions the class keeps mapped, as the signed count compares it.
+    fn retain(&self) -> isize {
+        self.retain_empty.min(isize::MAX as usize) as isize
+    }
+
     /// Called by whoever moved `region`'s count to zero. When the class keeps more empty regions
-    /// than it retains, unmaps the surplus, unless the class mapped a region within the grace
-    /// period: a flow whose demand swings (slices allocated on one thread, released on another)
-    /// keeps a varying number of regions briefly empty, and unmapping each one would map a new
-    /// one moments later.
+    /// than it retains, unmaps the surplus, unless the grace period runs: the class mapped a
+    /// region, or took a slice from an empty region while it kept a surplus, within the last
+    /// `grace`. A flow whose demand swings (slices allocated on one thread, released on another;
+    /// a pipeline whose buffers all come back at the end of each batch) keeps a varying number
+    /// of regions briefly empty, and unmapping each one would map a new one moments later.
     ///
     /// The region that just emptied goes first, found by its id (O(log regions), no walk): in the
     /// steady state that is the whole surplus. Only a surplus left from the grace period (regions
@@ -276,7 +298,7 @@ impl ClassPool {
     ///   caller held a reference on it when it was pinned).
     pub(crate) unsafe fn on_emptied(&self, region: RegionRef, guard: &Guard) {
         let empty = self.empty_regions.fetch_add(1, Ordering::Relaxed) + 1;
-        let retain = self.retain_empty.min(isize::MAX as usize) as isize;
+        let retain = self.retain();
         if empty <= retain {
             return;
         }
@@ -409,7 +431,21 @@ impl ClassPool {
                 unsafe { self.on_emptied(r, guard) };
             }
         }
+        self.retire_expired_surplus(guard);
         bytes
+    }
+
+    /// Unmaps the empty regions beyond the retained count once the grace period is over. An
+    /// emptying unmaps the surplus itself when the grace period is over (`on_emptied`); this
+    /// serves the regions that emptied while it ran and were not touched again, which would
+    /// otherwise stay mapped until `trim()`. Every decay pass calls it (through `purge`): a
+    /// load of the count and, with a surplus, of the clock. Returns the bytes unmapped.
+    pub(crate) fn retire_expired_surplus(&self, guard: &Guard) -> usize {
+        let surplus = self.empty_regions.load(Ordering::Relaxed) - self.retain();
+        if surplus <= 0 || self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.retire_empty(surplus as usize, guard)
     }
 
     /// Retires every region (the pool is closing). Regions with slices out are destroyed by the
@@ -487,7 +523,13 @@ impl ClassPool {
         }
     }
 
-    /// Ends the grace period of the last region mapped now (tests of what happens after it).
+    /// Whether the grace period runs now (tests).
+    #[cfg(all(test, not(loom), not(shuttle)))]
+    pub(crate) fn in_grace(&self) -> bool {
+        self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Ends the grace period now (tests of what happens after it).
     #[cfg(all(test, not(loom), not(shuttle)))]
     pub(crate) fn end_grace(&self) {
         self.grace_until_ns.store(0, Ordering::Relaxed);

@@ -192,7 +192,8 @@ impl SegmentPoolBuilder {
     }
 
     /// How many empty regions each class keeps mapped for reuse; a region that becomes empty
-    /// beyond that is unmapped at once, and `trim()` unmaps the rest. Default: as many as fit in
+    /// beyond that is unmapped at once (outside the
+    /// [`empty_region_grace`](Self::empty_region_grace)), and `trim()` unmaps the rest. Default: as many as fit in
     /// 16 MiB per class, at least one (eight 2 MiB regions, two 8 MiB regions, one 32 MiB
     /// region), so a burst does not pin its peak while a steady flow does not map and unmap a
     /// region every few allocations.
@@ -201,9 +202,13 @@ impl SegmentPoolBuilder {
         self
     }
 
-    /// How long after a class mapped a region it keeps more empty regions than
-    /// [`retain_empty_regions`](Self::retain_empty_regions) (default: one second). A class whose
-    /// demand swings maps and unmaps regions over and over without it; `Duration::ZERO` unmaps
+    /// How long a class keeps more empty regions than
+    /// [`retain_empty_regions`](Self::retain_empty_regions) after it mapped a region, or after
+    /// demand came back to that surplus (a slice taken from one of those empty regions); default:
+    /// one second. A class whose demand swings (a pipeline whose buffers all come back at the end
+    /// of each batch) maps and unmaps regions over and over without it, every page faulting in
+    /// again. Once it is over, the surplus is unmapped when the next region empties, or by the
+    /// next decay pass ([`purge_decay`](Self::purge_decay)) if none does; `Duration::ZERO` unmaps
     /// surplus empty regions the moment they become empty.
     pub fn empty_region_grace(mut self, grace: Duration) -> Self {
         self.empty_region_grace = grace;

@@ -215,3 +215,103 @@ fn the_surplus_of_the_grace_period_goes_with_the_next_region_that_empties() {
     assert_eq!(class.snapshot().regions, RETAIN);
     class.check_with_room();
 }
+
+/// A class whose demand comes back to its surplus of empty regions starts the grace period
+/// again, so the next fall does not unmap what the next rise would map again; a class that
+/// keeps no surplus does not.
+#[test]
+fn demand_that_comes_back_to_a_surplus_starts_the_grace_period_again() {
+    const SLICES: usize = 4;
+    const REGIONS: usize = 3;
+    let pool = SegmentPool::builder()
+        .size_classes(&[PAGE])
+        .region_size(SLICES * PAGE)
+        .retain_empty_regions(1)
+        .empty_region_grace(std::time::Duration::from_secs(3600))
+        .thread_cache(false)
+        .huge_pages(false)
+        .purge_decay(None)
+        .build()
+        .unwrap();
+    let class = &pool.shared().classes[0];
+    let burst = || -> Vec<_> {
+        (0..REGIONS * SLICES)
+            .map(|_| pool.allocate(PAGE).unwrap())
+            .collect()
+    };
+    // A burst maps three regions and ends: all three stay (the grace period of the mapping).
+    drop(burst());
+    assert_eq!(class.snapshot().regions, REGIONS);
+    // The grace period runs out; the next burst takes the three empty regions again, and ends.
+    class.end_grace();
+    drop(burst());
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        0,
+        "the burst came back to the surplus: nothing is unmapped at its end"
+    );
+    assert_eq!(class.snapshot().regions, REGIONS);
+    assert_eq!(class.regions_mapped.load(Ordering::Relaxed), REGIONS as u64);
+    // Once the grace period is over, the next fall unmaps the surplus.
+    class.end_grace();
+    let held: Vec<_> = (0..SLICES).map(|_| pool.allocate(PAGE).unwrap()).collect();
+    assert!(
+        class.in_grace(),
+        "the first of them came back to the surplus"
+    );
+    class.end_grace();
+    drop(held);
+    assert_eq!(class.snapshot().regions, 1);
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        (REGIONS - 1) as u64
+    );
+    // With no surplus, taking from the one retained empty region starts nothing.
+    let one = pool.allocate(PAGE).unwrap();
+    assert!(!class.in_grace());
+    drop(one);
+    assert_eq!(class.snapshot().regions, 1);
+    class.check_with_room();
+}
+
+/// The regions that emptied during the grace period and were not touched again are unmapped
+/// by the next decay pass after it, without another emptying.
+#[test]
+fn a_decay_pass_unmaps_the_surplus_left_from_the_grace_period() {
+    const SLICES: usize = 4;
+    const REGIONS: usize = 3;
+    let pool = SegmentPool::builder()
+        .size_classes(&[PAGE])
+        .region_size(SLICES * PAGE)
+        .retain_empty_regions(1)
+        .empty_region_grace(std::time::Duration::from_secs(3600))
+        .thread_cache(false)
+        .huge_pages(false)
+        .purge_decay(None)
+        .build()
+        .unwrap();
+    let shared = pool.shared().clone();
+    let class = &shared.classes[0];
+    drop(
+        (0..REGIONS * SLICES)
+            .map(|_| pool.allocate(PAGE).unwrap())
+            .collect::<Vec<_>>(),
+    );
+    // Within the grace period a pass unmaps nothing.
+    shared.purge(crate::region::PurgeMode::Aged);
+    shared.purge(crate::region::PurgeMode::Aged);
+    assert_eq!(class.snapshot().regions, REGIONS);
+    class.end_grace();
+    // The slices were never written: the pass has nothing to purge, and no region empties in it.
+    shared.purge(crate::region::PurgeMode::Aged);
+    assert_eq!(
+        class.snapshot().regions,
+        1,
+        "the surplus goes at the first pass after"
+    );
+    assert_eq!(
+        class.regions_unmapped.load(Ordering::Relaxed),
+        (REGIONS - 1) as u64
+    );
+    class.check_with_room();
+}
