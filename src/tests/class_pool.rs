@@ -9,11 +9,16 @@ const PAGE: usize = 4096;
 /// One 4 KiB class, `slices` per region, no thread caches (every allocation is a refill of
 /// one slice, every release a give-back), empty regions unmapped at once.
 fn pool(slices: usize) -> SegmentPool {
+    retaining_pool(slices, 0, std::time::Duration::ZERO)
+}
+
+/// As [`pool`], keeping `retain` empty regions and `grace` after a mapping.
+fn retaining_pool(slices: usize, retain: usize, grace: std::time::Duration) -> SegmentPool {
     SegmentPool::builder()
         .size_classes(&[PAGE])
         .region_size(slices * PAGE)
-        .retain_empty_regions(0)
-        .empty_region_grace(std::time::Duration::ZERO)
+        .retain_empty_regions(retain)
+        .empty_region_grace(grace)
         .thread_cache(false)
         .huge_pages(false)
         .purge_decay(None)
@@ -179,16 +184,7 @@ fn the_surplus_of_the_grace_period_goes_with_the_next_region_that_empties() {
     const SLICES: usize = 4;
     const REGIONS: usize = 20;
     const RETAIN: usize = 2;
-    let pool = SegmentPool::builder()
-        .size_classes(&[PAGE])
-        .region_size(SLICES * PAGE)
-        .retain_empty_regions(RETAIN)
-        .empty_region_grace(std::time::Duration::from_secs(3600))
-        .thread_cache(false)
-        .huge_pages(false)
-        .purge_decay(None)
-        .build()
-        .unwrap();
+    let pool = retaining_pool(SLICES, RETAIN, std::time::Duration::from_secs(3600));
     let class = &pool.shared().classes[0];
     let mut held: Vec<_> = (0..REGIONS * SLICES)
         .map(|_| pool.allocate(PAGE).unwrap())
@@ -223,16 +219,7 @@ fn the_surplus_of_the_grace_period_goes_with_the_next_region_that_empties() {
 fn demand_that_comes_back_to_a_surplus_starts_the_grace_period_again() {
     const SLICES: usize = 4;
     const REGIONS: usize = 3;
-    let pool = SegmentPool::builder()
-        .size_classes(&[PAGE])
-        .region_size(SLICES * PAGE)
-        .retain_empty_regions(1)
-        .empty_region_grace(std::time::Duration::from_secs(3600))
-        .thread_cache(false)
-        .huge_pages(false)
-        .purge_decay(None)
-        .build()
-        .unwrap();
+    let pool = retaining_pool(SLICES, 1, std::time::Duration::from_secs(3600));
     let class = &pool.shared().classes[0];
     let burst = || -> Vec<_> {
         (0..REGIONS * SLICES)
@@ -280,16 +267,7 @@ fn demand_that_comes_back_to_a_surplus_starts_the_grace_period_again() {
 fn a_decay_pass_unmaps_the_surplus_left_from_the_grace_period() {
     const SLICES: usize = 4;
     const REGIONS: usize = 3;
-    let pool = SegmentPool::builder()
-        .size_classes(&[PAGE])
-        .region_size(SLICES * PAGE)
-        .retain_empty_regions(1)
-        .empty_region_grace(std::time::Duration::from_secs(3600))
-        .thread_cache(false)
-        .huge_pages(false)
-        .purge_decay(None)
-        .build()
-        .unwrap();
+    let pool = retaining_pool(SLICES, 1, std::time::Duration::from_secs(3600));
     let shared = pool.shared().clone();
     let class = &shared.classes[0];
     drop(
