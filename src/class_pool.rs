@@ -199,8 +199,9 @@ impl ClassPool {
                     // demand rises and falls with every batch, as a pipeline's does, would
                     // otherwise unmap its surplus at the first fall after the grace period and
                     // map it again at the next rise, all its pages faulting in again.) Only
-                    // then: a class that keeps no surplus (every refill of a one-slice region
-                    // takes an empty one) reads no clock here.
+                    // then: a refill that takes the one empty region the class retains reads no
+                    // clock (with one-slice regions every refill takes an empty region, and
+                    // reads the clock only while others are empty too).
                     if before > self.retain() {
                         self.start_grace();
                     }
