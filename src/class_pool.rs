@@ -277,6 +277,11 @@ impl ClassPool {
         );
     }
 
+    /// Whether the grace period runs now (it keeps a surplus of empty regions mapped).
+    pub(crate) fn in_grace(&self) -> bool {
+        self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed)
+    }
+
     /// How many empty regions the class keeps mapped, as the signed count compares it.
     fn retain(&self) -> isize {
         self.retain_empty.min(isize::MAX as usize) as isize
@@ -303,7 +308,7 @@ impl ClassPool {
         if empty <= retain {
             return;
         }
-        if self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed) {
+        if self.in_grace() {
             return;
         }
         // SAFETY: forwarded from the caller.
@@ -440,13 +445,12 @@ impl ClassPool {
     /// emptying unmaps the surplus itself when the grace period is over (`on_emptied`); this
     /// serves the regions that emptied while it ran and were not touched again, which would
     /// otherwise stay mapped until `trim()`. Every decay pass calls it (through `purge`): a
-    /// load of the count and, with a surplus, of the clock. Returns the bytes unmapped.
-    pub(crate) fn retire_expired_surplus(&self, guard: &Guard) -> usize {
+    /// load of the count and, with a surplus, of the clock.
+    fn retire_expired_surplus(&self, guard: &Guard) {
         let surplus = self.empty_regions.load(Ordering::Relaxed) - self.retain();
-        if surplus <= 0 || self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed) {
-            return 0;
+        if surplus > 0 && !self.in_grace() {
+            self.retire_empty(surplus as usize, guard);
         }
-        self.retire_empty(surplus as usize, guard)
     }
 
     /// Retires every region (the pool is closing). Regions with slices out are destroyed by the
@@ -522,12 +526,6 @@ impl ClassPool {
             let region = unsafe { r.get() };
             assert!(!region.is_retired(), "a listed region is retired");
         }
-    }
-
-    /// Whether the grace period runs now (tests).
-    #[cfg(all(test, not(loom), not(shuttle)))]
-    pub(crate) fn in_grace(&self) -> bool {
-        self.clock.now_ns() < self.grace_until_ns.load(Ordering::Relaxed)
     }
 
     /// Ends the grace period now (tests of what happens after it).

@@ -193,10 +193,10 @@ impl SegmentPoolBuilder {
 
     /// How many empty regions each class keeps mapped for reuse; a region that becomes empty
     /// beyond that is unmapped at once (outside the
-    /// [`empty_region_grace`](Self::empty_region_grace)), and `trim()` unmaps the rest. Default: as many as fit in
-    /// 16 MiB per class, at least one (eight 2 MiB regions, two 8 MiB regions, one 32 MiB
-    /// region), so a burst does not pin its peak while a steady flow does not map and unmap a
-    /// region every few allocations.
+    /// [`empty_region_grace`](Self::empty_region_grace)), and `trim()` unmaps the rest. Default:
+    /// as many as fit in 16 MiB per class, at least one (eight 2 MiB regions, two 8 MiB regions,
+    /// one 32 MiB region), so a burst does not pin its peak while a steady flow does not map and
+    /// unmap a region every few allocations.
     pub fn retain_empty_regions(mut self, regions: usize) -> Self {
         self.retain_empty_regions = Some(regions);
         self
